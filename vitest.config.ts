@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // Integration tests start real clusters; on a 2-core machine running many at once only adds noise.
+    fileParallelism: false,
+    reporters: ['default'],
+  },
+});
