@@ -2,7 +2,13 @@
  * flowlb configuration: one readonly object, built once from defaults, an optional JSON file and flags
  * (flags win), validated once, then immutable. Defaults are named constants so the README and --help quote them.
  */
+import { readFile } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import os from 'node:os';
+import path from 'node:path';
+
+import { ConfigError } from './errors.js';
 
 export const DEFAULT_LISTEN = '127.0.0.1:5300';
 export const DEFAULT_HTTP = '127.0.0.1:9090';
@@ -29,6 +35,15 @@ export const DEFAULT_HOLD_LIMIT = 4096;
 export const DEFAULT_MIGRATION_TIMEOUT_MS = 2_000;
 /** Bytes buffered towards one worker's channel beyond which packets are dropped (reason channel_full). */
 export const DEFAULT_CHANNEL_LIMIT_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_HANDLER = 'echo';
+export const DEFAULT_BALANCE_MODE: BalanceMode = 'flow';
+export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
+export const MAX_WORKERS = 256;
+export const MAX_BACKEND_WEIGHT = 1000;
+/** Largest count or byte limit accepted: counters and indexes live in 32-bit typed arrays. */
+export const MAX_COUNT = 2 ** 31 - 1;
+/** Longest duration accepted: Node's timers fire after 1 ms when given more than 2^31 - 1 ms. */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type BalanceMode = 'flow' | 'packet';
@@ -84,4 +99,592 @@ export interface FlowlbConfig {
 
 export function defaultWorkers(): number {
   return Math.max(1, os.availableParallelism());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Parsing of the human forms (addresses, backends, durations). `what` names the field in error messages:
+// `--listen` for a flag, `listen[1]` or `balancer.deadBand` for the config file.
+
+/** Shows a rejected value in a message: strings quoted, other JSON shortened so the message stays one line. */
+function show(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') return String(value);
+  // Flags arrive as strings; `got 1000` reads better than `got "1000"` and numbers need no quotes to be seen.
+  if (typeof value === 'string' && /^-?\d+(\.\d+)?$/.test(value)) return value;
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function parsePort(portText: string, text: string, what: string, minPort: number): number {
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!(port >= minPort && port <= 65535)) {
+    throw new ConfigError(`${what} port must be an integer between ${minPort} and 65535, got ${show(portText)} in ${show(text)}`);
+  }
+  return port;
+}
+
+/**
+ * Parses `HOST:PORT` (IPv4 literal or `localhost`, which means 127.0.0.1) or `[IPv6]:PORT`. Names are
+ * not resolved: a load balancer that silently picked one of several DNS answers would be hard to debug.
+ * `minPort` is 0 for listening addresses (0 = ephemeral) and 1 for destinations.
+ */
+export function parseEndpoint(text: string, what: string, minPort = 0): Endpoint {
+  if (typeof text !== 'string') throw new ConfigError(`${what} must be a HOST:PORT string, got ${show(text)}`);
+  const trimmed = text.trim();
+  let host: string;
+  let portText: string;
+  let family: 4 | 6;
+  if (trimmed.startsWith('[')) {
+    const close = trimmed.indexOf(']');
+    if (close < 0 || trimmed[close + 1] !== ':') {
+      throw new ConfigError(`${what} must be [IPv6]:PORT, got ${show(text)}`);
+    }
+    host = trimmed.slice(1, close);
+    portText = trimmed.slice(close + 2);
+    if (isIP(host) !== 6) throw new ConfigError(`${what} has an invalid IPv6 address ${show(host)} in ${show(text)}`);
+    family = 6;
+  } else {
+    const colon = trimmed.lastIndexOf(':');
+    if (colon < 0) throw new ConfigError(`${what} must be HOST:PORT or [IPv6]:PORT, got ${show(text)}`);
+    host = trimmed.slice(0, colon);
+    portText = trimmed.slice(colon + 1);
+    if (host.includes(':')) {
+      throw new ConfigError(`${what} IPv6 addresses need brackets, as in [::1]:5300, got ${show(text)}`);
+    }
+    if (host.toLowerCase() === 'localhost') {
+      host = '127.0.0.1';
+    } else if (isIP(host) !== 4) {
+      throw new ConfigError(
+        `${what} host must be an IPv4 address, [IPv6 address] or localhost (names are not resolved), got ${show(text)}`,
+      );
+    }
+    family = 4;
+  }
+  return { host, port: parsePort(portText, text, what, minPort), family };
+}
+
+function checkBackendHost(endpoint: Endpoint, text: string, what: string): void {
+  if (endpoint.host === '0.0.0.0' || endpoint.host === '::') {
+    throw new ConfigError(`${what} must name a host to send to, not the unspecified address, got ${show(text)}`);
+  }
+}
+
+function readWeight(value: unknown, text: unknown, what: string): number {
+  const weight = typeof value === 'number' ? value : /^\d+$/.test(String(value)) ? Number(value) : NaN;
+  if (!(Number.isInteger(weight) && weight >= 1 && weight <= MAX_BACKEND_WEIGHT)) {
+    throw new ConfigError(
+      `${what} weight must be an integer between 1 and ${MAX_BACKEND_WEIGHT}, got ${show(value)} in ${show(text)}`,
+    );
+  }
+  return weight;
+}
+
+/** Parses `HOST:PORT[@WEIGHT]`; the weight is a positive integer (default 1) giving the backend's share of flows. */
+export function parseBackend(text: string, what = '--backend'): BackendSpec {
+  if (typeof text !== 'string') throw new ConfigError(`${what} must be a HOST:PORT[@WEIGHT] string, got ${show(text)}`);
+  const at = text.lastIndexOf('@');
+  const address = at < 0 ? text : text.slice(0, at);
+  const weight = at < 0 ? 1 : readWeight(text.slice(at + 1).trim(), text, what);
+  const endpoint = parseEndpoint(address, what, 1);
+  checkBackendHost(endpoint, text, what);
+  return { ...endpoint, weight };
+}
+
+const DURATION_UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses `500ms`, `60s`, `5m`, `1h`, `1.5s`, or a plain number of milliseconds; the result is whole ms, at least 1. */
+export function parseDuration(value: string | number, what: string): number {
+  let ms = NaN;
+  if (typeof value === 'number') {
+    ms = value;
+  } else if (typeof value === 'string') {
+    const match = /^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?$/.exec(value.trim());
+    if (match !== null) ms = Number(match[1]) * DURATION_UNIT_MS[match[2] ?? 'ms']!;
+  }
+  ms = Math.round(ms);
+  if (!(ms >= 1 && ms <= MAX_DURATION_MS)) {
+    throw new ConfigError(
+      `${what} must be a positive duration such as 500ms, 60s, 5m or 1h (at most 24d), got ${show(value)}`,
+    );
+  }
+  return ms;
+}
+
+/** The shortest exact form of a duration for --help and logs: 3600000 -> "1h", 60000 -> "60s", 200 -> "200ms". */
+export function formatDuration(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0 && ms > 60_000) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
+
+export function formatEndpoint(endpoint: Endpoint): string {
+  return endpoint.family === 6 ? `[${endpoint.host}]:${endpoint.port}` : `${endpoint.host}:${endpoint.port}`;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scalar readers shared by flags (strings from the command line) and the file (JSON values).
+
+function toNumber(value: unknown): number {
+  if (typeof value === 'number') return value;
+  if (typeof value === 'string' && /^\s*-?(\d+(\.\d*)?|\.\d+)\s*$/.test(value)) return Number(value);
+  return NaN;
+}
+
+function readInt(value: unknown, what: string, min: number, max: number): number {
+  const n = toNumber(value);
+  if (!(Number.isInteger(n) && n >= min && n <= max)) {
+    const range = max === MAX_COUNT && min <= 1 ? 'a positive integer' : `an integer between ${min} and ${max}`;
+    throw new ConfigError(`${what} must be ${range}, got ${show(value)}`);
+  }
+  return n;
+}
+
+function readCount(value: unknown, what: string): number {
+  return readInt(value, what, 1, MAX_COUNT);
+}
+
+function readBuckets(value: unknown, what: string): number {
+  const n = toNumber(value);
+  // Power of two so the data path maps a hash to its bucket with one AND (hash & (buckets - 1)).
+  if (!(Number.isInteger(n) && n >= 1 && n <= MAX_BUCKETS && (n & (n - 1)) === 0)) {
+    throw new ConfigError(`${what} must be a power of two between 1 and ${MAX_BUCKETS}, got ${show(value)}`);
+  }
+  return n;
+}
+
+function readDeadBand(value: unknown, what: string): number {
+  const n = toNumber(value);
+  if (!(n >= 0 && n < 1)) throw new ConfigError(`${what} must be a number between 0 and 1, got ${show(value)}`);
+  return n;
+}
+
+function readBoolean(value: unknown, what: string): boolean {
+  if (value === true || value === 'true') return true;
+  if (value === false || value === 'false') return false;
+  throw new ConfigError(`${what} must be true or false, got ${show(value)}`);
+}
+
+function readChoice<T extends string>(value: unknown, what: string, choices: readonly T[]): T {
+  if (typeof value === 'string' && (choices as readonly string[]).includes(value)) return value as T;
+  throw new ConfigError(`${what} must be one of ${choices.join(', ')}, got ${show(value)}`);
+}
+
+function readDurationValue(value: unknown, what: string): number {
+  if (typeof value !== 'string' && typeof value !== 'number') return parseDuration(NaN, what);
+  return parseDuration(value, what);
+}
+
+function readHandlerName(value: unknown, what: string): string {
+  if (typeof value !== 'string' || value.trim() === '') {
+    throw new ConfigError(`${what} must be echo, proxy or the path of a handler module, got ${show(value)}`);
+  }
+  return value.trim();
+}
+
+function readHttp(value: unknown, what: string): Endpoint | null {
+  if (value === false || value === null) return null;
+  if (typeof value === 'string' && ['off', 'none', 'false'].includes(value.trim().toLowerCase())) return null;
+  if (typeof value !== 'string') throw new ConfigError(`${what} must be HOST:PORT or off, got ${show(value)}`);
+  return parseEndpoint(value, what);
+}
+
+/** Builds an endpoint from the file's object form `{ "host": "::1", "port": 7001 }` (IPv6 without brackets). */
+function endpointFromObject(obj: Record<string, unknown>, what: string, minPort: number, extraKeys: readonly string[]): Endpoint {
+  checkKnownFields(obj, what, ['host', 'port', ...extraKeys]);
+  if (typeof obj.host !== 'string') throw new ConfigError(`${what}.host must be an IP address string, got ${show(obj.host)}`);
+  const host = obj.host.trim().replace(/^\[(.*)\]$/, '$1');
+  const text = isIP(host) === 6 ? `[${host}]:${String(obj.port)}` : `${host}:${String(obj.port)}`;
+  if (typeof obj.port !== 'number') {
+    throw new ConfigError(`${what}.port must be an integer between ${minPort} and 65535, got ${show(obj.port)}`);
+  }
+  return parseEndpoint(text, what, minPort);
+}
+
+function readListenList(value: unknown, what: string, fromFile: boolean): Endpoint[] {
+  const items = Array.isArray(value) ? value : [value];
+  if (items.length === 0) throw new ConfigError(`${what} must give at least one address`);
+  const seen = new Set<string>();
+  return items.map((item, i) => {
+    const itemWhat = fromFile && Array.isArray(value) ? `${what}[${i}]` : what;
+    const endpoint = fromFile && isPlainObject(item) ? endpointFromObject(item, itemWhat, 0, []) : parseEndpoint(item as string, itemWhat);
+    const key = formatEndpoint(endpoint);
+    // Port 0 asks the kernel for a fresh port each time, so repeating it is not a duplicate.
+    if (endpoint.port !== 0 && seen.has(key)) throw new ConfigError(`${itemWhat} ${key} is given twice`);
+    seen.add(key);
+    return endpoint;
+  });
+}
+
+function readBackendList(value: unknown, what: string, fromFile: boolean): BackendSpec[] {
+  const items = Array.isArray(value) ? value : [value];
+  const seen = new Set<string>();
+  return items.map((item, i) => {
+    const itemWhat = fromFile && Array.isArray(value) ? `${what}[${i}]` : what;
+    let backend: BackendSpec;
+    if (fromFile && isPlainObject(item)) {
+      const endpoint = endpointFromObject(item, itemWhat, 1, ['weight']);
+      checkBackendHost(endpoint, formatEndpoint(endpoint), itemWhat);
+      backend = { ...endpoint, weight: item.weight === undefined ? 1 : readWeight(item.weight, item, itemWhat) };
+    } else {
+      backend = parseBackend(item as string, itemWhat);
+    }
+    const key = formatEndpoint(backend);
+    if (seen.has(key)) throw new ConfigError(`${itemWhat} ${key} is given twice (use @WEIGHT to give it a larger share)`);
+    seen.add(key);
+    return backend;
+  });
+}
+
+function readHandlerOptions(value: unknown, what: string): Record<string, unknown> {
+  if (!isPlainObject(value)) throw new ConfigError(`${what} must be an object, got ${show(value)}`);
+  // Handler options travel to every worker over IPC, so they must be plain JSON data.
+  try {
+    return JSON.parse(JSON.stringify(value)) as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError(`${what} must be plain JSON data (${(err as Error).message})`);
+  }
+}
+
+function checkKnownFields(obj: Record<string, unknown>, what: string, known: readonly string[]): void {
+  for (const key of Object.keys(obj)) {
+    if (!known.includes(key)) {
+      const name = what === '' ? key : `${what}.${key}`;
+      throw new ConfigError(`unknown field ${name} (known: ${known.join(', ')})`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Building: defaults <- config file <- flags, into a mutable draft, then checked as a whole and frozen.
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+interface ConfigDraft extends Mutable<Omit<FlowlbConfig, 'balancer' | 'queue' | 'listen' | 'backends'>> {
+  listen: Endpoint[];
+  backends: BackendSpec[];
+  balancer: Mutable<BalancerConfig>;
+  queue: Mutable<QueueConfig>;
+  /** Where the handler value came from, for the "file not found" message. */
+  handlerWhat: string;
+}
+
+function createDraft(): ConfigDraft {
+  return {
+    listen: [parseEndpoint(DEFAULT_LISTEN, 'DEFAULT_LISTEN')],
+    workers: defaultWorkers(),
+    buckets: DEFAULT_BUCKETS,
+    handler: DEFAULT_HANDLER,
+    handlerWhat: 'handler',
+    handlerOptions: {},
+    backends: [],
+    idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
+    http: parseEndpoint(DEFAULT_HTTP, 'DEFAULT_HTTP'),
+    maxFlowsPerWorker: DEFAULT_MAX_FLOWS_PER_WORKER,
+    channelLimitBytes: DEFAULT_CHANNEL_LIMIT_BYTES,
+    shutdownTimeoutMs: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+    balancer: {
+      enabled: true,
+      mode: DEFAULT_BALANCE_MODE,
+      reportIntervalMs: DEFAULT_REPORT_INTERVAL_MS,
+      rebalanceIntervalMs: DEFAULT_REBALANCE_INTERVAL_MS,
+      deadBand: DEFAULT_DEAD_BAND,
+      maxMovesPerRound: DEFAULT_MAX_MOVES_PER_ROUND,
+      queueLimit: DEFAULT_QUEUE_LIMIT,
+      holdLimit: DEFAULT_HOLD_LIMIT,
+      migrationTimeoutMs: DEFAULT_MIGRATION_TIMEOUT_MS,
+    },
+    queue: { quantumBytes: DEFAULT_QUANTUM_BYTES, flowQueueLimit: DEFAULT_FLOW_QUEUE_LIMIT },
+    logLevel: DEFAULT_LOG_LEVEL,
+    configFile: null,
+  };
+}
+
+const LOG_LEVEL_CHOICES: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
+const MODE_CHOICES: readonly BalanceMode[] = ['flow', 'packet'];
+
+type FieldReader<T> = (target: T, value: unknown, what: string) => void;
+
+/**
+ * Fields whose value is a duration in ms accept both `nameMs` (a number of ms or a duration string) and
+ * `name` (a duration string such as "60s"); giving both is an error.
+ */
+function durationFields<T>(name: string, assign: (target: T, ms: number) => void): Record<string, FieldReader<T>> {
+  const reader: FieldReader<T> = (target, value, what) => assign(target, readDurationValue(value, what));
+  return { [name]: reader, [`${name}Ms`]: reader };
+}
+
+const BALANCER_FIELDS: Readonly<Record<string, FieldReader<Mutable<BalancerConfig>>>> = {
+  enabled: (b, v, w) => (b.enabled = readBoolean(v, w)),
+  mode: (b, v, w) => (b.mode = readChoice(v, w, MODE_CHOICES)),
+  ...durationFields('reportInterval', (b, ms) => (b.reportIntervalMs = ms)),
+  ...durationFields('rebalanceInterval', (b, ms) => (b.rebalanceIntervalMs = ms)),
+  deadBand: (b, v, w) => (b.deadBand = readDeadBand(v, w)),
+  maxMovesPerRound: (b, v, w) => (b.maxMovesPerRound = readCount(v, w)),
+  queueLimit: (b, v, w) => (b.queueLimit = readCount(v, w)),
+  holdLimit: (b, v, w) => (b.holdLimit = readCount(v, w)),
+  ...durationFields('migrationTimeout', (b, ms) => (b.migrationTimeoutMs = ms)),
+};
+
+const QUEUE_FIELDS: Readonly<Record<string, FieldReader<Mutable<QueueConfig>>>> = {
+  quantumBytes: (q, v, w) => (q.quantumBytes = readCount(v, w)),
+  flowQueueLimit: (q, v, w) => (q.flowQueueLimit = readCount(v, w)),
+};
+
+function applyObject<T>(target: T, obj: unknown, what: string, fields: Readonly<Record<string, FieldReader<T>>>): void {
+  if (!isPlainObject(obj)) throw new ConfigError(`${what || 'config'} must be a JSON object, got ${show(obj)}`);
+  const known = Object.keys(fields);
+  checkKnownFields(obj, what, known);
+  for (const key of known) {
+    if (key.endsWith('Ms') && obj[key] !== undefined && obj[key.slice(0, -2)] !== undefined) {
+      const prefix = what === '' ? '' : `${what}.`;
+      throw new ConfigError(`${prefix}${key.slice(0, -2)} and ${prefix}${key} are both given; keep one`);
+    }
+  }
+  for (const [key, value] of Object.entries(obj)) {
+    fields[key]!(target, value, what === '' ? key : `${what}.${key}`);
+  }
+}
+
+const FILE_FIELDS: Readonly<Record<string, FieldReader<ConfigDraft>>> = {
+  listen: (d, v, w) => (d.listen = readListenList(v, w, true)),
+  workers: (d, v, w) => (d.workers = readInt(v, w, 1, MAX_WORKERS)),
+  buckets: (d, v, w) => (d.buckets = readBuckets(v, w)),
+  handler: (d, v, w) => {
+    d.handler = readHandlerName(v, w);
+    d.handlerWhat = w;
+  },
+  handlerOptions: (d, v, w) => (d.handlerOptions = readHandlerOptions(v, w)),
+  backends: (d, v, w) => (d.backends = readBackendList(v, w, true)),
+  ...durationFields<ConfigDraft>('idleTimeout', (d, ms) => (d.idleTimeoutMs = ms)),
+  http: (d, v, w) => (d.http = readHttp(v, w)),
+  maxFlowsPerWorker: (d, v, w) => (d.maxFlowsPerWorker = readCount(v, w)),
+  // Below one largest datagram a worker's channel could never take a full-size packet.
+  channelLimitBytes: (d, v, w) => (d.channelLimitBytes = readInt(v, w, MAX_DATAGRAM_BYTES, MAX_COUNT)),
+  ...durationFields<ConfigDraft>('shutdownTimeout', (d, ms) => (d.shutdownTimeoutMs = ms)),
+  balancer: (d, v, w) => applyObject(d.balancer, v, w, BALANCER_FIELDS),
+  queue: (d, v, w) => applyObject(d.queue, v, w, QUEUE_FIELDS),
+  logLevel: (d, v, w) => (d.logLevel = readChoice(v, w, LOG_LEVEL_CHOICES)),
+};
+
+function applyFileObject(draft: ConfigDraft, raw: unknown, source: string): void {
+  try {
+    applyObject(draft, raw, '', FILE_FIELDS);
+  } catch (err) {
+    if (err instanceof ConfigError && source !== '') throw new ConfigError(`${source}: ${err.message}`);
+    throw err;
+  }
+  // The handler file is checked once the flags are in (a --handler flag may replace it); keep its origin.
+  if (source !== '' && isPlainObject(raw) && raw.handler !== undefined) draft.handlerWhat = `${source}: handler`;
+}
+
+/** A flag as yargs hands it over: a string, an array when repeated, a boolean for --no-NAME. */
+export type FlagValue = string | number | boolean | readonly (string | number | boolean)[];
+
+/** The `serve` flags (camelCase, as yargs gives them). Absent flags leave the file's or the default value. */
+export interface ServeFlags {
+  readonly listen?: FlagValue;
+  readonly workers?: FlagValue;
+  readonly buckets?: FlagValue;
+  readonly handler?: FlagValue;
+  readonly backend?: FlagValue;
+  readonly idleTimeout?: FlagValue;
+  readonly config?: FlagValue;
+  readonly http?: FlagValue;
+  readonly maxFlows?: FlagValue;
+  readonly mode?: FlagValue;
+  /** false from --no-balance: static hashing. */
+  readonly balance?: FlagValue;
+  readonly queueLimit?: FlagValue;
+  readonly reportInterval?: FlagValue;
+  readonly rebalanceInterval?: FlagValue;
+  readonly logLevel?: FlagValue;
+}
+
+/** A repeated single-valued flag keeps its last value, as most command lines do. */
+function lastValue(value: FlagValue): unknown {
+  return Array.isArray(value) ? value[value.length - 1] : value;
+}
+
+const FLAG_FIELDS: Readonly<Record<keyof ServeFlags, FieldReader<ConfigDraft> | null>> = {
+  listen: (d, v, w) => (d.listen = readListenList(v, w, false)),
+  workers: (d, v, w) => (d.workers = readInt(lastValue(v as FlagValue), w, 1, MAX_WORKERS)),
+  buckets: (d, v, w) => (d.buckets = readBuckets(lastValue(v as FlagValue), w)),
+  handler: (d, v, w) => {
+    d.handler = readHandlerName(lastValue(v as FlagValue), w);
+    d.handlerWhat = w;
+  },
+  backend: (d, v, w) => (d.backends = readBackendList(v, w, false)),
+  idleTimeout: (d, v, w) => (d.idleTimeoutMs = readDurationValue(lastValue(v as FlagValue), w)),
+  config: null,
+  http: (d, v, w) => (d.http = readHttp(lastValue(v as FlagValue), w)),
+  maxFlows: (d, v, w) => (d.maxFlowsPerWorker = readCount(lastValue(v as FlagValue), w)),
+  mode: (d, v, w) => (d.balancer.mode = readChoice(lastValue(v as FlagValue), w, MODE_CHOICES)),
+  balance: (d, v, w) => (d.balancer.enabled = readBoolean(lastValue(v as FlagValue), w)),
+  queueLimit: (d, v, w) => (d.balancer.queueLimit = readCount(lastValue(v as FlagValue), w)),
+  reportInterval: (d, v, w) => (d.balancer.reportIntervalMs = readDurationValue(lastValue(v as FlagValue), w)),
+  rebalanceInterval: (d, v, w) => (d.balancer.rebalanceIntervalMs = readDurationValue(lastValue(v as FlagValue), w)),
+  logLevel: (d, v, w) => (d.logLevel = readChoice(lastValue(v as FlagValue), w, LOG_LEVEL_CHOICES)),
+};
+
+function flagName(key: string): string {
+  return `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+function applyFlags(draft: ConfigDraft, flags: ServeFlags): void {
+  for (const [key, reader] of Object.entries(FLAG_FIELDS)) {
+    const value = flags[key as keyof ServeFlags];
+    if (reader === null || value === undefined) continue;
+    reader(draft, value, key === 'balance' ? '--balance' : flagName(key));
+  }
+}
+
+function resolveHandler(handler: string, what: string, cwd: string): string {
+  if (handler === 'echo' || handler === 'proxy') return handler;
+  const file = path.resolve(cwd, handler);
+  let isFile: boolean;
+  try {
+    isFile = statSync(file).isFile();
+  } catch {
+    throw new ConfigError(`${what} ${show(handler)}: no such file ${file} (expected echo, proxy or a module path)`);
+  }
+  if (!isFile) throw new ConfigError(`${what} ${show(handler)}: ${file} is not a file`);
+  return file;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}
+
+/**
+ * Checks that need the whole config (a value can come from the file and another from a flag), then
+ * freezes it. `source` prefixes messages that cannot say which input was at fault ("" when mixed).
+ */
+function finishConfig(draft: ConfigDraft, configFile: string | null, cwd: string, source: string): FlowlbConfig {
+  const handler = resolveHandler(draft.handler, draft.handlerWhat, cwd);
+  if (handler === 'proxy' && draft.backends.length === 0) {
+    throw new ConfigError(
+      `${draft.handlerWhat} proxy needs at least one backend (--backend HOST:PORT or "backends" in the config file)`,
+    );
+  }
+  if (draft.buckets < draft.workers) {
+    const prefix = source === '' ? '' : `${source}: `;
+    throw new ConfigError(
+      `${prefix}buckets (${draft.buckets}) must be at least the number of workers (${draft.workers}): a worker without buckets gets no traffic`,
+    );
+  }
+  const config: FlowlbConfig = {
+    listen: draft.listen,
+    workers: draft.workers,
+    buckets: draft.buckets,
+    handler,
+    handlerOptions: draft.handlerOptions,
+    backends: draft.backends,
+    idleTimeoutMs: draft.idleTimeoutMs,
+    http: draft.http,
+    maxFlowsPerWorker: draft.maxFlowsPerWorker,
+    channelLimitBytes: draft.channelLimitBytes,
+    shutdownTimeoutMs: draft.shutdownTimeoutMs,
+    balancer: { ...draft.balancer },
+    queue: { ...draft.queue },
+    logLevel: draft.logLevel,
+    configFile,
+  };
+  return deepFreeze(config);
+}
+
+/** The configuration with every default, as `flowlb serve` with no flags would run. */
+export function defaultConfig(): FlowlbConfig {
+  return finishConfig(createDraft(), null, process.cwd(), '');
+}
+
+/**
+ * Validates a config-file object (already parsed from JSON) over the defaults and returns the frozen
+ * config. `source` prefixes error messages (e.g. "config file /etc/flowlb.json"; "" for none). Throws
+ * ConfigError naming the first bad field.
+ */
+export function validateConfigObject(
+  raw: unknown,
+  source: string,
+  configFile: string | null = null,
+  cwd: string = process.cwd(),
+): FlowlbConfig {
+  const draft = createDraft();
+  applyFileObject(draft, raw, source);
+  return finishConfig(draft, configFile, cwd, source);
+}
+
+/** Node's JSON.parse reports "at position N"; people edit files by line and column. */
+function describeJsonError(text: string, err: Error): string {
+  const message = err.message.replace(/\s+/g, ' ');
+  const match = /at position (\d+)/.exec(message);
+  if (match === null) return message;
+  const before = text.slice(0, Number(match[1]));
+  const line = before.split('\n').length;
+  const column = before.length - before.lastIndexOf('\n');
+  return `${message} (line ${line} column ${column})`;
+}
+
+/** Reads and parses a JSON config file; errors name the file. */
+export async function readConfigFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const reason = code === 'ENOENT' ? 'not found' : code === 'EISDIR' ? 'is a directory' : `cannot be read (${code ?? (err as Error).message})`;
+    throw new ConfigError(`config file ${file}: ${reason}`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new ConfigError(`config file ${file}: invalid JSON: ${describeJsonError(text, err as Error)}`);
+  }
+}
+
+/** The flags and directory each resolved config was built from, so a SIGHUP reload can apply them again. */
+const RESOLVE_INPUTS = new WeakMap<FlowlbConfig, { readonly flags: ServeFlags; readonly cwd: string }>();
+
+/**
+ * Builds the config for `flowlb serve`: defaults, then the JSON file named by `--config` (relative paths
+ * from `cwd`), then the flags. Throws ConfigError naming the flag or the file and field at fault.
+ */
+export async function resolveConfig(flags: ServeFlags, cwd: string = process.cwd()): Promise<FlowlbConfig> {
+  const draft = createDraft();
+  let configFile: string | null = null;
+  if (flags.config !== undefined) {
+    const name = lastValue(flags.config);
+    if (typeof name !== 'string' || name === '') throw new ConfigError(`--config must be a file path, got ${show(name)}`);
+    configFile = path.resolve(cwd, name);
+    applyFileObject(draft, await readConfigFile(configFile), `config file ${configFile}`);
+  }
+  applyFlags(draft, flags);
+  const config = finishConfig(draft, configFile, cwd, '');
+  RESOLVE_INPUTS.set(config, { flags: { ...flags }, cwd });
+  return config;
+}
+
+/**
+ * SIGHUP: re-reads `current.configFile` and applies the same flags as at start (flags still win), giving
+ * a new frozen config or a ConfigError (the caller keeps running on `current`). Which changes can be
+ * applied live (backends, handler options, balancer tuning) is the caller's decision.
+ */
+export async function reloadConfig(current: FlowlbConfig): Promise<FlowlbConfig> {
+  if (current.configFile === null) throw new ConfigError('no config file to reload (start with --config FILE)');
+  // A config that crossed IPC is a copy and not in the map; then only the file is re-read.
+  const inputs = RESOLVE_INPUTS.get(current) ?? { flags: {}, cwd: process.cwd() };
+  return resolveConfig({ ...inputs.flags, config: current.configFile }, inputs.cwd);
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+/**
+ * The `flowlb` command. Expected failures (bad flags, bad config, an address in use) print exactly one
+ * line, `flowlb: <message>`, and exit 2 for usage and config problems or 1 for runtime ones; only a bug
+ * (an error flowlb did not anticipate) prints a stack trace.
+ */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+
+import { backendCommand } from './commands/backend.js';
+import { genCommand } from './commands/gen.js';
+import { serveCommand } from './commands/serve.js';
+import { topCommand } from './commands/top.js';
+import { EXIT_RUNTIME, EXIT_USAGE, FlowlbError, UsageError } from './errors.js';
+
+const HELP_WIDTH = 100;
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+/**
+ * Rewrites yargs' messages to name things the way the user typed them: `Unknown argument: frob` becomes
+ * `unknown option --frob`, `Not enough arguments following: workers` becomes `--workers needs a value`.
+ */
+function describeUsageError(message: string, args: readonly string[]): string {
+  const missingValue = /^Not enough arguments following: (.+)$/.exec(message);
+  if (missingValue !== null) return `--${missingValue[1]} needs a value`;
+  const unknown = /^Unknown arguments?: (.*)$/.exec(message);
+  if (unknown === null) return oneLine(message);
+  const firstWord = args.find((arg) => !arg.startsWith('-'));
+  const names = unknown[1]!.split(', ').map((name) => {
+    const typed = [`--${name}`, `--no-${name}`, `-${name}`].find((flag) =>
+      args.some((arg) => arg === flag || arg.startsWith(`${flag}=`)),
+    );
+    return typed ?? name;
+  });
+  if (names.length === 1 && names[0] === firstWord && args[0] === firstWord) {
+    return `unknown command ${firstWord} (commands: serve, gen, backend, top)`;
+  }
+  const allOptions = names.every((name) => name.startsWith('-'));
+  const noun = allOptions ? 'option' : 'argument';
+  return `unknown ${noun}${names.length > 1 ? 's' : ''} ${names.join(', ')} (see flowlb --help)`;
+}
+
+/**
+ * The traffic generator has its own error class (src/gen/errors.ts) with `ERR_GEN_*` codes; matched by
+ * name so the CLI does not load the generator to recognise its errors.
+ */
+function genErrorExitCode(err: Error): number | null {
+  if (err.name !== 'GenError') return null;
+  return (err as Error & { code?: unknown }).code === 'ERR_GEN_OPTION' ? EXIT_USAGE : EXIT_RUNTIME;
+}
+
+function exitWithError(err: unknown): never {
+  if (err instanceof FlowlbError) {
+    process.stderr.write(`flowlb: ${oneLine(err.message)}\n`);
+    process.exit(err.exitCode);
+  }
+  const genExitCode = err instanceof Error ? genErrorExitCode(err) : null;
+  if (genExitCode !== null) {
+    process.stderr.write(`flowlb: ${oneLine((err as Error).message)}\n`);
+    process.exit(genExitCode);
+  }
+  // Not an error flowlb expected: a bug, so keep the stack for the report.
+  const detail = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  process.stderr.write(`flowlb: internal error: ${detail}\n`);
+  process.exit(EXIT_RUNTIME);
+}
+
+const args = hideBin(process.argv);
+const parser = yargs(args)
+  .scriptName('flowlb')
+  .command(serveCommand)
+  .command(genCommand)
+  .command(backendCommand)
+  .command(topCommand)
+  .demandCommand(1, 'a command is required: serve, gen, backend or top (see flowlb --help)')
+  .strict()
+  .help()
+  .wrap(Math.min(HELP_WIDTH, process.stdout.columns || HELP_WIDTH))
+  // By default yargs prints the whole help on a usage error; one line naming the problem is easier to read.
+  .fail((message: string | null | undefined, err: Error | undefined) => {
+    // Errors thrown by a command handler arrive here too; they keep their own class and exit code.
+    if (err !== undefined && err !== null && err.name !== 'YError') throw err;
+    throw new UsageError(describeUsageError(message ?? err?.message ?? 'invalid command line', args));
+  });
+
+try {
+  await parser.parseAsync();
+} catch (err) {
+  exitWithError(err);
+}

@@ -1,0 +1,86 @@
+/**
+ * `flowlb backend`: the backend simulator (src/gen/backend.ts), an echo or sink with a per-packet CPU cost
+ * and an identity the generator counts replies by. Runs until SIGINT/SIGTERM (or --duration), then prints
+ * its counts.
+ */
+import type { CommandModule, Options } from 'yargs';
+
+import { DEFAULT_BACKEND_ID, DEFAULT_STATS_INTERVAL_MS, startBackend } from '../gen/backend.js';
+import type { BackendMode, BackendOptions, BackendStats } from '../gen/backend.js';
+import { GenError } from '../gen/errors.js';
+
+export interface BackendFlags {
+  listen?: string;
+  mode?: string;
+  'cost-us'?: number;
+  id?: string;
+  identity?: boolean;
+  'stats-file'?: string;
+  'stats-interval'?: number;
+  duration?: number;
+  sockbuf?: number;
+}
+
+export const BACKEND_OPTIONS = {
+  listen: { type: 'string', requiresArg: true, describe: 'Address to receive on: HOST:PORT or [IPv6]:PORT (port 0 = any free port)', defaultDescription: '127.0.0.1:0' },
+  mode: { type: 'string', requiresArg: true, choices: ['echo', 'sink'], describe: 'echo: reply with the request plus an identity trailer; sink: count only', defaultDescription: 'echo' },
+  'cost-us': { type: 'number', requiresArg: true, describe: 'CPU microseconds burnt per packet (busy loop)', defaultDescription: '0' },
+  id: { type: 'string', requiresArg: true, describe: 'Identity in echo replies (1 to 64 UTF-8 bytes)', defaultDescription: DEFAULT_BACKEND_ID },
+  identity: { type: 'boolean', describe: 'Append the identity trailer to echo replies (--no-identity: plain echo)', defaultDescription: 'true' },
+  'stats-file': { type: 'string', requiresArg: true, describe: 'Write counters as JSON to this file periodically and at exit' },
+  'stats-interval': { type: 'number', requiresArg: true, describe: 'Milliseconds between stats-file writes', defaultDescription: String(DEFAULT_STATS_INTERVAL_MS) },
+  duration: { type: 'number', requiresArg: true, describe: 'Stop by itself after this many seconds', defaultDescription: 'run until SIGINT/SIGTERM' },
+  sockbuf: { type: 'number', requiresArg: true, describe: 'SO_RCVBUF/SO_SNDBUF, bytes', defaultDescription: 'system default' },
+} satisfies Record<string, Options>;
+
+export function formatBackendStats(s: BackendStats): string {
+  return (
+    `backend ${s.id} (${s.mode}) ${s.address}:${s.port}: received ${s.received}, sent ${s.sent}, ` +
+    `errors ${s.errors}, untagged ${s.untagged}, busy ${Math.round(s.busyUs / 1000)} ms, cpu ${Math.round(s.processCpuUs / 1000)} ms, up ${(s.uptimeMs / 1000).toFixed(1)} s`
+  );
+}
+
+export function backendOptionsFromFlags(f: BackendFlags): BackendOptions {
+  const o: BackendOptions = { listen: f.listen ?? '127.0.0.1:0' };
+  if (f.mode !== undefined) {
+    if (f.mode !== 'echo' && f.mode !== 'sink') throw new GenError('ERR_GEN_OPTION', `--mode must be echo or sink, got ${f.mode}`);
+    o.mode = f.mode as BackendMode;
+  }
+  if (f['cost-us'] !== undefined) o.costUs = f['cost-us'];
+  if (f.id !== undefined) o.id = f.id;
+  if (f.identity !== undefined) o.identity = f.identity;
+  if (f['stats-file'] !== undefined) o.statsFile = f['stats-file'];
+  if (f['stats-interval'] !== undefined) o.statsIntervalMs = f['stats-interval'];
+  if (f.sockbuf !== undefined) o.socketBufferBytes = f.sockbuf;
+  return o;
+}
+
+/** Runs `flowlb backend` with parsed flags until a signal or --duration; resolves with the final stats. */
+export async function runBackendCli(f: BackendFlags, out: (line: string) => void = (l) => process.stdout.write(l + '\n')): Promise<BackendStats> {
+  if (f.duration !== undefined && !(f.duration > 0)) throw new GenError('ERR_GEN_OPTION', `--duration must be > 0 seconds, got ${f.duration}`);
+  const b = await startBackend(backendOptionsFromFlags(f));
+  out(`backend ${b.id} listening on ${b.family === 6 ? `[${b.address}]` : b.address}:${b.port} (${f.mode ?? 'echo'}, cost ${f['cost-us'] ?? 0} us)`);
+  const reason = await new Promise<string>((resolve) => {
+    const done = (why: string): void => {
+      if (timer) clearTimeout(timer);
+      process.off('SIGINT', done);
+      process.off('SIGTERM', done);
+      resolve(why);
+    };
+    const timer = f.duration !== undefined ? setTimeout(() => done('duration'), f.duration * 1000) : null;
+    process.on('SIGINT', done);
+    process.on('SIGTERM', done);
+  });
+  const stats = await b.close();
+  out(`${formatBackendStats(stats)} (stopped by ${reason})`);
+  return stats;
+}
+
+export const backendCommand: CommandModule<object, BackendFlags> = {
+  command: 'backend',
+  describe: 'Backend simulator: UDP echo (with an identity trailer) or sink, with a per-packet CPU cost',
+  builder: BACKEND_OPTIONS,
+  handler: async (argv) => {
+    await runBackendCli(argv);
+  },
+};

@@ -1,0 +1,217 @@
+/**
+ * The balancer: turns worker reports into bucket moves (control plane; runs on reports and ticks).
+ *
+ *  - every report: smoothed CPU, ELU and queue depth per worker, and per-bucket packet rates (counted by the
+ *    primary's dispatcher) go into the LoadModel; a worker whose queue passed the limit is overloaded and
+ *    loses buckets at once to the least-loaded workers (planOverload);
+ *  - every rebalance tick: imbalance index per worker -> target shares -> greedy minimal moves (planMoves)
+ *    with a dead band, a cap per round and a cooldown for workers that just received buckets;
+ *  - a dead worker's buckets go at once to the survivors in proportion to their index (planEvacuation); its
+ *    replacement gets its original buckets back when it is ready, and the balancer evens out from there.
+ *
+ * Moves are applied only through the Migrator (hold, release, import, flip), never by writing the table.
+ */
+import type { FlowlbConfig } from '../config.js';
+import type { Dispatcher } from '../datapath/dispatcher.js';
+import type { Logger } from '../log.js';
+import { computeIndexes, targetShares } from './imbalance.js';
+import { LoadModel } from './load-model.js';
+import type { Migrator } from './migrator.js';
+import {
+  cooldownFrom, imbalanceOf, initialAssignment, planEvacuation, planMoves, planOverload, type Move,
+} from './planner.js';
+import type { WorkerReportMsg, WorkerSet } from './worker-set.js';
+
+/** EWMA weight of a new report. */
+const ALPHA = 0.3;
+/** After an overload spill, the same worker is not spilled again for this long (its queue needs time to drain). */
+const OVERLOAD_COOLDOWN_MS = 300;
+
+export class Balancer {
+  readonly model: LoadModel;
+  readonly indexes: Float64Array;
+  readonly shares: Float64Array;
+  readonly bucketLoad: Float64Array;
+  rounds = 0;
+  overloadSpills = 0;
+  movesPlanned = 0;
+  lastImbalance = 0;
+  private cooldown: Uint8Array;
+  private readonly alive: Uint8Array;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly lastSpillMs: Float64Array;
+  private readonly homeOf: Uint16Array;
+  private readonly bucketIds: number[] = [];
+  private readonly bucketPkts: number[] = [];
+  private readonly bucketBytes: number[] = [];
+
+  constructor(
+    private readonly config: FlowlbConfig,
+    private readonly dispatcher: Dispatcher,
+    private readonly migrator: Migrator,
+    private readonly workers: WorkerSet,
+    private readonly log: Logger,
+  ) {
+    const n = config.workers;
+    this.model = new LoadModel(n, config.buckets, ALPHA);
+    this.indexes = new Float64Array(n).fill(1);
+    this.shares = new Float64Array(n).fill(1 / n);
+    this.bucketLoad = new Float64Array(config.buckets);
+    this.cooldown = new Uint8Array(n);
+    this.alive = new Uint8Array(n);
+    this.lastSpillMs = new Float64Array(n);
+    this.homeOf = initialAssignment(config.buckets, n);
+  }
+
+  get enabled(): boolean {
+    return this.config.balancer.enabled;
+  }
+
+  /** Equal shares at start: bucket b -> b % workers. */
+  initialAssign(send: (lane: number, msg: { t: 'own'; epoch: number; add: number[]; remove: number[] }) => void): void {
+    const t = this.dispatcher.table;
+    const perLane: number[][] = Array.from({ length: this.config.workers }, () => []);
+    for (let b = 0; b < t.buckets; b++) { t.set(b, this.homeOf[b]!); perLane[this.homeOf[b]!]!.push(b); }
+    t.epoch++;
+    perLane.forEach((add, lane) => {
+      send(lane, { t: 'own', epoch: t.epoch, add, remove: [] });
+    });
+  }
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => this.tick(), this.config.balancer.rebalanceIntervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  private refreshAlive(): void {
+    for (let i = 0; i < this.config.workers; i++) this.alive[i] = this.workers.isReady(i) ? 1 : 0;
+  }
+
+  onReport(lane: number, r: WorkerReportMsg): void {
+    // Per-bucket packet counts come from the dispatcher: exact, and no per-bucket traffic on IPC.
+    const d = this.dispatcher, owner = d.table.owner;
+    const ids = this.bucketIds, pk = this.bucketPkts, by = this.bucketBytes;
+    ids.length = pk.length = by.length = 0;
+    for (let b = 0; b < owner.length; b++) {
+      if (owner[b] !== lane || d.bucketPackets[b] === 0) continue;
+      ids.push(b); pk.push(d.bucketPackets[b]!); by.push(d.bucketBytes[b]!);
+      d.bucketPackets[b] = 0; d.bucketBytes[b] = 0;
+    }
+    this.model.ingestReport(lane, {
+      cpuUtil: r.cpuUtil, elu: r.elu, queueDepth: r.queueDepth, intervalMs: r.intervalMs,
+      bucketIds: ids, bucketPackets: pk, bucketBytes: by,
+    });
+    // Claim: a worker whose queue passed the set limit handles its work inefficiently; move work off it now.
+    const limit = this.config.balancer.queueLimit;
+    if (this.enabled && r.queueDepth > limit) {
+      const now = performance.now();
+      if (now - this.lastSpillMs[lane]! >= OVERLOAD_COOLDOWN_MS) {
+        this.lastSpillMs[lane] = now;
+        this.spill(lane);
+      }
+    }
+  }
+
+  private prepare(): void {
+    this.refreshAlive();
+    computeIndexes(this.model.workerLoads(this.alive), this.indexes);
+    targetShares(this.indexes, this.shares);
+    this.model.bucketLoads(this.bucketLoad);
+  }
+
+  /** Owners as the planner should see them: a migrating bucket counts as already at its destination. */
+  private plannedOwners(): Uint16Array {
+    const owners = Uint16Array.from(this.dispatcher.table.owner);
+    for (let b = 0; b < owners.length; b++) if (owners[b]! >= this.config.workers) owners[b] = this.migrator.destinationOf(b);
+    return owners;
+  }
+
+  private spill(lane: number): void {
+    this.prepare();
+    if (this.alive[lane] === 0) return;
+    const moves = planOverload({
+      owners: this.plannedOwners(), bucketLoad: this.bucketLoad, targetShares: this.shares, alive: this.alive,
+      cooldown: new Uint8Array(this.config.workers), deadBand: this.config.balancer.deadBand,
+      maxMoves: this.config.balancer.maxMovesPerRound, overloaded: lane,
+    });
+    if (moves.length === 0) return;
+    this.overloadSpills++;
+    this.log.info('overload: moving buckets off worker', { worker: lane, queueDepth: this.model.lastQueueDepth[lane], moves: moves.length });
+    this.execute(moves);
+  }
+
+  tick(): void {
+    if (!this.enabled) return;
+    this.prepare();
+    const owners = this.plannedOwners();
+    this.lastImbalance = imbalanceOf(owners, this.bucketLoad, this.shares);
+    if (this.migrator.inFlight > 0) return; // let the previous round land before measuring again
+    const moves = planMoves({
+      owners, bucketLoad: this.bucketLoad, targetShares: this.shares, alive: this.alive, cooldown: this.cooldown,
+      deadBand: this.config.balancer.deadBand, maxMoves: this.config.balancer.maxMovesPerRound,
+    });
+    this.rounds++;
+    this.cooldown = cooldownFrom(moves, this.config.workers);
+    if (moves.length > 0) {
+      this.log.debug('rebalance', { moves: moves.length, imbalance: this.lastImbalance });
+      this.execute(moves);
+    }
+  }
+
+  private execute(moves: readonly Move[]): void {
+    for (const m of moves) {
+      if (this.migrator.start(m.bucket, m.to)) this.movesPlanned++;
+    }
+  }
+
+  onBucketMoved(_bucket: number, _to: number): void {
+    // The next report from the new owner carries the bucket's packets; nothing to do until then.
+  }
+
+  onWorkerReady(lane: number): void {
+    this.refreshAlive();
+    if (this.workers.restarts(lane) === 0) return; // first start: initialAssign gave it its buckets
+    // A replacement: give back its original buckets (with their flows' state, through migrations); the
+    // balancer evens out from there. Moves beyond the free hold lanes are retried on the next ticks.
+    this.model.resetWorker(lane);
+    this.restoreHome(lane);
+  }
+
+  private restoreHome(lane: number): void {
+    const owner = this.dispatcher.table.owner;
+    let pending = 0;
+    for (let b = 0; b < owner.length; b++) {
+      if (this.homeOf[b] !== lane || owner[b] === lane || this.migrator.isMigrating(b)) continue;
+      if (!this.migrator.start(b, lane)) pending++;
+    }
+    if (pending > 0) setTimeout(() => { if (this.workers.isReady(lane)) this.restoreHome(lane); }, 50).unref();
+  }
+
+  onWorkerExit(lane: number): void {
+    this.refreshAlive();
+    this.model.resetWorker(lane);
+    computeIndexes(this.model.workerLoads(this.alive), this.indexes);
+    targetShares(this.indexes, this.shares);
+    const moves = planEvacuation(this.dispatcher.table.owner, lane, this.shares, this.alive);
+    // The dead worker has nothing to hand over: Migrator.start gives each bucket straight to its new owner.
+    for (const m of moves) this.migrator.start(m.bucket, m.to);
+  }
+
+  /** A live worker to receive `bucket` when its migration target died: the one with the lowest load. */
+  pickEvacuationTarget(_bucket: number, dead: number): number {
+    this.refreshAlive();
+    let best = -1, bestLoad = Infinity;
+    for (let i = 0; i < this.config.workers; i++) {
+      if (i === dead || this.alive[i] === 0) continue;
+      const l = this.model.cpuUtil[i]!;
+      if (l < bestLoad) { best = i; bestLoad = l; }
+    }
+    return best;
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * The load model: smoothed measurements the balancer decides on. Workers report every ~200 ms; one report is
+ * too noisy to move buckets on (a GC pause or one burst looks like overload), so every figure here is an
+ * exponentially weighted moving average, x <- alpha * sample + (1 - alpha) * x, updated once per report.
+ *
+ * Units (every array is indexed by worker slot or by bucket, sized at construction):
+ *   cpuUtil          process CPU time / wall time of the report interval. 1 = one full core. May exceed 1
+ *                    slightly (GC and libuv threads run beside the event loop).
+ *   elu              event-loop utilisation, 0..1: the fraction of wall time the loop was not idle waiting
+ *                    for I/O. Wall time, so it also counts time the thread was runnable but descheduled.
+ *   queueDepth       packets queued inside the worker at report time.
+ *   packetsPerSec    packets handled per second of wall time (sum over the worker's reported buckets).
+ *   bucket rates     packets/s and bytes/s per bucket.
+ *   bucket load      "fraction of a core": the CPU one bucket's traffic costs, estimated as
+ *                    cpuUtil(w) * bucketPps(b) / sum of bucketPps over w's buckets, w being the worker
+ *                    that last reported b. CPU time per packet is a property of the traffic, not of how
+ *                    much CPU the worker gets, so this stays right when a worker is starved by another
+ *                    process on its core. A worker's baseline cost (timers, GC) is spread over its buckets
+ *                    in proportion to their packets; with no packets it is attributed to nobody.
+ *
+ * Bucket rates stay with the bucket, not the worker: when a bucket moves, the new owner's reports continue
+ * its average (its flows are the same flows). A bucket not in a report from the worker that last reported
+ * it gets a zero sample, so a bucket that goes quiet decays. While a bucket migrates both workers may
+ * report packets for it; each report is a partial sample, so its rate is briefly underestimated.
+ */
+
+import type { WorkerLoad } from './imbalance.js';
+
+export type { WorkerLoad };
+
+/** `bucketReporter` value of a bucket no live report covers (never seen, or its worker was reset). */
+export const NO_REPORTER = 0xffff;
+
+/** The per-report input: what a worker measured over the last `intervalMs` of wall time. */
+export interface WorkerReport {
+  /** Process CPU time / wall time over the interval (1 = one core). */
+  readonly cpuUtil: number;
+  /** Event-loop utilisation over the interval, 0..1. */
+  readonly elu: number;
+  /** Packets queued in the worker at report time. */
+  readonly queueDepth: number;
+  /** Wall time the counts cover, in ms. */
+  readonly intervalMs: number;
+  /** Buckets with traffic since the last report; the three arrays are parallel. */
+  readonly bucketIds: ArrayLike<number>;
+  /** Packets per bucket since the last report. */
+  readonly bucketPackets: ArrayLike<number>;
+  /** Bytes per bucket since the last report. */
+  readonly bucketBytes: ArrayLike<number>;
+}
+
+function finiteOrZero(x: number): number {
+  return Number.isFinite(x) && x > 0 ? x : 0;
+}
+
+export class LoadModel {
+  readonly workers: number;
+  readonly buckets: number;
+  /** Weight of the newest report, (0, 1]. 0.3 at 200 ms reports: a step change is ~90% visible in ~1.3 s. */
+  readonly alpha: number;
+
+  /** Per worker: EWMA of cpuUtil (cores). */
+  readonly cpuUtil: Float64Array;
+  /** Per worker: EWMA of elu (0..1). */
+  readonly elu: Float64Array;
+  /** Per worker: EWMA of queue depth (packets). */
+  readonly queueDepth: Float64Array;
+  /** Per worker: the queue depth of the last report, unsmoothed (packets). */
+  readonly lastQueueDepth: Float64Array;
+  /** Per worker: EWMA of packets/s. */
+  readonly packetsPerSec: Float64Array;
+  /** Per worker: reports ingested since construction or the last reset. */
+  readonly reports: Uint32Array;
+
+  /** Per bucket: EWMA of packets/s. */
+  readonly bucketPacketsPerSec: Float64Array;
+  /** Per bucket: EWMA of bytes/s. */
+  readonly bucketBytesPerSec: Float64Array;
+  /** Per bucket: the worker whose reports last covered it, or NO_REPORTER. */
+  readonly bucketReporter: Uint16Array;
+
+  /** Report entries skipped because the bucket id was out of range or a count was not a finite number. */
+  rejectedEntries = 0;
+
+  /** Per bucket: sequence number of the last report that listed it (to find the ones a report left out). */
+  private readonly bucketStamp: Uint32Array;
+  private stamp = 0;
+  /** Scratch for `bucketLoads`: per worker, the sum of its buckets' packet rates. */
+  private readonly sumPps: Float64Array;
+
+  constructor(workers: number, buckets: number, alpha: number) {
+    if (!Number.isInteger(workers) || workers < 1 || workers >= NO_REPORTER) {
+      throw new RangeError(`workers must be an integer in [1, ${NO_REPORTER - 1}], got ${workers}`);
+    }
+    if (!Number.isInteger(buckets) || buckets < 1) {
+      throw new RangeError(`buckets must be a positive integer, got ${buckets}`);
+    }
+    if (!(alpha > 0 && alpha <= 1)) throw new RangeError(`alpha must be in (0, 1], got ${alpha}`);
+    this.workers = workers;
+    this.buckets = buckets;
+    this.alpha = alpha;
+    this.cpuUtil = new Float64Array(workers);
+    this.elu = new Float64Array(workers);
+    this.queueDepth = new Float64Array(workers);
+    this.lastQueueDepth = new Float64Array(workers);
+    this.packetsPerSec = new Float64Array(workers);
+    this.reports = new Uint32Array(workers);
+    this.bucketPacketsPerSec = new Float64Array(buckets);
+    this.bucketBytesPerSec = new Float64Array(buckets);
+    this.bucketReporter = new Uint16Array(buckets).fill(NO_REPORTER);
+    this.bucketStamp = new Uint32Array(buckets);
+    this.sumPps = new Float64Array(workers);
+  }
+
+  /**
+   * Folds one report into the averages. Returns false (and changes nothing) when the report cannot be a
+   * rate: a non-positive or non-finite interval. Bad entries inside a report are skipped and counted in
+   * `rejectedEntries`; a worker bug must not take the primary down.
+   */
+  ingestReport(worker: number, r: WorkerReport): boolean {
+    this.checkWorker(worker);
+    if (!(Number.isFinite(r.intervalMs) && r.intervalMs > 0)) return false;
+    const a = this.alpha;
+    // The first report of a slot sets the averages outright: starting from 0 would read as an idle worker
+    // for the first second and attract buckets it cannot take.
+    const keep = this.reports[worker] === 0 ? 0 : 1 - a;
+    const take = this.reports[worker] === 0 ? 1 : a;
+    const perSec = 1000 / r.intervalMs;
+
+    this.cpuUtil[worker] = take * finiteOrZero(r.cpuUtil) + keep * this.cpuUtil[worker]!;
+    this.elu[worker] = take * Math.min(1, finiteOrZero(r.elu)) + keep * this.elu[worker]!;
+    const q = finiteOrZero(r.queueDepth);
+    this.lastQueueDepth[worker] = q;
+    this.queueDepth[worker] = take * q + keep * this.queueDepth[worker]!;
+
+    // Stamp 0 means "never"; skip it when the counter wraps.
+    this.stamp = this.stamp === 0xffffffff ? 1 : this.stamp + 1;
+    const stamp = this.stamp;
+    let packets = 0;
+    const n = Math.min(r.bucketIds.length, r.bucketPackets.length, r.bucketBytes.length);
+    if (n < Math.max(r.bucketIds.length, r.bucketPackets.length, r.bucketBytes.length)) {
+      this.rejectedEntries += Math.max(r.bucketIds.length, r.bucketPackets.length, r.bucketBytes.length) - n;
+    }
+    for (let i = 0; i < n; i++) {
+      const b = r.bucketIds[i]!;
+      const p = r.bucketPackets[i]!;
+      const by = r.bucketBytes[i]!;
+      if (!Number.isInteger(b) || b < 0 || b >= this.buckets || !(p >= 0) || !(by >= 0) || !Number.isFinite(p + by)) {
+        this.rejectedEntries++;
+        continue;
+      }
+      // Bucket averages always start from 0 (the true prior for a bucket never seen) so that the sum of a
+      // worker's bucket rates tracks its total; only the share of each bucket matters for its load.
+      this.bucketPacketsPerSec[b] = a * p * perSec + (1 - a) * this.bucketPacketsPerSec[b]!;
+      this.bucketBytesPerSec[b] = a * by * perSec + (1 - a) * this.bucketBytesPerSec[b]!;
+      this.bucketReporter[b] = worker;
+      this.bucketStamp[b] = stamp;
+      packets += p;
+    }
+    // Buckets this worker covered before but left out now had no traffic: a zero sample.
+    for (let b = 0; b < this.buckets; b++) {
+      if (this.bucketReporter[b] === worker && this.bucketStamp[b] !== stamp) {
+        this.bucketPacketsPerSec[b]! *= 1 - a;
+        this.bucketBytesPerSec[b]! *= 1 - a;
+      }
+    }
+    this.packetsPerSec[worker] = take * packets * perSec + keep * this.packetsPerSec[worker]!;
+    this.reports[worker]!++;
+    return true;
+  }
+
+  /**
+   * Forgets a worker slot (crash, replacement): its averages restart from its replacement's first report.
+   * The rates of the buckets it reported restart from 0 too: their new owners' reports rebuild them within
+   * a few intervals, and a stale rate that nobody reports would never decay.
+   */
+  resetWorker(worker: number): void {
+    this.checkWorker(worker);
+    this.cpuUtil[worker] = 0;
+    this.elu[worker] = 0;
+    this.queueDepth[worker] = 0;
+    this.lastQueueDepth[worker] = 0;
+    this.packetsPerSec[worker] = 0;
+    this.reports[worker] = 0;
+    for (let b = 0; b < this.buckets; b++) {
+      if (this.bucketReporter[b] === worker) {
+        this.bucketReporter[b] = NO_REPORTER;
+        this.bucketPacketsPerSec[b] = 0;
+        this.bucketBytesPerSec[b] = 0;
+      }
+    }
+  }
+
+  /**
+   * Estimated load of every bucket in fractions of a core (see the file comment). Writes into `out` when
+   * given (length >= buckets) so a tick allocates nothing. A bucket no live report covers has load 0.
+   */
+  bucketLoads(out: Float64Array = new Float64Array(this.buckets)): Float64Array {
+    if (out.length < this.buckets) throw new RangeError(`out has ${out.length} slots, need ${this.buckets}`);
+    // Cost per packet of each worker = cpu / (sum of its buckets' packet rates), so a worker's bucket loads
+    // add up to its cpuUtil exactly.
+    const sumPps = this.sumPps;
+    sumPps.fill(0);
+    for (let b = 0; b < this.buckets; b++) {
+      const w = this.bucketReporter[b]!;
+      if (w !== NO_REPORTER) sumPps[w]! += this.bucketPacketsPerSec[b]!;
+    }
+    for (let b = 0; b < this.buckets; b++) {
+      const w = this.bucketReporter[b]!;
+      const total = w === NO_REPORTER ? 0 : sumPps[w]!;
+      out[b] = total > 0 ? (this.cpuUtil[w]! * this.bucketPacketsPerSec[b]!) / total : 0;
+    }
+    return out;
+  }
+
+  /** The smoothed view of one worker; `alive` comes from the caller (the model does not track processes). */
+  workerLoad(worker: number, alive: boolean): WorkerLoad {
+    this.checkWorker(worker);
+    return {
+      alive,
+      cpuUtil: this.cpuUtil[worker]!,
+      elu: this.elu[worker]!,
+      queueDepth: this.queueDepth[worker]!,
+    };
+  }
+
+  /** `workerLoad` for every slot; `alive[w]` nonzero marks a live worker. */
+  workerLoads(alive: ArrayLike<number>): WorkerLoad[] {
+    const out: WorkerLoad[] = [];
+    for (let w = 0; w < this.workers; w++) out.push(this.workerLoad(w, alive[w] !== 0 && alive[w] !== undefined));
+    return out;
+  }
+
+  private checkWorker(worker: number): void {
+    if (!Number.isInteger(worker) || worker < 0 || worker >= this.workers) {
+      throw new RangeError(`worker ${worker} out of range [0, ${this.workers})`);
+    }
+  }
+}

@@ -1,0 +1,284 @@
+/**
+ * The primary process: binds the front sockets, forks the workers (node:cluster) with an extra pipe each for
+ * packet batches, dispatches every datagram by bucket, runs the balancer and migrations on ticks, serves
+ * status/metrics over HTTP, replaces crashed workers, and shuts everything down on SIGINT/SIGTERM.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import dgram from 'node:dgram';
+import type net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import type { Endpoint, FlowlbConfig } from '../config.js';
+import { Dispatcher } from '../datapath/dispatcher.js';
+import { UNASSIGNED } from '../datapath/bucket-table.js';
+import { addressBytes, loadHasher } from '../datapath/tuple.js';
+import { BindError, FlowlbError, HandlerLoadError } from '../errors.js';
+import { instantiateHandler, loadHandlerFactory } from '../handlers/load.js';
+import type { Logger } from '../log.js';
+import { startHttp, type HttpServer } from '../metrics/http.js';
+import { Balancer } from './balancer.js';
+import { Migrator, type MigrationPeer } from './migrator.js';
+import { isFlowlbMessage, type PrimaryToWorker, type WorkerToPrimary } from './protocol.js';
+import { WorkerSet } from './worker-set.js';
+
+/** Hold lanes: how many buckets may be migrating at once. */
+const MAX_HOLDS = 64;
+const WORKER_READY_TIMEOUT_MS = 15_000;
+/** A lane that crashes this often within RESPAWN_WINDOW_MS is not restarted again. */
+const MAX_RESPAWNS = 5;
+const RESPAWN_WINDOW_MS = 30_000;
+
+export interface RunningService {
+  /** Actual bound UDP addresses (port 0 resolved). */
+  readonly udp: readonly Endpoint[];
+  readonly http: Endpoint | null;
+  close(): Promise<void>;
+}
+
+function formatEndpoint(e: { host: string; port: number; family: 4 | 6 }): string {
+  return e.family === 6 ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`;
+}
+
+async function bindFront(ep: Endpoint): Promise<dgram.Socket> {
+  const socket = dgram.createSocket({ type: ep.family === 6 ? 'udp6' : 'udp4', ipv6Only: ep.family === 6 });
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      socket.close();
+      const what = `listen address ${formatEndpoint(ep)}`;
+      if (err.code === 'EADDRINUSE') reject(new BindError(`${what} is already in use`));
+      else if (err.code === 'EADDRNOTAVAIL') reject(new BindError(`${what} is not an address of this host`));
+      else if (err.code === 'EACCES') reject(new BindError(`${what}: permission denied`));
+      else reject(new BindError(`${what} could not be bound: ${err.message}`));
+    };
+    socket.once('error', onError);
+    socket.bind({ address: ep.host, port: ep.port, exclusive: true }, () => {
+      socket.off('error', onError);
+      resolve();
+    });
+  });
+  // Bursts arrive faster than one event-loop turn drains them; a larger kernel buffer absorbs them
+  // (the kernel caps it at net.core.rmem_max).
+  try { socket.setRecvBufferSize(8 * 1024 * 1024); } catch { /* capped or refused: keep the default */ }
+  return socket;
+}
+
+export async function startService(config: FlowlbConfig, log: Logger): Promise<RunningService> {
+  if (!cluster.isPrimary) throw new FlowlbError('ERR_INTERNAL', 'startService must run in the primary process');
+  const hasher = await loadHasher();
+
+  // Fail fast on a handler that does not load, before any socket or process exists.
+  const factory = await loadHandlerFactory(config.handler);
+  try {
+    const probe = await instantiateHandler(factory, {
+      workerId: -1, workers: config.workers, buckets: config.buckets, idleTimeoutMs: config.idleTimeoutMs,
+      backends: config.backends, options: config.handlerOptions,
+    });
+    await probe.close?.();
+  } catch (err) {
+    if (err instanceof FlowlbError) throw err;
+    throw new HandlerLoadError(`handler ${config.handler} failed to start: ${err instanceof Error ? err.message : String(err)}`);
+  }
+
+  const fronts: dgram.Socket[] = [];
+  try {
+    for (const ep of config.listen) fronts.push(await bindFront(ep));
+  } catch (err) {
+    for (const s of fronts) s.close();
+    throw err;
+  }
+  const udp: Endpoint[] = fronts.map((s, i) => {
+    const a = s.address();
+    return { host: a.address, port: a.port, family: config.listen[i]!.family };
+  });
+
+  const dispatcher = new Dispatcher({
+    buckets: config.buckets, maxWorkers: config.workers, maxHolds: MAX_HOLDS, maxDatagramBytes: 65_535,
+    channelLimitBytes: config.channelLimitBytes, holdLimit: config.balancer.holdLimit, hasher,
+  });
+  dispatcher.setListeners(udp.map((u) => ({ family: u.family, port: u.port, address: addressBytes(u.host, u.family) })));
+
+  const workers = new WorkerSet(config.workers);
+  const peer: MigrationPeer = {
+    send: (lane, msg, handle, done) => sendTo(lane, msg, handle, done),
+    alive: (lane) => workers.isReady(lane),
+  };
+  const migrator = new Migrator(dispatcher, peer, config.balancer.migrationTimeoutMs, log, (bucket, to) => {
+    balancer.onBucketMoved(bucket, to);
+  });
+  const balancer = new Balancer(config, dispatcher, migrator, workers, log);
+
+  function sendTo(lane: number, msg: PrimaryToWorker, handle?: dgram.Socket, done?: () => void): boolean {
+    const w = workers.worker(lane);
+    if (!w || !w.isConnected()) return false;
+    if (!workers.isListening(lane)) { workers.queue(lane, msg, handle, done); return true; }
+    try {
+      if (handle) w.send(msg, handle as never, done ? () => done() : undefined);
+      else w.send(msg);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- the packet path: one listener function per front socket, created once ----
+  fronts.forEach((socket, index) => {
+    socket.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) => {
+      dispatcher.dispatch(index, msg, rinfo.address, rinfo.family, rinfo.port);
+    });
+    socket.on('error', (err) => log.warn('front socket error', { err, listener: index }));
+  });
+
+  // ---- workers ----
+  const workerMain = fileURLToPath(new URL('./worker-main.js', import.meta.url));
+  cluster.setupPrimary({
+    exec: workerMain,
+    // fd 3 is cluster's IPC channel; fd 4 is the packet channel (no serialisation, real backpressure).
+    stdio: ['inherit', 'inherit', 'inherit', 'ipc', 'pipe'],
+    silent: false,
+  });
+  const configJson = JSON.stringify(config);
+  let shuttingDown = false;
+  let startupError: Error | null = null;
+
+  function fork(lane: number): Worker {
+    const w = cluster.fork({ FLOWLB_CONFIG: configJson, FLOWLB_WORKER_ID: String(lane) });
+    workers.attach(lane, w);
+    const channel = w.process.stdio[4] as net.Socket;
+    channel.on('error', (err) => log.debug('channel error', { err, worker: lane }));
+    dispatcher.setSink(lane, channel);
+    fronts.forEach((s, listener) => { sendTo(lane, { t: 'front', listener }, s); });
+    w.on('message', (m: unknown, handle: unknown) => onWorkerMessage(lane, w, m, handle as dgram.Socket | undefined));
+    w.on('exit', (code, signal) => onWorkerExit(lane, w, code, signal));
+    return w;
+  }
+
+  function onWorkerMessage(lane: number, w: Worker, m: unknown, handle: dgram.Socket | undefined): void {
+    if (!isFlowlbMessage(m) || workers.worker(lane) !== w) return;
+    const msg = m as WorkerToPrimary;
+    switch (msg.t) {
+      case 'hello':
+        for (const q of workers.listening(lane)) sendTo(lane, q.msg, q.handle, q.done);
+        break;
+      case 'ready':
+        workers.markReady(lane, msg.pid);
+        balancer.onWorkerReady(lane);
+        log.info('worker ready', { worker: lane, pid: msg.pid });
+        break;
+      case 'report':
+        workers.ingestReport(lane, msg);
+        balancer.onReport(lane, msg);
+        break;
+      case 'released':
+        migrator.onReleased(lane, msg);
+        break;
+      case 'released-socket':
+        migrator.onReleasedSocket(lane, msg, handle);
+        break;
+      case 'imported':
+        migrator.onImported(lane, msg);
+        break;
+      case 'fatal':
+        log.error('worker failed to start', { worker: lane, message: msg.message });
+        if (!workers.everReady(lane)) startupError ??= new HandlerLoadError(msg.message);
+        break;
+    }
+  }
+
+  function onWorkerExit(lane: number, w: Worker, code: number | null, signal: string | null): void {
+    if (workers.worker(lane) !== w) return;
+    const wasReady = workers.isReady(lane);
+    dispatcher.setSink(lane, null);
+    workers.detach(lane);
+    if (shuttingDown) return;
+    log.warn('worker exited', { worker: lane, code, signal });
+    migrator.onWorkerExit(lane, (bucket) => balancer.pickEvacuationTarget(bucket, lane));
+    balancer.onWorkerExit(lane);
+    if (!wasReady && !workers.everReady(lane)) {
+      startupError ??= new FlowlbError('ERR_WORKER', `worker ${lane} exited during start (code ${code}, signal ${signal})`);
+      return;
+    }
+    if (workers.recordCrash(lane, MAX_RESPAWNS, RESPAWN_WINDOW_MS)) {
+      log.error('worker keeps crashing; not restarting it', { worker: lane });
+      return;
+    }
+    fork(lane);
+  }
+
+  for (let lane = 0; lane < config.workers; lane++) fork(lane);
+  // Every bucket has an owner from the first packet on; packets that arrive before a worker reads its pipe wait in the pipe.
+  balancer.initialAssign((lane, msg) => sendTo(lane, msg));
+
+  // Wait until every worker is ready (or one failed).
+  const deadline = performance.now() + WORKER_READY_TIMEOUT_MS;
+  while (!workers.allReady() && startupError === null && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  if (startupError !== null || !workers.allReady()) {
+    shuttingDown = true;
+    for (const s of fronts) try { s.close(); } catch { /* closed */ }
+    for (const w of workers.all()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
+    throw startupError ?? new FlowlbError('ERR_WORKER', `workers did not become ready within ${WORKER_READY_TIMEOUT_MS} ms`);
+  }
+  balancer.start();
+
+  let http: HttpServer | null = null;
+  if (config.http) {
+    try {
+      http = await startHttp(config.http, { config, dispatcher, workers, balancer, migrator, udp, log });
+    } catch (err) {
+      shuttingDown = true;
+      balancer.stop();
+      for (const s of fronts) try { s.close(); } catch { /* closed */ }
+      for (const w of workers.all()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
+      throw err;
+    }
+  }
+
+  const httpEndpoint = http?.endpoint ?? null;
+  log.info('listening', {
+    udp: udp.map(formatEndpoint), http: httpEndpoint ? formatEndpoint(httpEndpoint) : null, workers: config.workers,
+    buckets: config.buckets, handler: config.handler,
+  });
+
+  let closing: Promise<void> | null = null;
+  async function close(): Promise<void> {
+    closing ??= (async () => {
+      shuttingDown = true;
+      balancer.stop();
+      for (const s of fronts) try { s.close(); } catch { /* closed */ }
+      migrator.abortAll();
+      dispatcher.flushAll();
+      const exits = workers.all().map((w) => new Promise<void>((resolve) => {
+        if (w.isDead()) { resolve(); return; }
+        w.once('exit', () => resolve());
+      }));
+      for (let lane = 0; lane < config.workers; lane++) {
+        const w = workers.worker(lane);
+        if (!w) continue;
+        // End of the channel tells the worker it has every packet; it serves them and exits.
+        (w.process.stdio[4] as net.Socket | null)?.end();
+        try { w.send({ t: 'shutdown' } satisfies PrimaryToWorker); } catch { /* gone */ }
+      }
+      const timer = setTimeout(() => {
+        for (const w of workers.all()) if (!w.isDead()) { log.warn('worker did not stop in time; killing it', { pid: w.process.pid }); w.process.kill('SIGKILL'); }
+      }, config.shutdownTimeoutMs);
+      await Promise.all(exits);
+      clearTimeout(timer);
+      await http?.close();
+      log.info('stopped');
+    })();
+    return closing;
+  }
+
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (++signals > 1) { log.warn('second signal: exiting now', { signal }); process.exit(1); }
+    log.info('shutting down', { signal });
+    close().then(() => process.exit(0), (err: unknown) => { log.error('shutdown failed', { err }); process.exit(1); });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  return { udp, http: httpEndpoint, close };
+}
+
+export { UNASSIGNED };

@@ -1,0 +1,67 @@
+/**
+ * Control messages between the primary and its workers, over cluster's IPC channel (never per packet).
+ * Every message is an object with a `t` tag; `isFlowlbMessage` tells them from cluster's own traffic.
+ */
+
+/** A flow's identity and exported state as it travels between workers during a migration. */
+export interface FlowTransfer {
+  readonly hash: number;
+  readonly port: number;
+  readonly family: number;
+  readonly listener: number;
+  /** 16 address bytes, base64. */
+  readonly addr: string;
+  readonly packets: number;
+  readonly data: unknown;
+  /** Index of the socket message that carries this flow's socket, or -1. */
+  readonly socket: number;
+}
+
+export interface WorkerCounters {
+  rxPackets: number;
+  rxBytes: number;
+  handled: number;
+  replies: number;
+  replyBytes: number;
+  replyErrors: number;
+  flowsCreated: number;
+  flowsExpired: number;
+  flowsActive: number;
+  handlerCrashes: number;
+  /** Indexed like DROP_REASONS. */
+  drops: number[];
+  /** Dispatch latency samples histogram: counts per bucket of LATENCY_BOUNDS_MS, plus sum. */
+  latencyCounts: number[];
+  latencySumMs: number;
+}
+
+export type PrimaryToWorker =
+  | { t: 'front'; listener: number }
+  | { t: 'own'; epoch: number; add: number[]; remove: number[] }
+  | { t: 'import'; bucket: number; epoch: number; flows: FlowTransfer[]; sockets: number }
+  | { t: 'import-socket'; bucket: number; epoch: number; index: number }
+  | { t: 'reconfigure'; config: unknown }
+  | { t: 'shutdown' };
+
+export type WorkerToPrimary =
+  /** The worker listens for control messages now (ESM workers load asynchronously; messages sent earlier would be lost). */
+  | { t: 'hello' }
+  | { t: 'ready'; pid: number }
+  | {
+    t: 'report'; seq: number; intervalMs: number; cpuUtil: number; elu: number; queueDepth: number; peakQueueDepth: number;
+    activeQueues: number; counters: WorkerCounters; memRss: number;
+    handlerCounters?: Record<string, number>;
+  }
+  | { t: 'released'; bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }
+  | { t: 'released-socket'; bucket: number; epoch: number; index: number }
+  | { t: 'imported'; bucket: number; epoch: number }
+  | { t: 'fatal'; message: string };
+
+export type FlowlbMessage = PrimaryToWorker | WorkerToPrimary;
+
+export function isFlowlbMessage(m: unknown): m is FlowlbMessage {
+  return typeof m === 'object' && m !== null && typeof (m as { t?: unknown }).t === 'string';
+}
+
+/** Upper bounds (ms) of the dispatch latency histogram: primary receive batch to handler start. */
+export const LATENCY_BOUNDS_MS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000];

@@ -1,0 +1,135 @@
+/**
+ * The primary's view of its worker lanes: which process serves each lane, whether it is ready, its latest
+ * load report, and crash history for respawn throttling.
+ */
+import type { Worker } from 'node:cluster';
+import type dgram from 'node:dgram';
+import type { PrimaryToWorker, WorkerToPrimary } from './protocol.js';
+
+export type WorkerReportMsg = Extract<WorkerToPrimary, { t: 'report' }>;
+
+export interface QueuedMessage {
+  readonly msg: PrimaryToWorker;
+  readonly handle: dgram.Socket | undefined;
+  readonly done: (() => void) | undefined;
+}
+
+interface LaneState {
+  worker: Worker | null;
+  /** The worker has said hello: its message listener is attached. Until then messages wait in `pending`. */
+  listening: boolean;
+  pending: QueuedMessage[];
+  pid: number;
+  ready: boolean;
+  everReady: boolean;
+  startedAt: number;
+  lastReport: WorkerReportMsg | null;
+  /** Counters of processes that served this lane before (so cluster totals never go backwards after a crash). */
+  retired: RetiredCounters;
+  crashes: number[];
+  restarts: number;
+}
+
+export interface RetiredCounters {
+  rxPackets: number; rxBytes: number; handled: number; replies: number; replyBytes: number; replyErrors: number;
+  flowsCreated: number; flowsExpired: number; handlerCrashes: number; drops: number[]; latencyCounts: number[]; latencySumMs: number;
+}
+
+function emptyRetired(): RetiredCounters {
+  return {
+    rxPackets: 0, rxBytes: 0, handled: 0, replies: 0, replyBytes: 0, replyErrors: 0, flowsCreated: 0, flowsExpired: 0,
+    handlerCrashes: 0, drops: [], latencyCounts: [], latencySumMs: 0,
+  };
+}
+
+function addInto(a: number[], b: readonly number[]): void {
+  for (let i = 0; i < b.length; i++) a[i] = (a[i] ?? 0) + b[i]!;
+}
+
+export class WorkerSet {
+  private readonly lanes: LaneState[] = [];
+
+  constructor(readonly size: number) {
+    for (let i = 0; i < size; i++) {
+      this.lanes.push({
+        worker: null, listening: false, pending: [], pid: 0, ready: false, everReady: false, startedAt: 0, lastReport: null, retired: emptyRetired(),
+        crashes: [], restarts: -1,
+      });
+    }
+  }
+
+  attach(lane: number, w: Worker): void {
+    const s = this.lanes[lane]!;
+    s.worker = w;
+    s.listening = false;
+    s.pending = [];
+    s.pid = w.process.pid ?? 0;
+    s.ready = false;
+    s.startedAt = Date.now();
+    s.lastReport = null;
+    s.restarts++;
+  }
+
+  detach(lane: number): void {
+    const s = this.lanes[lane]!;
+    const r = s.lastReport;
+    if (r) {
+      const c = r.counters, t = s.retired;
+      t.rxPackets += c.rxPackets; t.rxBytes += c.rxBytes; t.handled += c.handled; t.replies += c.replies;
+      t.replyBytes += c.replyBytes; t.replyErrors += c.replyErrors; t.flowsCreated += c.flowsCreated;
+      t.flowsExpired += c.flowsExpired; t.handlerCrashes += c.handlerCrashes; addInto(t.drops, c.drops);
+      addInto(t.latencyCounts, c.latencyCounts); t.latencySumMs += c.latencySumMs;
+    }
+    s.worker = null;
+    s.ready = false;
+    s.lastReport = null;
+    s.listening = false;
+    s.pending = [];
+  }
+
+  isListening(lane: number): boolean { return this.lanes[lane]!.listening; }
+
+  queue(lane: number, msg: PrimaryToWorker, handle: dgram.Socket | undefined, done: (() => void) | undefined): void {
+    this.lanes[lane]!.pending.push({ msg, handle, done });
+  }
+
+  /** Marks the lane as listening and returns the messages that waited for it, in order. */
+  listening(lane: number): QueuedMessage[] {
+    const s = this.lanes[lane]!;
+    s.listening = true;
+    const q = s.pending;
+    s.pending = [];
+    return q;
+  }
+
+  markReady(lane: number, pid: number): void {
+    const s = this.lanes[lane]!;
+    s.ready = true;
+    s.everReady = true;
+    s.pid = pid;
+  }
+
+  ingestReport(lane: number, r: WorkerReportMsg): void {
+    this.lanes[lane]!.lastReport = r;
+  }
+
+  /** Records a crash; true if the lane crashed too often to be restarted. */
+  recordCrash(lane: number, max: number, windowMs: number): boolean {
+    const s = this.lanes[lane]!;
+    const now = Date.now();
+    s.crashes = s.crashes.filter((t) => now - t < windowMs);
+    s.crashes.push(now);
+    return s.crashes.length > max;
+  }
+
+  worker(lane: number): Worker | null { return this.lanes[lane]?.worker ?? null; }
+  isReady(lane: number): boolean { return this.lanes[lane]?.ready === true && this.lanes[lane]!.worker !== null; }
+  everReady(lane: number): boolean { return this.lanes[lane]?.everReady === true; }
+  allReady(): boolean { return this.lanes.every((s) => s.ready); }
+  readyCount(): number { return this.lanes.filter((s) => s.ready).length; }
+  pid(lane: number): number { return this.lanes[lane]!.pid; }
+  lastReport(lane: number): WorkerReportMsg | null { return this.lanes[lane]!.lastReport; }
+  retired(lane: number): RetiredCounters { return this.lanes[lane]!.retired; }
+  restarts(lane: number): number { return Math.max(0, this.lanes[lane]!.restarts); }
+  all(): Worker[] { return this.lanes.map((s) => s.worker).filter((w): w is Worker => w !== null); }
+}

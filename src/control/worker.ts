@@ -1,0 +1,481 @@
+/**
+ * A worker process: reads batches of frames from its channel (fd 4), keeps the flow table of the buckets it
+ * owns, queues packets per flow (DRR), runs the handler, replies through the front socket handles the primary
+ * passed it (reading left to the primary), expires idle flows of its own buckets, and reports its load.
+ */
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { FlowlbConfig } from '../config.js';
+import {
+  DROP_FLOW_QUEUE_FULL, DROP_FLOW_TABLE_FULL, DROP_HANDLER_ERROR, DROP_MALFORMED, DROP_QUEUE_FULL, DROP_REASON_COUNT,
+} from '../datapath/counters.js';
+import { ENQ_FLOW_FULL, ENQ_FULL, ENQ_PUSHED_OUT, FairQueue } from '../datapath/fair-queue.js';
+import { FlowTable } from '../datapath/flow-table.js';
+import {
+  FRAME_CLOCK, FRAME_HEADER_BYTES, FRAME_PACKET, FRAME_RELEASE, FrameReader, frameBucket, frameClockMs, frameEpoch,
+  frameKind, frameLength,
+} from '../datapath/frame.js';
+import { formatIPv4, formatIPv6 } from '../datapath/tuple.js';
+import { instantiateHandler, loadHandlerFactory } from '../handlers/load.js';
+import type { ExportedFlow, Flow, FlowHandler, HandlerContext } from '../handlers/types.js';
+import { createLogger, type Logger } from '../log.js';
+import {
+  isFlowlbMessage, LATENCY_BOUNDS_MS, type FlowTransfer, type PrimaryToWorker, type WorkerCounters, type WorkerToPrimary,
+} from './protocol.js';
+import { startReading, stopReading } from './socket-handle.js';
+
+/** Packets served per drain turn before yielding to the event loop (so the channel keeps being read and DRR has a queue to order). */
+const DRAIN_BUDGET = 256;
+/** The sweep visits every owned bucket at least this often relative to the idle timeout. */
+const SWEEP_SLICES = 8;
+
+class FlowRef implements Flow {
+  state: unknown = undefined;
+  private keyText: string | null = null;
+  constructor(
+    readonly id: number,
+    readonly remoteAddress: string,
+    readonly remotePort: number,
+    readonly family: 4 | 6,
+    readonly listener: number,
+    readonly localAddress: string,
+    readonly localPort: number,
+    readonly hash: number,
+    readonly bucket: number,
+    private readonly rt: WorkerRuntime,
+  ) {}
+
+  get key(): string {
+    if (this.keyText === null) {
+      const r = this.family === 6 ? `[${this.remoteAddress}]` : this.remoteAddress;
+      const l = this.family === 6 ? `[${this.localAddress}]` : this.localAddress;
+      this.keyText = `${r}:${this.remotePort}>${l}:${this.localPort}`;
+    }
+    return this.keyText;
+  }
+
+  reply(payload: Uint8Array): void {
+    this.rt.reply(this, payload);
+  }
+}
+
+export class WorkerRuntime {
+  readonly flows: FlowTable;
+  readonly queue: FairQueue;
+  readonly refs: (FlowRef | undefined)[];
+  readonly owned: Uint8Array;
+  readonly fronts: (dgram.Socket | null)[];
+  readonly counters = new Float64Array(10);
+  readonly drops = new Float64Array(DROP_REASON_COUNT);
+  readonly latencyCounts = new Float64Array(LATENCY_BOUNDS_MS.length + 1);
+  latencySumMs = 0;
+  handlerCrashes = 0;
+
+  /** Coarse clock (ms, performance.now()), updated once per batch and per drain turn. */
+  nowMs = performance.now();
+  /** Wall-clock time of the batch being parsed, from its CLOCK frame. */
+  private batchWallMs = 0;
+  private latencyPending = false;
+  private drainScheduled = false;
+  private readonly drainBound = this.drain.bind(this);
+  private readonly serveBound = this.servePacket.bind(this);
+  private readonly reader: FrameReader;
+  private sweepCursor = 0;
+  private handedOver: Buffer[] = [];
+  private readonly collectBound = this.collectFrame.bind(this);
+  private closing = false;
+
+  constructor(
+    readonly config: FlowlbConfig,
+    readonly workerId: number,
+    readonly handler: FlowHandler,
+    readonly log: Logger,
+  ) {
+    const cap = config.maxFlowsPerWorker;
+    this.flows = new FlowTable(cap, config.buckets);
+    // The hard queue capacity sits above the overload limit: past the limit the primary moves buckets away;
+    // past the capacity the worker itself sheds the heaviest flows' packets.
+    const queueCapacity = Math.max(1024, config.balancer.queueLimit * 4);
+    this.queue = new FairQueue(queueCapacity, cap, config.queue.flowQueueLimit, config.queue.quantumBytes);
+    this.refs = new Array<FlowRef | undefined>(cap).fill(undefined);
+    this.owned = new Uint8Array(config.buckets);
+    this.fronts = new Array<dgram.Socket | null>(config.listen.length).fill(null);
+    this.reader = new FrameReader(this.onFrame.bind(this));
+  }
+
+  // ---- packet path ----
+
+  onChunk(chunk: Buffer): void {
+    this.nowMs = performance.now();
+    this.latencyPending = false;
+    this.reader.push(chunk);
+    if (this.reader.malformed > 0) { this.drops[DROP_MALFORMED]! += this.reader.malformed; this.reader.malformed = 0; }
+    if (!this.drainScheduled && this.queue.depth > 0) { this.drainScheduled = true; setImmediate(this.drainBound); }
+  }
+
+  private onFrame(buf: Buffer, off: number, len: number): void {
+    const kind = frameKind(buf, off);
+    if (kind === FRAME_PACKET) {
+      const c = this.counters;
+      c[C_RX_PACKETS]!++;
+      c[C_RX_BYTES]! += len - FRAME_HEADER_BYTES;
+      let f = this.flows.lookup(buf, off);
+      if (f < 0) {
+        f = this.flows.insert(buf, off, this.nowMs);
+        if (f < 0) { this.drops[DROP_FLOW_TABLE_FULL]!++; return; }
+        this.startFlow(f, undefined);
+      }
+      const r = this.queue.enqueue(f, buf, off + FRAME_HEADER_BYTES, len - FRAME_HEADER_BYTES);
+      if (r !== 0) {
+        if (r === ENQ_FLOW_FULL) this.drops[DROP_FLOW_QUEUE_FULL]!++;
+        else if (r === ENQ_FULL || r === ENQ_PUSHED_OUT) this.drops[DROP_QUEUE_FULL]!++;
+      }
+    } else if (kind === FRAME_CLOCK) {
+      this.batchWallMs = frameClockMs(buf, off);
+      this.latencyPending = true;
+    } else if (kind === FRAME_RELEASE) {
+      this.release(frameBucket(buf, off), frameEpoch(buf, off));
+    } else {
+      this.drops[DROP_MALFORMED]!++;
+    }
+    void frameLength;
+  }
+
+  private startFlow(f: number, imported: ExportedFlow | undefined): FlowRef {
+    const t = this.flows;
+    const fam = t.family[f] === 4 ? 4 : 6;
+    const addr = fam === 4 ? formatIPv4(t.addr, f * 16) : formatIPv6(t.addr, f * 16);
+    const li = t.listener[f]!;
+    const l = this.config.listen[li] ?? this.config.listen[0]!;
+    const front = this.fronts[li];
+    const localPort = front ? front.address().port : l.port;
+    const ref = new FlowRef(f, addr, t.port[f]!, fam, li, l.host, localPort, t.hash[f]!, t.bucket[f]!, this);
+    this.refs[f] = ref;
+    this.counters[C_FLOWS_CREATED]!++;
+    try {
+      if (imported !== undefined) this.handler.importFlow?.(ref, imported);
+      else this.handler.onFlowStart?.(ref);
+    } catch {
+      this.drops[DROP_HANDLER_ERROR]!++;
+    }
+    return ref;
+  }
+
+  private drain(): void {
+    this.drainScheduled = false;
+    this.nowMs = performance.now();
+    if (this.latencyPending) {
+      // One sample per batch: time from the primary's batch stamp to this batch's first service.
+      const lat = performance.timeOrigin + this.nowMs - this.batchWallMs;
+      this.recordLatency(lat);
+      this.latencyPending = false;
+    }
+    this.queue.serve(DRAIN_BUDGET, this.serveBound);
+    if (this.queue.depth > 0 && !this.drainScheduled) { this.drainScheduled = true; setImmediate(this.drainBound); }
+  }
+
+  private recordLatency(ms: number): void {
+    if (!(ms >= 0)) ms = 0;
+    let i = 0;
+    const b = LATENCY_BOUNDS_MS;
+    while (i < b.length && ms > b[i]!) i++;
+    this.latencyCounts[i]!++;
+    this.latencySumMs += ms;
+  }
+
+  private servePacket(f: number, buf: Buffer, off: number, len: number): void {
+    const ref = this.refs[f]!;
+    const t = this.flows;
+    t.lastSeenMs[f] = this.nowMs;
+    t.packets[f]!++;
+    this.counters[C_HANDLED]!++;
+    try {
+      this.handler.onPacket(buf.subarray(off, off + len), ref);
+    } catch {
+      this.drops[DROP_HANDLER_ERROR]!++;
+    }
+  }
+
+  reply(flow: FlowRef, payload: Uint8Array): void {
+    const s = this.fronts[flow.listener];
+    if (!s) { this.counters[C_REPLY_ERRORS]!++; return; }
+    this.counters[C_REPLIES]!++;
+    this.counters[C_REPLY_BYTES]! += payload.length;
+    s.send(payload, flow.remotePort, flow.remoteAddress, this.onReplySent);
+  }
+
+  private readonly onReplySent = (err: Error | null): void => {
+    if (err) this.counters[C_REPLY_ERRORS]!++;
+  };
+
+  // ---- timers: idle expiry over owned buckets only ----
+
+  sweep(): void {
+    this.nowMs = performance.now();
+    const B = this.config.buckets;
+    const slice = Math.max(1, Math.ceil(B / SWEEP_SLICES));
+    const idle = this.config.idleTimeoutMs;
+    const t = this.flows;
+    for (let n = 0; n < slice; n++) {
+      const b = this.sweepCursor;
+      this.sweepCursor = (b + 1) % B;
+      if (this.owned[b] === 0) continue;
+      let f = t.bucketHead[b]!;
+      while (f >= 0) {
+        const next = t.nextInBucket(f);
+        if (this.nowMs - t.lastSeenMs[f]! >= idle && this.queue.qCount[f] === 0) this.endFlow(f, 'idle');
+        f = next;
+      }
+    }
+  }
+
+  private endFlow(f: number, reason: 'idle' | 'shutdown' | 'evicted'): void {
+    const ref = this.refs[f];
+    this.refs[f] = undefined;
+    this.flows.remove(f);
+    this.counters[C_FLOWS_EXPIRED]!++;
+    if (ref) {
+      try { this.handler.onFlowEnd?.(ref, reason); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
+    }
+  }
+
+  // ---- migration: give a bucket away, take one in ----
+
+  private collectFrame(_f: number, buf: Buffer, off: number, len: number): void {
+    // The queue keeps payload views; the frame header sits just before the payload in the same buffer.
+    this.handedOver.push(buf.subarray(off - FRAME_HEADER_BYTES, off + len));
+  }
+
+  /** The primary has sent the last packet of `bucket` to us: hand over its queued packets and flow state. */
+  release(bucket: number, epoch: number): void {
+    const t = this.flows;
+    this.handedOver = [];
+    const transfers: FlowTransfer[] = [];
+    const sockets: dgram.Socket[] = [];
+    let f = t.bucketHead[bucket]!;
+    while (f >= 0) {
+      const next = t.nextInBucket(f);
+      this.queue.drainFlow(f, this.collectBound);
+      const ref = this.refs[f];
+      let exported: ExportedFlow | undefined;
+      if (ref && this.handler.exportFlow) {
+        try { exported = this.handler.exportFlow(ref); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
+      }
+      let socketIndex = -1;
+      if (exported?.socket) {
+        stopReading(exported.socket);
+        socketIndex = sockets.length;
+        sockets.push(exported.socket);
+      }
+      transfers.push({
+        hash: t.hash[f]!, port: t.port[f]!, family: t.family[f]!, listener: t.listener[f]!,
+        addr: Buffer.from(t.addressOf(f)).toString('base64'), packets: t.packets[f]!,
+        data: exported?.data ?? null, socket: socketIndex,
+      });
+      this.refs[f] = undefined;
+      t.remove(f);
+      f = next;
+    }
+    this.owned[bucket] = 0;
+    const frames = this.handedOver.length > 0 ? Buffer.concat(this.handedOver) : Buffer.alloc(0);
+    this.handedOver = [];
+    send({ t: 'released', bucket, epoch, flows: transfers, frames: frames.toString('base64'), sockets: sockets.length });
+    sockets.forEach((s, index) => {
+      process.send!({ t: 'released-socket', bucket, epoch, index } satisfies WorkerToPrimary, s as never, () => {
+        try { s.close(); } catch { /* already closed */ }
+      });
+    });
+  }
+
+  private pendingImport: { bucket: number; epoch: number; flows: FlowTransfer[]; sockets: (dgram.Socket | null)[]; left: number } | null = null;
+
+  onImport(m: Extract<PrimaryToWorker, { t: 'import' }>): void {
+    this.pendingImport = { bucket: m.bucket, epoch: m.epoch, flows: m.flows, sockets: new Array(m.sockets).fill(null), left: m.sockets };
+    if (m.sockets === 0) this.finishImport();
+  }
+
+  onImportSocket(m: Extract<PrimaryToWorker, { t: 'import-socket' }>, socket: dgram.Socket | undefined): void {
+    const p = this.pendingImport;
+    if (!p || p.bucket !== m.bucket || p.epoch !== m.epoch || !socket) {
+      try { socket?.close(); } catch { /* ignore */ }
+      return;
+    }
+    // Nothing may read it until its flow is imported (the kernel keeps the datagrams meanwhile).
+    stopReading(socket);
+    p.sockets[m.index] = socket;
+    if (--p.left === 0) this.finishImport();
+  }
+
+  private finishImport(): void {
+    const p = this.pendingImport!;
+    this.pendingImport = null;
+    const t = this.flows;
+    for (const x of p.flows) {
+      const addr = Buffer.from(x.addr, 'base64');
+      const f = t.insertKey(x.hash, x.port, x.family, x.listener, addr, p.bucket, this.nowMs);
+      const socket = x.socket >= 0 ? p.sockets[x.socket] ?? undefined : undefined;
+      if (f < 0) { this.drops[DROP_FLOW_TABLE_FULL]!++; try { socket?.close(); } catch { /* ignore */ } continue; }
+      t.packets[f] = x.packets;
+      if (socket) startReading(socket);
+      this.startFlow(f, { data: x.data, socket });
+      this.counters[C_FLOWS_CREATED]!--; // moved, not created
+    }
+    this.owned[p.bucket] = 1;
+    send({ t: 'imported', bucket: p.bucket, epoch: p.epoch });
+  }
+
+  // ---- reporting ----
+
+  snapshotCounters(): WorkerCounters {
+    const c = this.counters;
+    return {
+      rxPackets: c[C_RX_PACKETS]!, rxBytes: c[C_RX_BYTES]!, handled: c[C_HANDLED]!, replies: c[C_REPLIES]!,
+      replyBytes: c[C_REPLY_BYTES]!, replyErrors: c[C_REPLY_ERRORS]!, flowsCreated: c[C_FLOWS_CREATED]!,
+      flowsExpired: c[C_FLOWS_EXPIRED]!, flowsActive: this.flows.size, handlerCrashes: this.handlerCrashes,
+      drops: Array.from(this.drops), latencyCounts: Array.from(this.latencyCounts), latencySumMs: this.latencySumMs,
+    };
+  }
+
+  async shutdown(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    // Serve what is queued, end every flow, close the handler.
+    let guard = 0;
+    while (this.queue.depth > 0 && guard++ < 10_000) this.queue.serve(DRAIN_BUDGET, this.serveBound);
+    const t = this.flows;
+    for (let b = 0; b < this.config.buckets; b++) {
+      let f = t.bucketHead[b]!;
+      while (f >= 0) { const next = t.nextInBucket(f); this.endFlow(f, 'shutdown'); f = next; }
+    }
+    try { await this.handler.close?.(); } catch (err) { this.log.warn('handler close failed', { err }); }
+  }
+}
+
+const C_RX_PACKETS = 0, C_RX_BYTES = 1, C_HANDLED = 2, C_REPLIES = 3, C_REPLY_BYTES = 4, C_REPLY_ERRORS = 5;
+const C_FLOWS_CREATED = 6, C_FLOWS_EXPIRED = 7;
+
+function send(m: WorkerToPrimary): void {
+  if (process.connected) process.send!(m);
+}
+
+/** Entry point of a worker process (called from worker-main). */
+export async function runWorker(): Promise<void> {
+  const config = JSON.parse(process.env.FLOWLB_CONFIG ?? 'null') as FlowlbConfig;
+  const workerId = Number(process.env.FLOWLB_WORKER_ID ?? '0');
+  const log = createLogger(config.logLevel, { role: 'worker', worker: workerId });
+  // IPC messages that arrive while no listener is attached are lost (front socket handles among them), so
+  // listen at once and replay what came in while the handler was starting.
+  const early: [unknown, unknown][] = [];
+  const buffer = (m: unknown, h: unknown): void => { early.push([m, h]); };
+  process.on('message', buffer);
+  send({ t: 'hello' });
+  const ctx: HandlerContext = {
+    workerId, workers: config.workers, buckets: config.buckets, idleTimeoutMs: config.idleTimeoutMs,
+    backends: config.backends, options: config.handlerOptions,
+  };
+  let handler: FlowHandler;
+  try {
+    handler = await instantiateHandler(await loadHandlerFactory(config.handler), ctx);
+  } catch (err) {
+    send({ t: 'fatal', message: err instanceof Error ? err.message : String(err) });
+    process.exitCode = 1;
+    setTimeout(() => process.exit(1), 100).unref();
+    return;
+  }
+  const rt = new WorkerRuntime(config, workerId, handler, log);
+
+  // A handler that throws from its own callbacks (timers, socket events) must not take the worker down.
+  process.on('uncaughtException', (err) => {
+    rt.handlerCrashes++;
+    log.warn('uncaught exception in worker (isolated)', { err });
+  });
+
+  const channel = new net.Socket({ fd: 4, readable: true, writable: false });
+  channel.on('data', (chunk: Buffer) => rt.onChunk(chunk));
+  channel.on('error', (err) => log.warn('channel error', { err }));
+  channel.on('end', () => { void stop(); });
+
+  let fronts = 0;
+  const onMessage = (m: unknown, handle: unknown): void => {
+    if (!isFlowlbMessage(m)) return;
+    const msg = m as PrimaryToWorker;
+    switch (msg.t) {
+      case 'front': {
+        const s = handle as dgram.Socket;
+        // Send-only in this process: the primary reads the front socket.
+        stopReading(s);
+        s.on('error', (err) => log.warn('front socket error', { err }));
+        rt.fronts[msg.listener] = s;
+        if (++fronts === config.listen.length) send({ t: 'ready', pid: process.pid });
+        break;
+      }
+      case 'own':
+        for (const b of msg.add) rt.owned[b] = 1;
+        for (const b of msg.remove) rt.owned[b] = 0;
+        break;
+      case 'import':
+        rt.onImport(msg);
+        break;
+      case 'import-socket':
+        rt.onImportSocket(msg, handle as dgram.Socket | undefined);
+        break;
+      case 'reconfigure':
+        try {
+          handler.reconfigure?.({ ...ctx, ...(msg.config as object) } as HandlerContext);
+        } catch (err) { log.warn('handler reconfigure failed', { err }); }
+        break;
+      case 'shutdown':
+        // The channel's end (every packet read) normally stops us first; this covers a channel that never ends.
+        setTimeout(() => { void stop(); }, 1000).unref();
+        break;
+    }
+  };
+  process.off('message', buffer);
+  process.on('message', onMessage);
+  for (const [m, h] of early) onMessage(m, h);
+
+  const sweepEveryMs = Math.max(50, Math.min(1000, Math.floor(config.idleTimeoutMs / SWEEP_SLICES)));
+  const sweepTimer = setInterval(() => rt.sweep(), sweepEveryMs);
+
+  let seq = 0;
+  let lastWall = performance.now();
+  let lastCpu = process.cpuUsage();
+  let lastElu = performance.eventLoopUtilization();
+  const reportTimer = setInterval(() => {
+    const now = performance.now();
+    const cpu = process.cpuUsage();
+    const elu = performance.eventLoopUtilization();
+    const wallUs = (now - lastWall) * 1000;
+    const cpuUtil = wallUs > 0 ? (cpu.user - lastCpu.user + cpu.system - lastCpu.system) / wallUs : 0;
+    const eluNow = performance.eventLoopUtilization(elu, lastElu).utilization;
+    send({
+      t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
+      peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters: rt.snapshotCounters(),
+      memRss: process.memoryUsage.rss(),
+      handlerCounters: (handler as { counters?: () => Record<string, number> }).counters?.(),
+    });
+    lastWall = now; lastCpu = cpu; lastElu = elu;
+  }, config.balancer.reportIntervalMs);
+
+  let stopping = false;
+  async function stop(): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    clearInterval(sweepTimer);
+    clearInterval(reportTimer);
+    await rt.shutdown();
+    // Let queued replies leave before the process ends.
+    setImmediate(() => {
+      for (const s of rt.fronts) try { s?.close(); } catch { /* closed */ }
+      channel.destroy();
+      process.disconnect?.();
+      process.exit(0);
+    });
+  }
+  // The primary going away (disconnect) ends the worker too: no orphans.
+  process.on('disconnect', () => { void stop(); });
+  // Signals reach the whole process group on Ctrl-C; the primary coordinates the shutdown.
+  process.on('SIGINT', () => {});
+  process.on('SIGTERM', () => { void stop(); });
+}

@@ -1,0 +1,221 @@
+/**
+ * The queuing model inside a worker: packets queue per flow and are served by deficit round robin (DRR,
+ * Shreedhar & Varghese) with a byte quantum, so one heavy flow cannot delay the others by more than its
+ * turn. Storage is fixed at start: a pool of packet descriptors (a view into a received batch buffer:
+ * buffer, offset, length) linked into per-flow FIFOs, and a ring of flows that have packets queued.
+ *
+ * Overload policy: a flow may queue at most `flowLimit` packets (beyond: drop the new packet); when the
+ * whole queue is at `capacity`, the flow with the most packets queued loses its oldest packet, so under
+ * overload the heaviest flows lose packets first.
+ */
+
+const NIL = -1;
+
+export type ServeFn = (flow: number, buf: Buffer, off: number, len: number) => void;
+
+export const ENQ_OK = 0;
+export const ENQ_FLOW_FULL = 1;
+/** Accepted, but the heaviest flow lost its oldest packet to make room. */
+export const ENQ_PUSHED_OUT = 2;
+export const ENQ_FULL = 3;
+
+export class FairQueue {
+  readonly capacity: number;
+  readonly flowLimit: number;
+  readonly quantum: number;
+  /** Packets queued. */
+  depth = 0;
+  /** Highest depth seen since the last call to takePeakDepth(). */
+  peakDepth = 0;
+
+  private readonly pBuf: (Buffer | null)[];
+  private readonly pOff: Int32Array;
+  private readonly pLen: Int32Array;
+  private readonly pNext: Int32Array;
+  private freeHead: number;
+
+  readonly qCount: Int32Array;
+  private readonly qHead: Int32Array;
+  private readonly qTail: Int32Array;
+  private readonly deficit: Int32Array;
+  private readonly inRing: Uint8Array;
+  private readonly turnOpen: Uint8Array;
+  private readonly ring: Int32Array;
+  private ringHead = 0;
+  private ringLen = 0;
+  private heavy = NIL;
+
+  constructor(capacity: number, maxFlows: number, flowLimit: number, quantumBytes: number) {
+    this.capacity = capacity;
+    this.flowLimit = flowLimit;
+    this.quantum = quantumBytes;
+    this.pBuf = new Array<Buffer | null>(capacity).fill(null);
+    this.pOff = new Int32Array(capacity);
+    this.pLen = new Int32Array(capacity);
+    this.pNext = new Int32Array(capacity);
+    for (let i = 0; i < capacity; i++) this.pNext[i] = i + 1 < capacity ? i + 1 : NIL;
+    this.freeHead = capacity > 0 ? 0 : NIL;
+    this.qCount = new Int32Array(maxFlows);
+    this.qHead = new Int32Array(maxFlows).fill(NIL);
+    this.qTail = new Int32Array(maxFlows).fill(NIL);
+    this.deficit = new Int32Array(maxFlows);
+    this.inRing = new Uint8Array(maxFlows);
+    this.turnOpen = new Uint8Array(maxFlows);
+    this.ring = new Int32Array(maxFlows);
+  }
+
+  /** Queues a packet of `flow`. Returns ENQ_* (ENQ_FLOW_FULL and ENQ_FULL mean this packet was dropped). */
+  enqueue(flow: number, buf: Buffer, off: number, len: number): number {
+    if (this.qCount[flow]! >= this.flowLimit) return ENQ_FLOW_FULL;
+    let result = ENQ_OK;
+    if (this.freeHead === NIL) {
+      const victim = this.heaviest();
+      if (victim === NIL || victim === flow && this.qCount[flow]! === 0 || this.qCount[victim]! <= this.qCount[flow]!) return ENQ_FULL;
+      this.dropHead(victim);
+      result = ENQ_PUSHED_OUT;
+    }
+    const p = this.freeHead;
+    this.freeHead = this.pNext[p]!;
+    this.pBuf[p] = buf;
+    this.pOff[p] = off;
+    this.pLen[p] = len;
+    this.pNext[p] = NIL;
+    const tail = this.qTail[flow]!;
+    if (tail === NIL) this.qHead[flow] = p; else this.pNext[tail] = p;
+    this.qTail[flow] = p;
+    const c = ++this.qCount[flow]!;
+    if (this.heavy === NIL || c > this.qCount[this.heavy]!) this.heavy = flow;
+    if (++this.depth > this.peakDepth) this.peakDepth = this.depth;
+    if (this.inRing[flow] === 0) {
+      this.inRing[flow] = 1;
+      this.turnOpen[flow] = 0;
+      this.deficit[flow] = 0;
+      this.ring[(this.ringHead + this.ringLen) % this.ring.length] = flow;
+      this.ringLen++;
+    }
+    return result;
+  }
+
+  /** The flow with the most packets queued (exact when the tracked candidate went stale: then it scans the ring). */
+  private heaviest(): number {
+    const h = this.heavy;
+    if (h !== NIL && this.qCount[h]! > 0) {
+      // The candidate may have been overtaken by a flow that grew while it was served; check the ring (bounded by active flows).
+      let best = h;
+      for (let i = 0, r = this.ringHead; i < this.ringLen; i++) {
+        const f = this.ring[r]!;
+        if (this.qCount[f]! > this.qCount[best]!) best = f;
+        r = r + 1 === this.ring.length ? 0 : r + 1;
+      }
+      this.heavy = best;
+      return best;
+    }
+    let best = NIL;
+    for (let i = 0, r = this.ringHead; i < this.ringLen; i++) {
+      const f = this.ring[r]!;
+      if (best === NIL || this.qCount[f]! > this.qCount[best]!) best = f;
+      r = r + 1 === this.ring.length ? 0 : r + 1;
+    }
+    this.heavy = best;
+    return best;
+  }
+
+  private dropHead(flow: number): void {
+    const p = this.qHead[flow]!;
+    this.qHead[flow] = this.pNext[p]!;
+    if (this.qHead[flow] === NIL) this.qTail[flow] = NIL;
+    this.releaseDescriptor(p);
+    this.qCount[flow]!--;
+    this.depth--;
+  }
+
+  private releaseDescriptor(p: number): void {
+    this.pBuf[p] = null;
+    this.pNext[p] = this.freeHead;
+    this.freeHead = p;
+  }
+
+  /**
+   * Serves up to `budget` packets in DRR order, calling `fn` for each. Returns how many were served.
+   * A flow whose queue empties leaves the ring (its deficit resets, as DRR requires).
+   */
+  serve(budget: number, fn: ServeFn): number {
+    let served = 0;
+    const ring = this.ring, size = ring.length;
+    while (served < budget && this.ringLen > 0) {
+      const f = ring[this.ringHead]!;
+      if (this.turnOpen[f] === 0) { this.turnOpen[f] = 1; this.deficit[f]! += this.quantum; }
+      while (this.qCount[f]! > 0 && served < budget) {
+        const p = this.qHead[f]!;
+        const len = this.pLen[p]!;
+        if (len > this.deficit[f]!) break;
+        this.deficit[f]! -= len;
+        const buf = this.pBuf[p]!, off = this.pOff[p]!;
+        this.qHead[f] = this.pNext[p]!;
+        if (this.qHead[f] === NIL) this.qTail[f] = NIL;
+        this.releaseDescriptor(p);
+        this.qCount[f]!--;
+        this.depth--;
+        served++;
+        fn(f, buf, off, len);
+      }
+      if (this.qCount[f] === 0) {
+        this.inRing[f] = 0; this.turnOpen[f] = 0; this.deficit[f] = 0;
+        this.ringHead = this.ringHead + 1 === size ? 0 : this.ringHead + 1;
+        this.ringLen--;
+      } else if (served >= budget && this.qHead[f] !== NIL && this.pLen[this.qHead[f]!]! <= this.deficit[f]!) {
+        // Budget ran out mid-turn: the flow keeps its turn and remaining deficit.
+        break;
+      } else {
+        // Turn over: to the back of the ring.
+        this.turnOpen[f] = 0;
+        this.ringHead = this.ringHead + 1 === size ? 0 : this.ringHead + 1;
+        ring[(this.ringHead + this.ringLen - 1) % size] = f;
+      }
+    }
+    return served;
+  }
+
+  /**
+   * Removes every queued packet of `flow`, oldest first, passing each to `fn` (migration hands them over).
+   * The flow leaves the ring.
+   */
+  drainFlow(flow: number, fn: ServeFn): number {
+    let n = 0;
+    let p = this.qHead[flow]!;
+    while (p !== NIL) {
+      const next = this.pNext[p]!;
+      const buf = this.pBuf[p]!, off = this.pOff[p]!, len = this.pLen[p]!;
+      this.releaseDescriptor(p);
+      this.depth--;
+      n++;
+      fn(flow, buf, off, len);
+      p = next;
+    }
+    this.qHead[flow] = this.qTail[flow] = NIL;
+    this.qCount[flow] = 0;
+    if (this.inRing[flow] === 1) this.removeFromRing(flow);
+    return n;
+  }
+
+  private removeFromRing(flow: number): void {
+    const size = this.ring.length;
+    let w = 0;
+    for (let i = 0; i < this.ringLen; i++) {
+      const f = this.ring[(this.ringHead + i) % size]!;
+      if (f !== flow) this.ring[(this.ringHead + w++) % size] = f;
+    }
+    this.ringLen = w;
+    this.inRing[flow] = 0; this.turnOpen[flow] = 0; this.deficit[flow] = 0;
+  }
+
+  activeFlows(): number {
+    return this.ringLen;
+  }
+
+  takePeakDepth(): number {
+    const p = this.peakDepth;
+    this.peakDepth = this.depth;
+    return p;
+  }
+}

@@ -1,0 +1,487 @@
+/**
+ * The built-in `proxy` handler: a UDP proxy in the manner of nginx `stream` / Envoy's udp_proxy. Each flow gets
+ * its own upstream socket, connected to one backend, so the backend sees one stable source port per client and
+ * its answers come back on that socket and are relayed to the client from flowlb's listening address.
+ *
+ * Backend choice is weighted Maglev over the flow's 4-tuple hash, so every worker picks the same backend for a
+ * flow; when a flow's bucket migrates, exportFlow hands the upstream socket itself to the new worker, so the
+ * backend keeps seeing the same source address and port.
+ *
+ * Per packet the handler does one state check and one `send` on a connected socket: no lookup, no closure (the
+ * socket callbacks are module-level functions that find their session through the socket).
+ */
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { ConfigError } from '../errors.js';
+import { buildMaglevTable, lookupMaglev } from './maglev.js';
+import type { ExportedFlow, Flow, FlowEndReason, FlowHandler, HandlerContext } from './types.js';
+
+/** Datagrams one flow may queue while its upstream socket connects (one DNS lookup or one tick for an IP literal). */
+export const DEFAULT_PRECONNECT_QUEUE_PACKETS = 64;
+export const MAX_PRECONNECT_QUEUE_PACKETS = 65_536;
+/** After a failed connect (DNS lookup or connect(2)), packets are dropped for this long, then the next one retries. */
+export const RECONNECT_DELAY_MS = 1_000;
+
+const INITIAL_BACKEND_SLOTS = 8;
+
+/**
+ * The proxy's counters. Per-backend counters are Float64Arrays indexed by `backendIndex(key)`; the index of a
+ * backend key never changes for the life of the handler (a reload only appends keys), so every counter is
+ * monotonic and a scrape can read `backendKeys[i]` with `requests[i]` etc. Arrays are replaced when they grow:
+ * read them through this object at scrape time, do not keep references.
+ */
+export class ProxyStats {
+  /** Backend keys ("host:port", "[v6]:port"), append-only. */
+  readonly backendKeys: string[] = [];
+  /** Datagrams handed to the kernel for the backend (sent, or queued by libuv if the socket buffer is full). */
+  requests = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** Datagrams received from the backend on a flow's upstream socket and relayed to the client. */
+  responses = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** Sends towards the backend that failed, other than ECONNREFUSED. */
+  sendErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /**
+   * ECONNREFUSED on an upstream socket: the backend host answered with ICMP port unreachable (nothing listens on
+   * the port). Linux reports it on the connected socket's next receive or send. The socket stays usable.
+   */
+  refused = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** Other errors an upstream socket reported (receive failures). */
+  socketErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** Upstream connects that failed (DNS lookup or connect(2)); the flow's queued packets count in droppedConnectFailed. */
+  connectErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
+
+  /** Client datagrams dropped because no backend has a positive weight. */
+  droppedNoBackend = 0;
+  /** Client datagrams dropped because the flow's pre-connect queue was full. */
+  droppedQueueFull = 0;
+  /** Client datagrams dropped because the flow's upstream connect failed (queued ones, and those in the retry delay). */
+  droppedConnectFailed = 0;
+  /** Client datagrams still queued for a connecting upstream when the flow was exported to another worker. */
+  droppedMigrating = 0;
+  /** Imported flows whose upstream socket could not be adopted, so a new one (new source port) was opened. */
+  adoptFailures = 0;
+  /** Upstream sockets currently open in this handler (one per flow with a backend). */
+  activeUpstreams = 0;
+
+  private readonly indexByKey = new Map<string, number>();
+
+  /** The stable index of a backend key in the per-backend arrays, assigned on first use. */
+  backendIndex(key: string): number {
+    const known = this.indexByKey.get(key);
+    if (known !== undefined) return known;
+    const index = this.backendKeys.length;
+    this.backendKeys.push(key);
+    this.indexByKey.set(key, index);
+    if (index >= this.requests.length) {
+      const size = this.requests.length * 2;
+      this.requests = grow(this.requests, size);
+      this.responses = grow(this.responses, size);
+      this.sendErrors = grow(this.sendErrors, size);
+      this.refused = grow(this.refused, size);
+      this.socketErrors = grow(this.socketErrors, size);
+      this.connectErrors = grow(this.connectErrors, size);
+    }
+    return index;
+  }
+}
+
+function grow(old: Float64Array, size: number): Float64Array<ArrayBuffer> {
+  const next = new Float64Array(size);
+  next.set(old);
+  return next;
+}
+
+/** What exportFlow puts in `ExportedFlow.data`. */
+export interface ProxyFlowData {
+  /** Key of the flow's backend, or null if it had none. */
+  readonly backendKey: string | null;
+}
+
+/** The key a backend is known by in the Maglev table, the counters and exported flows. */
+export function backendKey(host: string, port: number): string {
+  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+interface ProxyBackend {
+  readonly key: string;
+  readonly host: string;
+  readonly port: number;
+  readonly weight: number;
+  readonly socketType: 'udp4' | 'udp6';
+  /** Index in the ProxyStats arrays. */
+  readonly stat: number;
+}
+
+// Session states. Integers, as in Node's dgram (BIND_STATE_*).
+const UPSTREAM_NONE = 0; // no backend with a positive weight
+const UPSTREAM_CONNECTING = 1;
+const UPSTREAM_CONNECTED = 2;
+const UPSTREAM_FAILED = 3; // connect failed; retried by a packet after RECONNECT_DELAY_MS
+const UPSTREAM_CLOSED = 4; // flow ended or exported
+
+const kSession = Symbol('flowlb.proxy.session');
+type UpstreamSocket = dgram.Socket & { [kSession]?: UpstreamSession };
+
+/** One flow's binding to its backend: lives in `flow.state`. */
+class UpstreamSession {
+  flow: Flow;
+  readonly handler: ProxyHandler;
+  backend: ProxyBackend | null = null;
+  socket: UpstreamSocket | null = null;
+  state = UPSTREAM_NONE;
+  /** Copies of client datagrams waiting for the connect (the originals are views into a batch buffer). */
+  pending: Buffer[] = [];
+  /** Set by reconfigure when the backend was removed (or there was none): the next packet picks again. */
+  stale = false;
+  failedAtMs = 0;
+  /**
+   * The send callback, bound once per flow: Node calls send callbacks with `this` set to its internal request,
+   * so this is the one way to count a failed send against its backend without a closure per packet.
+   */
+  readonly onSent: (err: Error | null) => void;
+
+  constructor(handler: ProxyHandler, flow: Flow) {
+    this.handler = handler;
+    this.flow = flow;
+    this.onSent = onUpstreamSent.bind(this);
+  }
+
+  /** Opens a new upstream socket to `backend` (or records that there is none). */
+  open(backend: ProxyBackend | null): void {
+    this.backend = backend;
+    if (backend === null) {
+      this.state = UPSTREAM_NONE;
+      return;
+    }
+    // connect() binds first with { port: 0, exclusive: true }: in a cluster worker a non-exclusive bind would
+    // share the primary's handle instead of getting a port of its own.
+    const socket: UpstreamSocket = dgram.createSocket(backend.socketType);
+    this.attach(socket);
+    this.state = UPSTREAM_CONNECTING;
+    socket.once('connect', onUpstreamConnect);
+    socket.connect(backend.port, backend.host);
+  }
+
+  attach(socket: UpstreamSocket): void {
+    socket[kSession] = this;
+    socket.on('message', onUpstreamMessage);
+    socket.on('error', onUpstreamError);
+    this.socket = socket;
+    this.handler.stats.activeUpstreams++;
+  }
+
+  /** Sends queued datagrams once connected. */
+  flush(): void {
+    const socket = this.socket!;
+    const stats = this.handler.stats;
+    const stat = this.backend!.stat;
+    for (const payload of this.pending) {
+      stats.requests[stat]++;
+      socket.send(payload, this.onSent);
+    }
+    this.pending.length = 0;
+  }
+
+  /** Closes the upstream socket (if any) and drops what was queued for it, counted under `dropped`. */
+  closeSocket(): number {
+    const dropped = this.pending.length;
+    this.pending.length = 0;
+    const socket = this.socket;
+    if (socket !== null) {
+      this.socket = null;
+      socket[kSession] = undefined;
+      socket.close();
+      this.handler.stats.activeUpstreams--;
+    }
+    return dropped;
+  }
+}
+
+function onUpstreamSent(this: UpstreamSession, err: Error | null): void {
+  if (!err) return;
+  const backend = this.backend;
+  if (backend === null) return;
+  if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') this.handler.stats.refused[backend.stat]++;
+  else this.handler.stats.sendErrors[backend.stat]++;
+}
+
+function onUpstreamConnect(this: UpstreamSocket): void {
+  const session = this[kSession];
+  if (session === undefined || session.state !== UPSTREAM_CONNECTING) return;
+  session.state = UPSTREAM_CONNECTED;
+  session.flush();
+}
+
+function onUpstreamMessage(this: UpstreamSocket, msg: Buffer): void {
+  const session = this[kSession];
+  if (session === undefined) return;
+  session.handler.stats.responses[session.backend!.stat]++;
+  session.flow.reply(msg);
+}
+
+function onUpstreamError(this: UpstreamSocket, err: NodeJS.ErrnoException): void {
+  const session = this[kSession];
+  if (session === undefined || session.backend === null) return;
+  const stats = session.handler.stats;
+  const stat = session.backend.stat;
+  if (session.state === UPSTREAM_CONNECTING) {
+    // Only the connect (its DNS lookup or connect(2)) can fail before the socket is connected.
+    stats.connectErrors[stat]++;
+    stats.droppedConnectFailed += session.closeSocket();
+    session.state = UPSTREAM_FAILED;
+    session.failedAtMs = Date.now();
+  } else if (err.code === 'ECONNREFUSED') {
+    stats.refused[stat]++;
+  } else {
+    stats.socketErrors[stat]++;
+  }
+}
+
+/**
+ * Listener left on an exported socket while its handle is in transit: an 'error' event without a listener
+ * would crash the worker, and an ICMP error can still arrive until the sender closes its copy.
+ */
+function ignoreUpstreamError(): void {}
+
+/**
+ * A socket whose handle came over IPC is connected in the kernel (libuv's uv_udp_open notices and marks the
+ * handle connected, so connect() fails with EISCONN) but Node's JavaScript state says "disconnected", so a send
+ * without an address throws. Node has no public way to adopt a connected handle, so this sets the state Node
+ * would have set after connect(), then checks with remoteAddress() (getpeername) that the kernel agrees.
+ * Returns false, leaving the socket as it was, if Node's internals differ or the peer is not `backend`.
+ */
+function adoptConnectedHandle(socket: dgram.Socket, backend: ProxyBackend): boolean {
+  const stateSymbol = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  if (stateSymbol === undefined) return false;
+  const state = (socket as unknown as Record<symbol, { connectState?: unknown; handle?: unknown }>)[stateSymbol];
+  if (state === undefined || state.connectState !== NODE_CONNECT_STATE_DISCONNECTED || !state.handle) return false;
+  state.connectState = NODE_CONNECT_STATE_CONNECTED;
+  try {
+    if (socket.remoteAddress().port === backend.port) return true;
+  } catch {
+    // getpeername failed: not connected in the kernel either.
+  }
+  state.connectState = NODE_CONNECT_STATE_DISCONNECTED;
+  return false;
+}
+
+// lib/dgram.js CONNECT_STATE_DISCONNECTED and CONNECT_STATE_CONNECTED (Node 20 and 22).
+const NODE_CONNECT_STATE_DISCONNECTED = 0;
+const NODE_CONNECT_STATE_CONNECTED = 2;
+
+function isJsConnected(socket: dgram.Socket): boolean {
+  try {
+    socket.remoteAddress();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function readPreconnectLimit(options: Readonly<Record<string, unknown>>): number {
+  const value = options.preconnectQueuePackets;
+  if (value === undefined) return DEFAULT_PRECONNECT_QUEUE_PACKETS;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > MAX_PRECONNECT_QUEUE_PACKETS) {
+    throw new ConfigError(
+      `handlerOptions.preconnectQueuePackets must be an integer from 0 to ${MAX_PRECONNECT_QUEUE_PACKETS}, got ${JSON.stringify(value)}`,
+    );
+  }
+  return value;
+}
+
+export class ProxyHandler implements FlowHandler {
+  readonly name = 'proxy';
+  readonly stats = new ProxyStats();
+  /** Backends of the current table; table entries index this array. */
+  private backends: ProxyBackend[] = [];
+  private backendsByKey = new Map<string, ProxyBackend>();
+  private table: Int32Array = new Int32Array(0);
+  private readonly sessions = new Set<UpstreamSession>();
+  private readonly preconnectLimit: number;
+
+  constructor(ctx: HandlerContext) {
+    this.preconnectLimit = readPreconnectLimit(ctx.options);
+    this.applyBackends(ctx);
+  }
+
+  /** Open upstream sessions (flows with state in this handler). */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  onFlowStart(flow: Flow): void {
+    flow.state = this.startSession(flow);
+  }
+
+  onPacket(payload: Buffer, flow: Flow): void {
+    let session = flow.state as UpstreamSession | undefined;
+    if (session === undefined) session = this.startSession(flow);
+    else if (session.stale) this.repick(session);
+    const state = session.state;
+    if (state === UPSTREAM_CONNECTED) {
+      this.stats.requests[session.backend!.stat]++;
+      // Not copied: Node sends at once (uv_udp_try_send) and only keeps a reference when the socket buffer is
+      // full (EAGAIN); the batch buffer a payload views is not reused by flowlb while a send may hold it.
+      session.socket!.send(payload, session.onSent);
+    } else if (state === UPSTREAM_CONNECTING) {
+      if (session.pending.length < this.preconnectLimit) session.pending.push(Buffer.from(payload));
+      else this.stats.droppedQueueFull++;
+    } else if (state === UPSTREAM_FAILED) {
+      if (Date.now() - session.failedAtMs < RECONNECT_DELAY_MS) {
+        this.stats.droppedConnectFailed++;
+        return;
+      }
+      session.open(session.backend);
+      session.pending.push(Buffer.from(payload));
+    } else {
+      this.stats.droppedNoBackend++;
+    }
+  }
+
+  onFlowEnd(flow: Flow, _reason: FlowEndReason): void {
+    const session = flow.state as UpstreamSession | undefined;
+    if (session === undefined) return;
+    this.endSession(session);
+    flow.state = undefined;
+  }
+
+  exportFlow(flow: Flow): ExportedFlow {
+    const session = flow.state as UpstreamSession | undefined;
+    if (session === undefined) return { data: { backendKey: null } satisfies ProxyFlowData };
+    const data: ProxyFlowData = { backendKey: session.backend?.key ?? null };
+    const socket = session.socket;
+    let exported: ExportedFlow;
+    if (session.state === UPSTREAM_CONNECTED && socket !== null) {
+      // Hand the socket over as it is: not closed (the handle goes to the new worker) and not read here any more.
+      socket.removeListener('message', onUpstreamMessage);
+      socket.removeListener('error', onUpstreamError);
+      socket.on('error', ignoreUpstreamError);
+      socket[kSession] = undefined;
+      session.socket = null;
+      this.stats.activeUpstreams--;
+      exported = { data, socket };
+    } else {
+      // Not connected yet: there is no established source port to keep; the importer connects afresh.
+      this.stats.droppedMigrating += session.closeSocket();
+      exported = { data };
+    }
+    session.state = UPSTREAM_CLOSED;
+    this.sessions.delete(session);
+    flow.state = undefined;
+    return exported;
+  }
+
+  importFlow(flow: Flow, exported: ExportedFlow): void {
+    const data = exported.data as Partial<ProxyFlowData> | null | undefined;
+    const key = typeof data?.backendKey === 'string' ? data.backendKey : null;
+    const backend = key === null ? undefined : this.backendsByKey.get(key);
+    const session = new UpstreamSession(this, flow);
+    this.sessions.add(session);
+    flow.state = session;
+    const socket = exported.socket as UpstreamSocket | undefined;
+    if (backend === undefined) {
+      // Its backend is not in this worker's table (removed by a reload): the table's choice now.
+      socket?.close();
+      session.open(this.pick(flow));
+      return;
+    }
+    if (socket === undefined) {
+      session.open(backend);
+      return;
+    }
+    socket.removeListener('error', ignoreUpstreamError);
+    if (isJsConnected(socket) || adoptConnectedHandle(socket, backend)) {
+      session.backend = backend;
+      session.attach(socket);
+      session.state = UPSTREAM_CONNECTED;
+      return;
+    }
+    this.stats.adoptFailures++;
+    socket.close();
+    session.open(backend);
+  }
+
+  reconfigure(ctx: HandlerContext): void {
+    this.applyBackends(ctx);
+    // Flows keep their backend while it is configured (a weight of 0 drains: no new flows, established ones
+    // stay). Flows of a removed backend, or without one, pick again on their next packet.
+    for (const session of this.sessions) {
+      const backend = session.backend;
+      if (backend === null || !this.backendsByKey.has(backend.key)) session.stale = true;
+    }
+  }
+
+  close(): void {
+    for (const session of this.sessions) {
+      session.closeSocket();
+      session.state = UPSTREAM_CLOSED;
+    }
+    this.sessions.clear();
+  }
+
+  private applyBackends(ctx: HandlerContext): void {
+    const backends: ProxyBackend[] = [];
+    const byKey = new Map<string, ProxyBackend>();
+    for (const b of ctx.backends) {
+      const key = backendKey(b.host, b.port);
+      if (byKey.has(key)) throw new ConfigError(`backend ${key} is listed twice`);
+      const backend: ProxyBackend = {
+        key,
+        host: b.host,
+        port: b.port,
+        weight: b.weight,
+        socketType: socketTypeOf(b),
+        stat: this.stats.backendIndex(key),
+      };
+      backends.push(backend);
+      byKey.set(key, backend);
+    }
+    // Build first: a bad weight throws here and leaves the previous table in place.
+    this.table = buildMaglevTable(backends);
+    this.backends = backends;
+    this.backendsByKey = byKey;
+  }
+
+  private pick(flow: Flow): ProxyBackend | null {
+    const index = lookupMaglev(this.table, flow.hash);
+    return index < 0 ? null : this.backends[index]!;
+  }
+
+  private startSession(flow: Flow): UpstreamSession {
+    const session = new UpstreamSession(this, flow);
+    this.sessions.add(session);
+    session.open(this.pick(flow));
+    flow.state = session;
+    return session;
+  }
+
+  private repick(session: UpstreamSession): void {
+    session.stale = false;
+    const backend = session.backend;
+    if (backend !== null && this.backendsByKey.has(backend.key)) return;
+    // Datagrams queued for a connect to the removed backend go to the new one instead.
+    const pending = session.pending;
+    session.pending = [];
+    session.closeSocket();
+    session.open(this.pick(session.flow));
+    if (session.state === UPSTREAM_CONNECTING) session.pending = pending;
+    else this.stats.droppedNoBackend += pending.length;
+  }
+
+  private endSession(session: UpstreamSession): void {
+    session.closeSocket();
+    session.state = UPSTREAM_CLOSED;
+    this.sessions.delete(session);
+  }
+}
+
+function socketTypeOf(backend: HandlerContext['backends'][number]): 'udp4' | 'udp6' {
+  const ipVersion = net.isIP(backend.host);
+  if (ipVersion !== 0) return ipVersion === 6 ? 'udp6' : 'udp4';
+  // A host name: the config's BackendSpec carries the family it resolved or was told.
+  return (backend as { family?: unknown }).family === 6 ? 'udp6' : 'udp4';
+}
+
+/** The `proxy` handler factory (async like every factory may be; the Maglev hasher loads at import). */
+export async function createProxyHandler(ctx: HandlerContext): Promise<ProxyHandler> {
+  return new ProxyHandler(ctx);
+}

@@ -1,0 +1,122 @@
+/**
+ * The status HTTP listener (loopback by default): /healthz, /status (JSON) and /metrics (Prometheus).
+ */
+import http from 'node:http';
+import type { Endpoint, FlowlbConfig } from '../config.js';
+import type { Dispatcher } from '../datapath/dispatcher.js';
+import { DROP_REASONS } from '../datapath/counters.js';
+import { BindError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Balancer } from '../control/balancer.js';
+import type { Migrator } from '../control/migrator.js';
+import type { WorkerSet } from '../control/worker-set.js';
+import { createMetrics } from './registry.js';
+
+export interface ServiceView {
+  readonly config: FlowlbConfig;
+  readonly dispatcher: Dispatcher;
+  readonly workers: WorkerSet;
+  readonly balancer: Balancer;
+  readonly migrator: Migrator;
+  readonly udp: readonly Endpoint[];
+  readonly log: Logger;
+}
+
+export interface HttpServer {
+  readonly endpoint: Endpoint;
+  close(): Promise<void>;
+}
+
+/** Ready when every worker is up and owns its share: no bucket unassigned, none held by a dead lane. */
+export function isHealthy(v: ServiceView): boolean {
+  if (!v.workers.allReady()) return false;
+  const owner = v.dispatcher.table.owner;
+  for (let b = 0; b < owner.length; b++) {
+    const o = owner[b]!;
+    if (o < v.config.workers && !v.workers.isReady(o)) return false;
+    if (o === 0xffff) return false;
+  }
+  return true;
+}
+
+export function buildStatus(v: ServiceView): unknown {
+  const counts = v.dispatcher.table.countsBy(v.config.workers);
+  const d = v.dispatcher;
+  const workers = [];
+  for (let lane = 0; lane < v.config.workers; lane++) {
+    const r = v.workers.lastReport(lane);
+    const c = r?.counters;
+    workers.push({
+      id: lane,
+      pid: v.workers.pid(lane),
+      ready: v.workers.isReady(lane),
+      restarts: v.workers.restarts(lane),
+      cpuUtil: v.balancer.model.cpuUtil[lane],
+      elu: v.balancer.model.elu[lane],
+      index: v.balancer.indexes[lane],
+      targetShare: v.balancer.shares[lane],
+      buckets: counts[lane],
+      queueDepth: r?.queueDepth ?? 0,
+      pps: v.balancer.model.packetsPerSec[lane],
+      dispatchedPackets: d.lanePackets[lane],
+      flowsActive: c?.flowsActive ?? 0,
+      handled: c?.handled ?? 0,
+      replies: c?.replies ?? 0,
+      drops: c ? Object.fromEntries(DROP_REASONS.map((n, i) => [n, c.drops[i] ?? 0]).filter(([, x]) => x !== 0)) : {},
+      rssBytes: r?.memRss ?? 0,
+    });
+  }
+  return {
+    healthy: isHealthy(v),
+    pid: process.pid,
+    udp: v.udp,
+    handler: v.config.handler,
+    mode: v.config.balancer.mode,
+    balancer: v.config.balancer.enabled ? 'adaptive' : 'static',
+    buckets: v.config.buckets,
+    epoch: v.dispatcher.table.epoch,
+    imbalance: v.balancer.lastImbalance,
+    rounds: v.balancer.rounds,
+    received: d.rxPackets,
+    dropped: Object.fromEntries(DROP_REASONS.map((n, i) => [n, d.drops[i]!]).filter(([, x]) => x !== 0)),
+    migrations: {
+      completed: v.migrator.completed, timeouts: v.migrator.timeouts, aborted: v.migrator.aborted,
+      inFlight: v.migrator.inFlight, recent: v.migrator.recent.slice(-10),
+    },
+    workers,
+  };
+}
+
+export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServer> {
+  const metrics = createMetrics(v);
+  const server = http.createServer((req, res) => {
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') { res.writeHead(405).end(); return; }
+    if (url === '/healthz') {
+      const ok = isHealthy(v);
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ok\n' : 'not ready\n');
+    } else if (url === '/status') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(buildStatus(v)));
+    } else if (url === '/metrics') {
+      metrics.render().then(
+        (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
+        (err: unknown) => { v.log.warn('metrics failed', { err }); res.writeHead(500).end(); },
+      );
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /status, /metrics, /healthz\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      const where = ep.family === 6 ? `[${ep.host}]:${ep.port}` : `${ep.host}:${ep.port}`;
+      reject(new BindError(err.code === 'EADDRINUSE' ? `http address ${where} is already in use` : `http address ${where} could not be bound: ${err.message}`));
+    });
+    server.listen(ep.port, ep.host, () => resolve());
+  });
+  const a = server.address();
+  const endpoint: Endpoint = typeof a === 'object' && a ? { host: a.address, port: a.port, family: ep.family } : ep;
+  return {
+    endpoint,
+    close: () => new Promise<void>((resolve) => { server.closeAllConnections?.(); server.close(() => resolve()); }),
+  };
+}
