@@ -7,6 +7,7 @@ import type { CommandModule, Options } from 'yargs';
 
 import { DEFAULT_BACKEND_ID, DEFAULT_STATS_INTERVAL_MS, startBackend } from '../gen/backend.js';
 import type { BackendMode, BackendOptions, BackendStats } from '../gen/backend.js';
+import { formatHostPort } from '../gen/address.js';
 import { GenError } from '../gen/errors.js';
 
 export interface BackendFlags {
@@ -35,7 +36,7 @@ export const BACKEND_OPTIONS = {
 
 export function formatBackendStats(s: BackendStats): string {
   return (
-    `backend ${s.id} (${s.mode}) ${s.address}:${s.port}: received ${s.received}, sent ${s.sent}, ` +
+    `backend ${s.id} (${s.mode}) ${formatHostPort({ host: s.address, port: s.port })}: received ${s.received}, sent ${s.sent}, ` +
     `errors ${s.errors}, untagged ${s.untagged}, busy ${Math.round(s.busyUs / 1000)} ms, cpu ${Math.round(s.processCpuUs / 1000)} ms, up ${(s.uptimeMs / 1000).toFixed(1)} s`
   );
 }
@@ -59,7 +60,7 @@ export function backendOptionsFromFlags(f: BackendFlags): BackendOptions {
 export async function runBackendCli(f: BackendFlags, out: (line: string) => void = (l) => process.stdout.write(l + '\n')): Promise<BackendStats> {
   if (f.duration !== undefined && !(f.duration > 0)) throw new GenError('ERR_GEN_OPTION', `--duration must be > 0 seconds, got ${f.duration}`);
   const b = await startBackend(backendOptionsFromFlags(f));
-  out(`backend ${b.id} listening on ${b.family === 6 ? `[${b.address}]` : b.address}:${b.port} (${f.mode ?? 'echo'}, cost ${f['cost-us'] ?? 0} us)`);
+  out(`backend ${b.id} listening on ${formatHostPort({ host: b.address, port: b.port })} (${f.mode ?? 'echo'}, cost ${f['cost-us'] ?? 0} us)`);
   const reason = await new Promise<string>((resolve) => {
     const done = (why: string): void => {
       if (timer) clearTimeout(timer);

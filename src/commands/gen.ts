@@ -62,7 +62,7 @@ export const GEN_OPTIONS = {
   procs: num(`Sender processes (1 to ${MAX_PROCS}), each with a disjoint share of the flows; use when one cannot keep up`, '1'),
   rtp: bool('Send RTP (V=2, PCMU, per-stream SSRC, seq +1, timestamp +160 per 20 ms packet), probe inside the payload', 'false'),
   'rtp-pt': num('RTP payload type', '0 (PCMU)'),
-  'rtp-ts-step': num('RTP timestamp increment per packet', String(RTP_DEFAULT_TS_STEP)),
+  'rtp-ts-step': num('RTP timestamp increment per packet', `the RTP payload size (${RTP_DEFAULT_TS_STEP} by default: G.711, one sample per byte)`),
   drain: num('Milliseconds to wait for outstanding replies after the last send', String(DEFAULT_DRAIN_MS)),
   replies: bool('Expect replies (--no-replies for a sink: no drain, loss not measured)', 'true'),
   connect: bool('connect() flow sockets to the target (--no-connect accepts replies from any address)', 'true'),

@@ -234,6 +234,11 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
   }
 
   const httpEndpoint = http?.endpoint ?? null;
+  // One line on stdout whatever the log level: where the service listens (port 0 resolved).
+  process.stdout.write(
+    `flowlb listening udp=${udp.map(formatEndpoint).join(',')} http=${httpEndpoint ? formatEndpoint(httpEndpoint) : 'off'} ` +
+    `workers=${config.workers} buckets=${config.buckets} handler=${config.handler} balancer=${config.balancer.enabled ? 'adaptive' : 'static'}\n`,
+  );
   log.info('listening', {
     udp: udp.map(formatEndpoint), http: httpEndpoint ? formatEndpoint(httpEndpoint) : null, workers: config.workers,
     buckets: config.buckets, handler: config.handler,

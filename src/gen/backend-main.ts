@@ -28,4 +28,6 @@ process.on('message', (raw: unknown) => {
     void (h ? h.close() : Promise.resolve(null)).then((stats) => send({ cmd: 'stats', stats }));
   }
 });
+// The parent stops this process with {cmd:'stop'}; Ctrl-C on the terminal reaches it too and is left to the parent.
+process.on('SIGINT', () => undefined);
 process.on('disconnect', () => process.exit(0));

@@ -58,7 +58,9 @@ export interface GenOptions {
   procs?: number;
   /** Real RTP: 12-byte header, probe inside the payload, per-stream SSRC, seq +1, timestamp + tsStep. */
   rtp?: boolean;
+  /** RTP payload type. Default 0 (PCMU). */
   rtpPayloadType?: number;
+  /** RTP timestamp increment per packet. Default: the RTP payload size (one G.711 sample per byte: 160). */
   rtpTsStep?: number;
   /** How long to wait for outstanding replies after the last send. Default 1000. */
   drainMs?: number;
@@ -151,7 +153,8 @@ export function resolveGenOptions(o: GenOptions): ResolvedGenOptions {
     procs,
     rtp,
     rtpPayloadType: intIn('rtpPayloadType', o.rtpPayloadType, RTP_DEFAULT_PAYLOAD_TYPE, 0, 127),
-    rtpTsStep: intIn('rtpTsStep', o.rtpTsStep, RTP_DEFAULT_TS_STEP, 0, 0xffff_ffff),
+    // G.711 carries one 8 kHz sample per byte, so the timestamp advances by the payload size (160 per 20 ms).
+    rtpTsStep: intIn('rtpTsStep', o.rtpTsStep, rtp ? size : RTP_DEFAULT_TS_STEP, 0, 0xffff_ffff),
     drainMs: numIn('drainMs', o.drainMs, DEFAULT_DRAIN_MS, 0, 600_000),
     expectReplies: o.expectReplies !== false,
     connect: o.connect !== false,

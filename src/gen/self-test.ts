@@ -14,6 +14,12 @@ import { findMaxRate, runGenerator } from './run.js';
 import type { FindMaxResult, GenResult, TrialRecord } from './run.js';
 
 const CHILD_START_TIMEOUT_MS = 10_000;
+/**
+ * Receive/send buffer of the self-test's echo: 4 MiB (Linux caps it at net.core.rmem_max). With the
+ * default ~208 KB a loopback echo loses packets whenever it is descheduled for ~10 ms on a shared
+ * machine, which would measure the scheduler, not the generator.
+ */
+export const SELF_TEST_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 
 export interface SelfTestOptions {
   /** 4: 127.0.0.1, 6: ::1. Default 4. */
@@ -46,7 +52,7 @@ interface ChildBackend {
 }
 
 /** Starts a backend simulator in a child process. */
-export async function startBackendChild(mode: BackendMode, family: 4 | 6, identity = false): Promise<ChildBackend> {
+export async function startBackendChild(mode: BackendMode, family: 4 | 6, identity = false, socketBufferBytes = SELF_TEST_SOCKET_BUFFER_BYTES): Promise<ChildBackend> {
   const child = fork(compiledSibling(import.meta.url, 'backend-main'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' });
   const listening = await new Promise<{ address: string; port: number }>((resolve, reject) => {
     const t = setTimeout(() => {
@@ -67,7 +73,7 @@ export async function startBackendChild(mode: BackendMode, family: 4 | 6, identi
       clearTimeout(t);
       reject(new GenError('ERR_GEN_CHILD', `backend child exited with ${code}`));
     });
-    child.send({ cmd: 'start', opts: { listen: family === 6 ? '[::1]:0' : '127.0.0.1:0', mode, identity, id: 'self-test' } });
+    child.send({ cmd: 'start', opts: { listen: family === 6 ? '[::1]:0' : '127.0.0.1:0', mode, identity, id: 'self-test', socketBufferBytes } });
   });
   return {
     ...listening,

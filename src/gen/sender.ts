@@ -13,6 +13,12 @@ import { Pacer, waitForSlotMs } from './pacer.js';
 import { FlowStats } from './stats.js';
 import type { ShardCounts } from './stats.js';
 
+/**
+ * Once every packet is answered the drain still waits this long (within drainMs) so that duplicates
+ * trailing the last distinct reply are counted too.
+ */
+const DRAIN_SETTLE_MS = 20;
+
 /** Sockets bound and connected at once while opening a flow set: enough to be quick, few enough not to flood libuv. */
 const OPEN_BATCH = 256;
 
@@ -126,19 +132,23 @@ export async function runShard(opts: ResolvedGenOptions, spec: ShardSpec, hooks:
 
     const send = await sendPhase(opts, spec, flowSockets, weights, stats, off, hooks);
     let drainMs = 0;
-    if (opts.expectReplies && opts.drainMs > 0 && stats.totalReceived < stats.totalSent) {
+    if (opts.expectReplies && opts.drainMs > 0) {
       const t0 = performance.now();
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          draining = null;
-          resolve();
-        }, opts.drainMs);
-        draining = () => {
-          draining = null;
-          clearTimeout(timer);
-          resolve();
-        };
-      });
+      if (stats.totalReceived < stats.totalSent) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            draining = null;
+            resolve();
+          }, opts.drainMs);
+          draining = () => {
+            draining = null;
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+      const left = opts.drainMs - (performance.now() - t0);
+      if (left > 0) await new Promise((r) => setTimeout(r, Math.min(DRAIN_SETTLE_MS, left)));
       drainMs = performance.now() - t0;
     }
     return { counts: stats.toCounts(), sendElapsedNs: send.elapsedNs, drainMs, stoppedBy: send.stoppedBy };

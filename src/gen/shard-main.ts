@@ -34,5 +34,9 @@ process.on('message', (raw: unknown) => {
     );
   }
 });
+// Ctrl-C reaches the whole process group: end the send phase and still report, as the parent does, instead
+// of dying before the result is in.
+process.on('SIGINT', () => abort.abort());
+process.on('SIGTERM', () => abort.abort());
 // Leave when the parent does, whatever state this process is in.
 process.on('disconnect', () => process.exit(0));

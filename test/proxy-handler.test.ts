@@ -1,0 +1,455 @@
+/**
+ * The proxy handler driven directly, with real UDP sockets on loopback (IPv4 and IPv6): a client socket, a
+ * "front" socket standing in for flowlb's listening socket (Flow.reply sends from it), and backend sockets that
+ * answer "<name> <source port seen> <payload>". No worker, no primary: flows are plain objects built here.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import dgram from 'node:dgram';
+import { fork } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import xxhash from 'xxhash-wasm';
+import { ProxyHandler, backendKey, createProxyHandler } from '../src/handlers/proxy.js';
+import type { Flow, HandlerContext } from '../src/handlers/types.js';
+
+const { h32 } = await xxhash();
+const fixtures = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
+
+type Family = 4 | 6;
+const LOOPBACK: Record<Family, string> = { 4: '127.0.0.1', 6: '::1' };
+const SOCKET_TYPE: Record<Family, 'udp4' | 'udp6'> = { 4: 'udp4', 6: 'udp6' };
+
+/** Polls `cond` every 5 ms until it holds or `timeoutMs` passes (then fails naming `what`). */
+async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+const openSockets = new Set<dgram.Socket>();
+const handlers = new Set<ProxyHandler>();
+
+afterEach(() => {
+  for (const h of handlers) h.close();
+  handlers.clear();
+  for (const s of openSockets) {
+    try {
+      s.close();
+    } catch {
+      // already closed by the test
+    }
+  }
+  openSockets.clear();
+});
+
+async function bound(family: Family): Promise<dgram.Socket> {
+  const socket = dgram.createSocket(SOCKET_TYPE[family]);
+  openSockets.add(socket);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject);
+    socket.bind(0, LOOPBACK[family], () => {
+      socket.off('error', reject);
+      resolve();
+    });
+  });
+  try {
+    // Room for bursts (the default is about 200 KB, a few hundred small datagrams); capped by rmem_max.
+    socket.setRecvBufferSize(4 * 1024 * 1024);
+  } catch {
+    // refused: keep the default; the tests pace their bursts anyway
+  }
+  return socket;
+}
+
+interface Backend {
+  readonly name: string;
+  readonly socket: dgram.Socket;
+  readonly port: number;
+  readonly host: string;
+  /** Source port and payload of every datagram received. */
+  readonly received: { port: number; payload: string }[];
+}
+
+async function startBackend(name: string, family: Family): Promise<Backend> {
+  const socket = await bound(family);
+  const received: { port: number; payload: string }[] = [];
+  socket.on('message', (msg, rinfo) => {
+    received.push({ port: rinfo.port, payload: msg.toString() });
+    socket.send(`${name} ${rinfo.port} ${msg.toString()}`, rinfo.port, rinfo.address);
+  });
+  return { name, socket, port: socket.address().port, host: LOOPBACK[family], received };
+}
+
+interface Response {
+  readonly backend: string;
+  readonly upstreamPort: number;
+  readonly payload: string;
+}
+
+/** The client: one socket; responses are tagged with the flow and sequence in their payload. */
+async function startClient(family: Family): Promise<{ socket: dgram.Socket; responses: Response[] }> {
+  const socket = await bound(family);
+  const responses: Response[] = [];
+  socket.on('message', (msg) => {
+    const [backend, port, payload] = msg.toString().split(' ');
+    responses.push({ backend: backend!, upstreamPort: Number(port), payload: payload! });
+  });
+  return { socket, responses };
+}
+
+/** A Flow as the worker would give the handler: reply sends from the front socket to the client. */
+class TestFlow implements Flow {
+  state: unknown = undefined;
+  readonly family: Family;
+  readonly localAddress: string;
+  readonly localPort: number;
+  readonly bucket: number;
+  readonly key: string;
+
+  constructor(
+    readonly id: number,
+    readonly hash: number,
+    private readonly front: dgram.Socket,
+    readonly remoteAddress: string,
+    readonly remotePort: number,
+  ) {
+    const local = front.address();
+    this.family = local.family === 'IPv6' ? 6 : 4;
+    this.localAddress = local.address;
+    this.localPort = local.port;
+    this.bucket = hash & 1023;
+    this.key = `${remoteAddress}:${remotePort}>${local.address}:${local.port}#${id}`;
+  }
+
+  reply(payload: Uint8Array): void {
+    this.front.send(payload, this.remotePort, this.remoteAddress);
+  }
+}
+
+interface Rig {
+  readonly family: Family;
+  readonly front: dgram.Socket;
+  readonly client: { socket: dgram.Socket; responses: Response[] };
+  flow(id: number): TestFlow;
+}
+
+async function startRig(family: Family): Promise<Rig> {
+  const front = await bound(family);
+  const client = await startClient(family);
+  const clientPort = client.socket.address().port;
+  return {
+    family,
+    front,
+    client,
+    // Deterministic 32-bit hashes: the results below are the same on every run.
+    flow: (id) => new TestFlow(id, h32(`flow-${id}`, 0), front, LOOPBACK[family], clientPort),
+  };
+}
+
+function contextFor(backends: readonly Backend[], weights: readonly number[], options: Record<string, unknown> = {}): HandlerContext {
+  return {
+    workerId: 0,
+    workers: 2,
+    buckets: 1024,
+    idleTimeoutMs: 60_000,
+    backends: backends.map((b, i) => ({ host: b.host, port: b.port, weight: weights[i]! })),
+    options,
+  };
+}
+
+async function proxy(ctx: HandlerContext): Promise<ProxyHandler> {
+  const handler = await createProxyHandler(ctx);
+  handlers.add(handler);
+  return handler;
+}
+
+function statOf(handler: ProxyHandler, backend: Backend): number {
+  return handler.stats.backendIndex(backendKey(backend.host, backend.port));
+}
+
+/** Sends `count` packets "<flowId>.<seq>" of each flow through the handler, as the worker would. */
+function sendPackets(handler: ProxyHandler, flows: readonly TestFlow[], count: number, firstSeq = 0): void {
+  for (let seq = firstSeq; seq < firstSeq + count; seq++) {
+    for (const flow of flows) handler.onPacket(Buffer.from(`${flow.id}.${seq}`), flow);
+  }
+}
+
+/** Per flow id: the set of "backend/upstreamPort" pairs its responses came from. */
+function routesByFlow(responses: readonly Response[]): Map<number, Set<string>> {
+  const routes = new Map<number, Set<string>>();
+  for (const r of responses) {
+    const id = Number(r.payload.split('.')[0]);
+    let set = routes.get(id);
+    if (set === undefined) routes.set(id, (set = new Set()));
+    set.add(`${r.backend}/${r.upstreamPort}`);
+  }
+  return routes;
+}
+
+async function canBind(family: Family, port: number): Promise<boolean> {
+  const socket = dgram.createSocket(SOCKET_TYPE[family]);
+  return new Promise((resolve) => {
+    socket.once('error', () => {
+      socket.close();
+      resolve(false);
+    });
+    socket.bind(port, LOOPBACK[family], () => {
+      socket.close();
+      resolve(true);
+    });
+  });
+}
+
+describe.each([4, 6] as const)('proxy handler over IPv%i loopback', (family) => {
+  it('relays every request to one backend per flow and every response back to the client', async () => {
+    const rig = await startRig(family);
+    const a = await startBackend('A', family);
+    const b = await startBackend('B', family);
+    const handler = await proxy(contextFor([a, b], [1, 3]));
+    const flows = Array.from({ length: 20 }, (_, i) => rig.flow(i));
+    for (const flow of flows) handler.onFlowStart(flow);
+    sendPackets(handler, flows, 3);
+    await waitFor(() => rig.client.responses.length === 60, 5_000, '60 responses');
+
+    const routes = routesByFlow(rig.client.responses);
+    expect(routes.size).toBe(20);
+    for (const set of routes.values()) expect(set.size).toBe(1);
+    expect(a.received.length + b.received.length).toBe(60);
+    const stats = handler.stats;
+    expect(stats.requests[statOf(handler, a)]! + stats.requests[statOf(handler, b)]!).toBe(60);
+    expect(stats.requests[statOf(handler, a)]).toBe(a.received.length);
+    expect(stats.responses[statOf(handler, b)]).toBe(b.received.length);
+    expect(stats.activeUpstreams).toBe(20);
+    for (const flow of flows) handler.onFlowEnd(flow, 'idle');
+    expect(stats.activeUpstreams).toBe(0);
+    expect(handler.sessionCount).toBe(0);
+  });
+
+  it('keeps the upstream source port when a flow is exported and imported into another handler', async () => {
+    const rig = await startRig(family);
+    const a = await startBackend('A', family);
+    const ctx = contextFor([a], [1]);
+    const first = await proxy(ctx);
+    const second = await proxy({ ...ctx, workerId: 1 });
+    const flow = rig.flow(7);
+    first.onFlowStart(flow);
+    sendPackets(first, [flow], 2);
+    await waitFor(() => rig.client.responses.length === 2, 5_000, 'responses through the first handler');
+    const port = a.received[0]!.port;
+
+    const exported = first.exportFlow(flow);
+    expect(exported.data).toEqual({ backendKey: backendKey(a.host, a.port) });
+    expect(exported.socket).toBeDefined();
+    expect(first.stats.activeUpstreams).toBe(0);
+    const moved = rig.flow(7);
+    second.importFlow(moved, exported);
+    sendPackets(second, [moved], 2, 2);
+    await waitFor(() => rig.client.responses.length === 4, 5_000, 'responses through the second handler');
+    expect(new Set(a.received.map((r) => r.port))).toEqual(new Set([port]));
+    expect(second.stats.responses[statOf(second, a)]).toBe(2);
+    expect(second.stats.adoptFailures).toBe(0);
+    second.onFlowEnd(moved, 'idle');
+  });
+
+  it('keeps the upstream source port when the socket handle travels through another process', async () => {
+    const rig = await startRig(family);
+    const a = await startBackend('A', family);
+    const ctx = contextFor([a], [1]);
+    const first = await proxy(ctx);
+    const second = await proxy({ ...ctx, workerId: 1 });
+    const flow = rig.flow(8);
+    first.onFlowStart(flow);
+    sendPackets(first, [flow], 1);
+    await waitFor(() => rig.client.responses.length === 1, 5_000, 'response through the first handler');
+    const port = a.received[0]!.port;
+
+    // As between workers: the handle goes over IPC (here to a child and back), the sender closes its copy,
+    // and the receiving side gets a new dgram.Socket that Node believes is not connected.
+    const exported = first.exportFlow(flow);
+    const relay = fork(path.join(fixtures, 'socket-relay.js'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    try {
+      const received = await new Promise<dgram.Socket>((resolve, reject) => {
+        relay.once('error', reject);
+        relay.once('message', (_msg, handle) => resolve(handle as dgram.Socket));
+        relay.send({ t: 'relay' }, exported.socket!, {}, () => exported.socket!.close());
+      });
+      openSockets.add(received);
+      const moved = rig.flow(8);
+      second.importFlow(moved, { data: exported.data, socket: received });
+      expect(second.stats.adoptFailures).toBe(0);
+      sendPackets(second, [moved], 3, 1);
+      await waitFor(() => rig.client.responses.length === 4, 5_000, 'responses through the adopted socket');
+      expect(new Set(a.received.map((r) => r.port))).toEqual(new Set([port]));
+      expect(second.stats.requests[statOf(second, a)]).toBe(3);
+    } finally {
+      relay.kill();
+    }
+  });
+});
+
+describe('proxy handler', () => {
+  it('splits 1000 flows 1:3 by weight, the same way in every handler instance', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const b = await startBackend('B', 4);
+    const ctx = contextFor([a, b], [1, 3]);
+    const handler = await proxy(ctx);
+    const FLOWS = 1000;
+    const flows = Array.from({ length: FLOWS }, (_, i) => rig.flow(i));
+    for (const flow of flows) handler.onFlowStart(flow);
+    // In rounds of 100 datagrams: a burst of hundreds overflows a loopback socket's receive buffer (the kernel
+    // drops, as UDP may), which would test the rig rather than the proxy.
+    for (let seq = 0; seq < 2; seq++) {
+      for (let i = 0; i < flows.length; i += 100) {
+        const expected = rig.client.responses.length + 100;
+        sendPackets(handler, flows.slice(i, i + 100), 1, seq);
+        await waitFor(() => rig.client.responses.length === expected, 5_000, `${expected} responses`);
+      }
+    }
+
+    const routes = routesByFlow(rig.client.responses);
+    expect(routes.size).toBe(FLOWS);
+    let onB = 0;
+    const backendOf = new Map<number, string>();
+    for (const [id, set] of routes) {
+      expect(set.size).toBe(1); // both packets of a flow: one backend, one upstream port
+      const name = [...set][0]!.split('/')[0]!;
+      backendOf.set(id, name);
+      if (name === 'B') onB++;
+    }
+    // Each flow lands on B with probability 3/4 (B's share of the Maglev table). The flow hashes are fixed but
+    // the backend keys contain their (random) ports, so the table differs per run: over 1000 flows the standard
+    // deviation of B's share is sqrt(0.75 * 0.25 / 1000) = 0.0137, and ±0.06 is 4.4 of them (fails about once in
+    // 10^5 runs). Measured: 0.725 to 0.78 over 400 flows.
+    expect(Math.abs(onB / FLOWS - 0.75)).toBeLessThanOrEqual(0.06);
+
+    // Another worker's handler picks the same backend for the same flow hash.
+    const other = await proxy({ ...ctx, workerId: 1 });
+    const before = rig.client.responses.length;
+    const sample = flows.slice(0, 40).map((f) => rig.flow(f.id));
+    for (const flow of sample) other.onFlowStart(flow);
+    sendPackets(other, sample, 1, 2);
+    await waitFor(() => rig.client.responses.length === before + 40, 5_000, '40 responses from the other handler');
+    for (const r of rig.client.responses.slice(before)) {
+      expect(r.backend).toBe(backendOf.get(Number(r.payload.split('.')[0])));
+    }
+  });
+
+  it('queues packets sent before the upstream connects, up to the limit, and counts the rest', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const handler = await proxy(contextFor([a], [1], { preconnectQueuePackets: 4 }));
+    const flow = rig.flow(1);
+    handler.onFlowStart(flow);
+    // The connect completes on a later tick, so all 10 arrive while connecting.
+    sendPackets(handler, [flow], 10);
+    expect(handler.stats.droppedQueueFull).toBe(6);
+    await waitFor(() => rig.client.responses.length === 4, 5_000, 'the 4 queued packets');
+    expect(a.received.map((r) => r.payload)).toEqual(['1.0', '1.1', '1.2', '1.3']);
+    sendPackets(handler, [flow], 5, 10);
+    await waitFor(() => rig.client.responses.length === 9, 5_000, 'packets after the connect');
+    expect(handler.stats.droppedQueueFull).toBe(6);
+    expect(handler.stats.requests[statOf(handler, a)]).toBe(9);
+  });
+
+  it('rejects an invalid preconnectQueuePackets option', async () => {
+    await expect(createProxyHandler(contextFor([], [], { preconnectQueuePackets: -1 }))).rejects.toThrow(
+      /preconnectQueuePackets must be an integer/,
+    );
+  });
+
+  it('closes the upstream socket on onFlowEnd', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const handler = await proxy(contextFor([a], [1]));
+    const flow = rig.flow(2);
+    handler.onFlowStart(flow);
+    sendPackets(handler, [flow], 1);
+    await waitFor(() => rig.client.responses.length === 1, 5_000, 'a response');
+    const port = a.received[0]!.port;
+    // While the upstream socket is open its port is taken (it is bound to the wildcard address) ...
+    expect(await canBind(4, port)).toBe(false);
+    handler.onFlowEnd(flow, 'idle');
+    expect(handler.stats.activeUpstreams).toBe(0);
+    expect(flow.state).toBeUndefined();
+    // ... and once closed the port is free (close releases the fd synchronously; polled to be safe).
+    await waitFor(() => canBind(4, port), 2_000, `port ${port} to be released`);
+  });
+
+  it('keeps established flows on their backend across a reload unless the backend was removed', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const b = await startBackend('B', 4);
+    const c = await startBackend('C', 4);
+    const handler = await proxy(contextFor([a, b], [1, 1]));
+    const flows = Array.from({ length: 40 }, (_, i) => rig.flow(i));
+    for (const flow of flows) handler.onFlowStart(flow);
+    sendPackets(handler, flows, 1, 0);
+    await waitFor(() => rig.client.responses.length === 40, 5_000, 'first round');
+    const firstRoute = new Map([...routesByFlow(rig.client.responses)].map(([id, s]) => [id, [...s][0]!]));
+    expect(new Set([...firstRoute.values()].map((r) => r.split('/')[0]))).toEqual(new Set(['A', 'B']));
+
+    // Adding C changes the table, but established flows keep backend and upstream port.
+    handler.reconfigure(contextFor([a, b, c], [1, 1, 1]));
+    let seen = rig.client.responses.length;
+    sendPackets(handler, flows, 1, 1);
+    await waitFor(() => rig.client.responses.length === seen + 40, 5_000, 'second round');
+    for (const r of rig.client.responses.slice(seen)) {
+      expect(`${r.backend}/${r.upstreamPort}`).toBe(firstRoute.get(Number(r.payload.split('.')[0])));
+    }
+
+    // Removing B moves B's flows on their next packet (new backend, new upstream socket); A's stay.
+    handler.reconfigure(contextFor([a, c], [1, 1]));
+    seen = rig.client.responses.length;
+    sendPackets(handler, flows, 1, 2);
+    await waitFor(() => rig.client.responses.length === seen + 40, 5_000, 'third round');
+    for (const r of rig.client.responses.slice(seen)) {
+      const before = firstRoute.get(Number(r.payload.split('.')[0]))!;
+      if (before.startsWith('A/')) expect(`${r.backend}/${r.upstreamPort}`).toBe(before);
+      else expect(['A', 'C']).toContain(r.backend);
+    }
+    expect(handler.stats.activeUpstreams).toBe(40);
+  });
+
+  it('counts ICMP port unreachable (ECONNREFUSED) from a backend without a listener and keeps serving', async () => {
+    const rig = await startRig(4);
+    const dead = await startBackend('dead', 4);
+    dead.socket.close();
+    openSockets.delete(dead.socket);
+    const handler = await proxy(contextFor([dead], [1]));
+    const flow = rig.flow(3);
+    handler.onFlowStart(flow);
+    const stat = statOf(handler, dead);
+    let seq = 0;
+    await waitFor(
+      () => {
+        // Linux reports the ICMP error on the socket's next receive or send, so keep a packet going.
+        handler.onPacket(Buffer.from(`3.${seq++}`), flow);
+        return handler.stats.refused[stat]! >= 2;
+      },
+      5_000,
+      'ECONNREFUSED counted twice',
+    );
+    expect(handler.stats.requests[stat]).toBeGreaterThanOrEqual(2);
+    expect(handler.stats.responses[stat]).toBe(0);
+    expect(handler.stats.activeUpstreams).toBe(1);
+  });
+
+  it('drops and counts packets when no backend has a positive weight', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const handler = await proxy(contextFor([a], [0]));
+    const flow = rig.flow(4);
+    handler.onFlowStart(flow);
+    sendPackets(handler, [flow], 3);
+    expect(handler.stats.droppedNoBackend).toBe(3);
+    expect(handler.stats.activeUpstreams).toBe(0);
+    // A reload that gives the backend weight serves the flow from its next packet.
+    handler.reconfigure(contextFor([a], [1]));
+    sendPackets(handler, [flow], 1, 3);
+    await waitFor(() => rig.client.responses.length === 1, 5_000, 'a response after the reload');
+    expect(rig.client.responses[0]!.payload).toBe('4.3');
+  });
+});
