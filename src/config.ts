@@ -18,6 +18,8 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 export const DEFAULT_MAX_FLOWS_PER_WORKER = 262_144;
 /** Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP). Larger datagrams cannot arrive over IPv4 and are dropped as oversize. */
 export const MAX_DATAGRAM_BYTES = 65_507;
+/** Largest UDP payload at all (IPv6 without jumbograms: 65535 - 8); the default --max-datagram. */
+export const MAX_UDP_PAYLOAD_BYTES = 65_527;
 export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 5_000;
 export const DEFAULT_REPORT_INTERVAL_MS = 200;
 export const DEFAULT_REBALANCE_INTERVAL_MS = 500;
@@ -88,6 +90,8 @@ export interface FlowlbConfig {
   /** Status/metrics HTTP listener; null disables it. */
   readonly http: Endpoint | null;
   readonly maxFlowsPerWorker: number;
+  /** Datagrams larger than this are counted (reason oversize) and dropped by the primary. */
+  readonly maxDatagramBytes: number;
   readonly channelLimitBytes: number;
   readonly shutdownTimeoutMs: number;
   readonly balancer: BalancerConfig;
@@ -390,6 +394,7 @@ function createDraft(): ConfigDraft {
     idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
     http: parseEndpoint(DEFAULT_HTTP, 'DEFAULT_HTTP'),
     maxFlowsPerWorker: DEFAULT_MAX_FLOWS_PER_WORKER,
+    maxDatagramBytes: MAX_UDP_PAYLOAD_BYTES,
     channelLimitBytes: DEFAULT_CHANNEL_LIMIT_BYTES,
     shutdownTimeoutMs: DEFAULT_SHUTDOWN_TIMEOUT_MS,
     balancer: {
@@ -468,6 +473,7 @@ const FILE_FIELDS: Readonly<Record<string, FieldReader<ConfigDraft>>> = {
   ...durationFields<ConfigDraft>('idleTimeout', (d, ms) => (d.idleTimeoutMs = ms)),
   http: (d, v, w) => (d.http = readHttp(v, w)),
   maxFlowsPerWorker: (d, v, w) => (d.maxFlowsPerWorker = readCount(v, w)),
+  maxDatagramBytes: (d, v, w) => (d.maxDatagramBytes = readInt(v, w, 1, MAX_UDP_PAYLOAD_BYTES)),
   // Below one largest datagram a worker's channel could never take a full-size packet.
   channelLimitBytes: (d, v, w) => (d.channelLimitBytes = readInt(v, w, MAX_DATAGRAM_BYTES, MAX_COUNT)),
   ...durationFields<ConfigDraft>('shutdownTimeout', (d, ms) => (d.shutdownTimeoutMs = ms)),
@@ -501,6 +507,7 @@ export interface ServeFlags {
   readonly config?: FlagValue;
   readonly http?: FlagValue;
   readonly maxFlows?: FlagValue;
+  readonly maxDatagram?: FlagValue;
   readonly mode?: FlagValue;
   /** false from --no-balance: static hashing. */
   readonly balance?: FlagValue;
@@ -528,6 +535,7 @@ const FLAG_FIELDS: Readonly<Record<keyof ServeFlags, FieldReader<ConfigDraft> | 
   config: null,
   http: (d, v, w) => (d.http = readHttp(lastValue(v as FlagValue), w)),
   maxFlows: (d, v, w) => (d.maxFlowsPerWorker = readCount(lastValue(v as FlagValue), w)),
+  maxDatagram: (d, v, w) => (d.maxDatagramBytes = readInt(lastValue(v as FlagValue), w, 1, MAX_UDP_PAYLOAD_BYTES)),
   mode: (d, v, w) => (d.balancer.mode = readChoice(lastValue(v as FlagValue), w, MODE_CHOICES)),
   balance: (d, v, w) => (d.balancer.enabled = readBoolean(lastValue(v as FlagValue), w)),
   queueLimit: (d, v, w) => (d.balancer.queueLimit = readCount(lastValue(v as FlagValue), w)),
@@ -596,6 +604,7 @@ function finishConfig(draft: ConfigDraft, configFile: string | null, cwd: string
     idleTimeoutMs: draft.idleTimeoutMs,
     http: draft.http,
     maxFlowsPerWorker: draft.maxFlowsPerWorker,
+    maxDatagramBytes: draft.maxDatagramBytes,
     channelLimitBytes: draft.channelLimitBytes,
     shutdownTimeoutMs: draft.shutdownTimeoutMs,
     balancer: { ...draft.balancer },

@@ -9,12 +9,16 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 
+import os from 'node:os';
+
+import { runGenCli } from '../src/commands/gen.js';
 import { openFileLimit } from '../src/gen/address.js';
 import { GenError } from '../src/gen/errors.js';
 import { AliasTable, flowWeights, makeRng, parseDistribution, shardFlowIds, splitProportional } from '../src/gen/flows.js';
 import { Pacer } from '../src/gen/pacer.js';
 import { PROBE_HEADER_BYTES, encodeIdentityTrailer, makeTemplate, parseIdentityTrailer, parseRtp, readProbe, writeProbe } from '../src/gen/packet.js';
 import { findMaxRate, runGenerator } from '../src/gen/run.js';
+import { runSelfTest } from '../src/gen/self-test.js';
 import { mergeHistograms, newRttHistogram, encodeHistogram } from '../src/gen/stats.js';
 
 type Family = 4 | 6;
@@ -298,6 +302,38 @@ describe('several sender processes', () => {
     expect(r).toMatchObject({ procs: 2, sent: 400, received: 400, lost: 0, reordered: 0, duplicated: 0 });
     expect(r.rtt?.count).toBe(400);
     expect(r.flowSent).toEqual(new Array(10).fill(40));
+  });
+});
+
+describe('self-test', () => {
+  it.skipIf(!hasDist)('measures against a sink and an echo in child processes (tiny bounds)', async () => {
+    const r = await runSelfTest({ flows: 4, trialMs: 200, maxTrials: 2, maxRate: 2000 });
+    expect(r.sendOnly.sent).toBeGreaterThan(0);
+    expect(r.sendCeilingPps).toBeGreaterThan(0);
+    expect(r.echoSearch.trials.length).toBeGreaterThanOrEqual(1);
+    expect(r.echoSearch.trials.length).toBeLessThanOrEqual(2);
+    expect(r.echoStats?.received).toBeGreaterThan(0);
+  });
+});
+
+describe('CLI', () => {
+  it('runGenCli prints a summary and writes --json', async () => {
+    const { target } = await responder(4, echo);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-gen-'));
+    const out: string[] = [];
+    try {
+      await runGenCli({ target, flows: 5, count: 50, rate: 1000, json: path.join(dir, 'r.json'), progress: false }, { out: (l) => out.push(l), err: (l) => out.push(l) });
+      const json = JSON.parse(fs.readFileSync(path.join(dir, 'r.json'), 'utf8'));
+      expect(json).toMatchObject({ sent: 50, received: 50, lost: 0, lossPct: 0, reordered: 0, duplicated: 0 });
+      expect(Object.keys(json.rtt)).toEqual(expect.arrayContaining(['p50', 'p90', 'p99', 'p999', 'max']));
+      expect(out.join('\n')).toMatch(/sent 50, received 50, lost 0/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('requires --target', async () => {
+    await expect(runGenCli({}, { out: () => undefined, err: () => undefined })).rejects.toMatchObject({ code: 'ERR_GEN_OPTION' });
   });
 });
 

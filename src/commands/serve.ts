@@ -19,6 +19,7 @@ import {
   DEFAULT_REPORT_INTERVAL_MS,
   MAX_BACKEND_WEIGHT,
   MAX_BUCKETS,
+  MAX_UDP_PAYLOAD_BYTES,
   MAX_WORKERS,
   defaultWorkers,
   formatDuration,
@@ -55,7 +56,8 @@ export const SERVE_OPTIONS = {
   config: valueOption('JSON config file; flags override its values; re-read on SIGHUP', 'none'),
   http: valueOption('Status and metrics HTTP address HOST:PORT, or off', DEFAULT_HTTP),
   'max-flows': valueOption('Most flows one worker tracks at once', String(DEFAULT_MAX_FLOWS_PER_WORKER)),
-  mode: valueOption('Balancing mode: flow or packet', DEFAULT_BALANCE_MODE),
+  'max-datagram': valueOption('Largest datagram accepted, in bytes; larger ones are counted (oversize) and dropped', String(MAX_UDP_PAYLOAD_BYTES)),
+  mode: valueOption('Balancing mode: flow (a flow stays on one worker; buckets migrate with their state) or packet (stateless traffic such as DNS: an overloaded worker\'s packets go to the least-loaded workers)', DEFAULT_BALANCE_MODE),
   balance: {
     type: 'boolean',
     describe: 'Move buckets between workers by measured load; --no-balance keeps static hashing',

@@ -91,7 +91,7 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
   });
 
   const dispatcher = new Dispatcher({
-    buckets: config.buckets, maxWorkers: config.workers, maxHolds: MAX_HOLDS, maxDatagramBytes: 65_535,
+    buckets: config.buckets, maxWorkers: config.workers, maxHolds: MAX_HOLDS, maxDatagramBytes: config.maxDatagramBytes,
     channelLimitBytes: config.channelLimitBytes, holdLimit: config.balancer.holdLimit, hasher,
   });
   dispatcher.setListeners(udp.map((u) => ({ family: u.family, port: u.port, address: addressBytes(u.host, u.family) })));

@@ -1,7 +1,23 @@
 /**
- * Prometheus metrics for the whole cluster. Placeholder until the metrics work lands: default process metrics only.
+ * Prometheus metrics for the whole cluster, read at scrape time. Nothing here runs on the packet path: the
+ * primary's counters (typed arrays in the Dispatcher, plain fields of the Balancer and Migrator) and the latest
+ * report of every worker are copied into one plain `ClusterSnapshot` per scrape, synchronously, so every value of
+ * one exposition comes from the same instant (received = dispatched + primary drops + held holds within it).
+ *
+ * The cluster metrics are not prom-client Counters or Gauges: those are meant to be incremented, and copying
+ * absolute totals into them would need reset()+inc() per series per scrape. Each metric here is a small object
+ * with the shape prom-client's Registry reads (`name`, `get()`, `reset()`), whose `get()` turns the snapshot into
+ * samples; histograms are written as their `_bucket`/`_sum`/`_count` samples directly, from the cumulative
+ * counts the migrator and the workers keep, so no observation is ever lost or replayed.
+ *
+ * docs/metrics.md describes every metric; test/metrics.test.ts checks that it names every one emitted.
  */
+import net from 'node:net';
 import client from 'prom-client';
+
+import { DROP_REASON_COUNT, DROP_REASONS } from '../datapath/counters.js';
+import { MIGRATION_BUCKETS_S } from '../control/migrator.js';
+import { LATENCY_BOUNDS_MS } from '../control/protocol.js';
 import type { ServiceView } from './http.js';
 
 export interface Metrics {
@@ -9,8 +25,470 @@ export interface Metrics {
   render(): Promise<string>;
 }
 
-export function createMetrics(_v: ServiceView): Metrics {
+// ---- the handler counters a worker reports (`handlerCounters`), as the proxy handler is asked to emit them ----
+
+/**
+ * Per-backend counters arrive as `<counter>@<backend key>` (the key as proxy's backendKey() writes it,
+ * "10.0.0.1:53" or "[::1]:53"), cumulative for the reporting process. Other keys are handler-wide.
+ */
+export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors'] as const;
+export type BackendCounterKey = (typeof BACKEND_COUNTER_KEYS)[number];
+/** Handler-wide drop counters of the proxy (packets a worker handled but the proxy could not forward). */
+export const PROXY_DROP_KEYS = {
+  dropped_no_backend: 'no_backend',
+  dropped_connect_failed: 'connect_failed',
+  dropped_queue_full: 'preconnect_queue_full',
+  dropped_migrating: 'migrating',
+} as const;
+/** Handler-wide gauge of the proxy: upstream sockets open now. Not accumulated over dead processes. */
+export const PROXY_ACTIVE_UPSTREAMS_KEY = 'active_upstreams';
+
+/** The key a backend is known by in handler counters and the `backend` label (same as proxy.ts backendKey). */
+export function backendLabel(host: string, port: number): string {
+  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Splits `requests@10.0.0.1:53` into its counter and backend; null for handler-wide keys. */
+export function splitBackendKey(key: string): { counter: string; backend: string } | null {
+  const at = key.indexOf('@');
+  if (at <= 0 || at === key.length - 1) return null;
+  return { counter: key.slice(0, at), backend: key.slice(at + 1) };
+}
+
+/**
+ * Keeps handler counter totals monotonic across worker restarts: a lane's new process starts its handler
+ * counters at zero, so when a lane's pid changes, the last values seen from the old process are kept as
+ * retired. Counts the old process made after the last scrape that saw them are lost (WorkerSet keeps exact
+ * retired totals for the worker's own counters; handler counters are not among them yet).
+ */
+export class HandlerCounterLedger {
+  private readonly pids: number[] = [];
+  private readonly last: (Record<string, number> | null)[] = [];
+  private readonly retired = new Map<string, number>();
+
+  /** Cumulative totals per key over every process that served any lane; `active` sums gauges of live processes. */
+  observe(lanes: ReadonlyArray<{ pid: number; counters: Record<string, number> | null | undefined }>): {
+    totals: Map<string, number>; activeUpstreams: number;
+  } {
+    let activeUpstreams = 0;
+    lanes.forEach((lane, i) => {
+      if (this.pids[i] !== lane.pid) {
+        const old = this.last[i];
+        if (old) {
+          for (const [k, x] of Object.entries(old)) {
+            if (k !== PROXY_ACTIVE_UPSTREAMS_KEY) this.retired.set(k, (this.retired.get(k) ?? 0) + x);
+          }
+        }
+        this.pids[i] = lane.pid;
+        this.last[i] = null;
+      }
+      if (lane.counters) this.last[i] = lane.counters;
+    });
+    const totals = new Map(this.retired);
+    for (const c of this.last) {
+      if (!c) continue;
+      for (const [k, x] of Object.entries(c)) {
+        if (typeof x !== 'number' || !Number.isFinite(x)) continue;
+        if (k === PROXY_ACTIVE_UPSTREAMS_KEY) { activeUpstreams += x; continue; }
+        totals.set(k, (totals.get(k) ?? 0) + x);
+      }
+    }
+    return { totals, activeUpstreams };
+  }
+}
+
+/**
+ * A backend's health as flowlb can see it without probing: it is down when, since the previous scrape, it
+ * refused datagrams (ICMP port unreachable) or its upstream connect failed, and sent no response. A response
+ * brings it back up. A backend that silently drops everything, or one that never answers by design, stays up.
+ */
+export class BackendHealth {
+  private readonly seen = new Map<string, { responses: number; failures: number; up: boolean }>();
+
+  judge(backend: string, responses: number, failures: number): boolean {
+    const s = this.seen.get(backend);
+    if (!s) {
+      // First sight: no history to diff; a backend that failed and never answered is down.
+      const up = !(failures > 0 && responses === 0);
+      this.seen.set(backend, { responses, failures, up });
+      return up;
+    }
+    const answered = responses > s.responses;
+    const failed = failures > s.failures;
+    if (answered) s.up = true;
+    else if (failed) s.up = false;
+    s.responses = responses;
+    s.failures = failures;
+    return s.up;
+  }
+}
+
+// ---- the snapshot ----
+
+export interface LaneSnapshot {
+  readonly up: boolean;
+  readonly restarts: number;
+  readonly dispatchedPackets: number;
+  readonly dispatchedBytes: number;
+  readonly batches: number;
+  /** Worker counters: retired processes of the lane plus the live process's latest report. */
+  readonly rxPackets: number;
+  readonly rxBytes: number;
+  readonly handled: number;
+  readonly replies: number;
+  readonly replyBytes: number;
+  readonly replyErrors: number;
+  readonly handlerCrashes: number;
+  readonly flowsCreated: number;
+  readonly flowsExpired: number;
+  readonly drops: readonly number[];
+  /** From the live process's latest report; 0 while the lane has none. */
+  readonly flowsActive: number;
+  readonly queueDepth: number;
+  readonly peakQueueDepth: number;
+  readonly activeQueues: number;
+  readonly rssBytes: number;
+  /** Cumulative CPU of the live process, if its report carries `cpuUs` (seconds); null otherwise. */
+  readonly cpuSeconds: number | null;
+  /** The balancer's smoothed view. */
+  readonly cpuUtil: number;
+  readonly elu: number;
+  readonly imbalanceIndex: number;
+  readonly targetShare: number;
+  readonly buckets: number;
+}
+
+export interface BackendSnapshot {
+  readonly counters: Readonly<Record<BackendCounterKey, number>>;
+  readonly up: boolean;
+}
+
+export interface ClusterSnapshot {
+  readonly handler: string;
+  readonly mode: string;
+  readonly balancer: string;
+  readonly queueLimit: number;
+  readonly rxPackets: number;
+  readonly rxBytes: number;
+  /** Drops counted by the primary, by DROP_REASONS index. */
+  readonly primaryDrops: readonly number[];
+  /** Primary and worker drops, by DROP_REASONS index. */
+  readonly drops: readonly number[];
+  readonly held: number;
+  readonly epoch: number;
+  readonly lanes: readonly LaneSnapshot[];
+  readonly latencyCounts: readonly number[];
+  readonly latencySumMs: number;
+  readonly migrations: {
+    readonly done: number; readonly timeout: number; readonly aborted: number; readonly inFlight: number;
+    readonly durationCounts: readonly number[]; readonly durationSumS: number;
+  };
+  readonly rounds: number;
+  readonly overloadSpills: number;
+  readonly movesPlanned: number;
+  readonly imbalance: number;
+  readonly backends: ReadonlyMap<string, BackendSnapshot>;
+  readonly proxyDrops: ReadonlyMap<string, number>;
+  readonly proxyActiveUpstreams: number | null;
+}
+
+function addArray(into: number[], from: ArrayLike<number> | undefined): void {
+  if (!from) return;
+  for (let i = 0; i < from.length && i < into.length; i++) into[i]! += from[i] ?? 0;
+}
+
+function num(x: number | undefined): number {
+  return typeof x === 'number' && Number.isFinite(x) ? x : 0;
+}
+
+/** Reads everything one scrape needs, synchronously (so no packet is counted in one place and not another). */
+export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, health: BackendHealth): ClusterSnapshot {
+  const d = v.dispatcher, w = v.workers, b = v.balancer, m = v.migrator;
+  const n = v.config.workers;
+  const owned = d.table.countsBy(n);
+  const drops = Array.from(d.drops, num);
+  const latencyCounts = new Array<number>(LATENCY_BOUNDS_MS.length + 1).fill(0);
+  let latencySumMs = 0;
+  const lanes: LaneSnapshot[] = [];
+  const handlerLanes: { pid: number; counters: Record<string, number> | null | undefined }[] = [];
+  for (let lane = 0; lane < n; lane++) {
+    const r = w.lastReport(lane);
+    const c = r?.counters;
+    const t = w.retired(lane);
+    const laneDrops = new Array<number>(DROP_REASON_COUNT).fill(0);
+    addArray(laneDrops, t.drops);
+    addArray(laneDrops, c?.drops);
+    addArray(drops, laneDrops);
+    addArray(latencyCounts, t.latencyCounts);
+    addArray(latencyCounts, c?.latencyCounts);
+    latencySumMs += t.latencySumMs + num(c?.latencySumMs);
+    const cpuUs = (r as { cpuUs?: number } | null)?.cpuUs;
+    lanes.push({
+      up: w.isReady(lane),
+      restarts: w.restarts(lane),
+      dispatchedPackets: d.lanePackets[lane]!,
+      dispatchedBytes: d.laneBytes[lane]!,
+      batches: d.laneBatches[lane]!,
+      rxPackets: t.rxPackets + num(c?.rxPackets),
+      rxBytes: t.rxBytes + num(c?.rxBytes),
+      handled: t.handled + num(c?.handled),
+      replies: t.replies + num(c?.replies),
+      replyBytes: t.replyBytes + num(c?.replyBytes),
+      replyErrors: t.replyErrors + num(c?.replyErrors),
+      handlerCrashes: t.handlerCrashes + num(c?.handlerCrashes),
+      flowsCreated: t.flowsCreated + num(c?.flowsCreated),
+      flowsExpired: t.flowsExpired + num(c?.flowsExpired),
+      drops: laneDrops,
+      flowsActive: num(c?.flowsActive),
+      queueDepth: num(r?.queueDepth),
+      peakQueueDepth: num(r?.peakQueueDepth),
+      activeQueues: num(r?.activeQueues),
+      rssBytes: num(r?.memRss),
+      cpuSeconds: typeof cpuUs === 'number' && Number.isFinite(cpuUs) ? cpuUs / 1e6 : null,
+      cpuUtil: num(b.model.cpuUtil[lane]),
+      elu: num(b.model.elu[lane]),
+      imbalanceIndex: num(b.indexes[lane]),
+      targetShare: num(b.shares[lane]),
+      buckets: owned[lane]!,
+    });
+    handlerLanes.push({ pid: w.pid(lane), counters: r?.handlerCounters });
+  }
+
+  const { totals, activeUpstreams } = ledger.observe(handlerLanes);
+  const perBackend = new Map<string, Record<BackendCounterKey, number>>();
+  const blank = (): Record<BackendCounterKey, number> =>
+    Object.fromEntries(BACKEND_COUNTER_KEYS.map((k) => [k, 0])) as Record<BackendCounterKey, number>;
+  // Configured backends have series from the start, before any flow picked them.
+  if (v.config.handler === 'proxy') for (const be of v.config.backends) perBackend.set(backendLabel(be.host, be.port), blank());
+  const proxyDrops = new Map<string, number>();
+  let sawProxy = v.config.handler === 'proxy';
+  for (const [key, x] of totals) {
+    const split = splitBackendKey(key);
+    if (split) {
+      if (!(BACKEND_COUNTER_KEYS as readonly string[]).includes(split.counter)) continue;
+      let row = perBackend.get(split.backend);
+      if (!row) perBackend.set(split.backend, (row = blank()));
+      row[split.counter as BackendCounterKey] += x;
+      sawProxy = true;
+    } else if (Object.hasOwn(PROXY_DROP_KEYS, key)) {
+      const reason = PROXY_DROP_KEYS[key as keyof typeof PROXY_DROP_KEYS];
+      proxyDrops.set(reason, (proxyDrops.get(reason) ?? 0) + x);
+      sawProxy = true;
+    }
+  }
+  if (sawProxy) for (const reason of Object.values(PROXY_DROP_KEYS)) if (!proxyDrops.has(reason)) proxyDrops.set(reason, 0);
+  const backends = new Map<string, BackendSnapshot>();
+  for (const [key, counters] of [...perBackend].sort(([a], [z]) => (a < z ? -1 : a > z ? 1 : 0))) {
+    backends.set(key, { counters, up: health.judge(key, counters.responses, counters.refused + counters.connect_errors) });
+  }
+
+  return {
+    handler: v.config.handler,
+    mode: v.config.balancer.mode,
+    balancer: v.config.balancer.enabled ? 'adaptive' : 'static',
+    queueLimit: v.config.balancer.queueLimit,
+    rxPackets: d.rxPackets,
+    rxBytes: d.rxBytes,
+    primaryDrops: Array.from(d.drops, num),
+    drops,
+    held: d.heldTotal(),
+    epoch: d.table.epoch,
+    lanes,
+    latencyCounts,
+    latencySumMs,
+    migrations: {
+      done: m.completed, timeout: m.timeouts, aborted: m.aborted, inFlight: m.inFlight,
+      durationCounts: Array.from(m.durationCounts), durationSumS: m.durationSumS,
+    },
+    rounds: b.rounds,
+    overloadSpills: b.overloadSpills,
+    movesPlanned: b.movesPlanned,
+    imbalance: num(b.lastImbalance),
+    backends,
+    proxyDrops,
+    proxyActiveUpstreams: sawProxy ? activeUpstreams : null,
+  };
+}
+
+// ---- metric definitions: one declared list feeds the exposition ----
+
+type MetricType = 'counter' | 'gauge' | 'histogram';
+type Labels = Record<string, string>;
+interface Sample { value: number; labels?: Labels; metricName?: string }
+
+interface MetricDef {
+  readonly name: string;
+  readonly type: MetricType;
+  readonly help: string;
+  readonly read: (s: ClusterSnapshot) => Sample[];
+}
+
+function perWorker(read: (l: LaneSnapshot) => number): (s: ClusterSnapshot) => Sample[] {
+  return (s) => s.lanes.map((l, i) => ({ value: read(l), labels: { worker: String(i) } }));
+}
+
+function perBackend(read: (b: BackendSnapshot) => number): (s: ClusterSnapshot) => Sample[] {
+  return (s) => [...s.backends].map(([backend, b]) => ({ value: read(b), labels: { backend } }));
+}
+
+/** Bounds as Prometheus `le` labels; rounded so 0.25 ms prints as 0.00025, not 0.00025000000000000006. */
+function leLabel(bound: number): string {
+  return String(Number(bound.toPrecision(12)));
+}
+
+/** `_bucket` (cumulative, ending in +Inf), `_sum` and `_count` samples from per-bucket counts (last = overflow). */
+export function histogramSamples(name: string, boundsS: readonly number[], counts: readonly number[], sumS: number): Sample[] {
+  const out: Sample[] = [];
+  let cumulative = 0;
+  for (let i = 0; i < boundsS.length; i++) {
+    cumulative += counts[i] ?? 0;
+    out.push({ metricName: `${name}_bucket`, labels: { le: leLabel(boundsS[i]!) }, value: cumulative });
+  }
+  for (let i = boundsS.length; i < counts.length; i++) cumulative += counts[i] ?? 0;
+  out.push({ metricName: `${name}_bucket`, labels: { le: '+Inf' }, value: cumulative });
+  out.push({ metricName: `${name}_sum`, value: sumS });
+  out.push({ metricName: `${name}_count`, value: cumulative });
+  return out;
+}
+
+const LATENCY_BOUNDS_S = LATENCY_BOUNDS_MS.map((ms) => ms / 1000);
+const BACKEND_ERROR_KINDS: readonly [BackendCounterKey, string][] = [
+  ['refused', 'refused'], ['send_errors', 'send'], ['socket_errors', 'socket'], ['connect_errors', 'connect'],
+];
+
+export const METRIC_DEFS: readonly MetricDef[] = [
+  {
+    name: 'flowlb_info', type: 'gauge', help: 'Always 1; labels name the handler, the balancing mode and whether the balancer is adaptive or static.',
+    read: (s) => [{ value: 1, labels: { handler: s.handler, mode: s.mode, balancer: s.balancer } }],
+  },
+  // primary: the packet path
+  { name: 'flowlb_received_packets_total', type: 'counter', help: 'Datagrams the primary read from the front sockets.', read: (s) => [{ value: s.rxPackets }] },
+  { name: 'flowlb_received_bytes_total', type: 'counter', help: 'Payload bytes of the datagrams the primary read.', read: (s) => [{ value: s.rxBytes }] },
+  {
+    name: 'flowlb_dispatched_packets_total', type: 'counter', help: 'Datagrams the primary put into a worker\'s channel (including held packets delivered after a migration).',
+    read: perWorker((l) => l.dispatchedPackets),
+  },
+  { name: 'flowlb_dispatched_bytes_total', type: 'counter', help: 'Payload bytes the primary put into a worker\'s channel.', read: perWorker((l) => l.dispatchedBytes) },
+  { name: 'flowlb_batches_total', type: 'counter', help: 'Writes (batches of frames) the primary made to a worker\'s channel.', read: perWorker((l) => l.batches) },
+  {
+    name: 'flowlb_dropped_packets_total', type: 'counter', help: 'Datagrams dropped, by reason, in the primary and in the workers (a packet is dropped at most once).',
+    read: (s) => DROP_REASONS.map((reason, i) => ({ value: s.drops[i] ?? 0, labels: { reason } })),
+  },
+  {
+    name: 'flowlb_primary_dropped_packets_total', type: 'counter', help: 'The part of flowlb_dropped_packets_total dropped by the primary before dispatch.',
+    read: (s) => DROP_REASONS.map((reason, i) => ({ value: s.primaryDrops[i] ?? 0, labels: { reason } })),
+  },
+  { name: 'flowlb_held_packets', type: 'gauge', help: 'Datagrams the primary holds for buckets being migrated.', read: (s) => [{ value: s.held }] },
+  { name: 'flowlb_table_epoch', type: 'gauge', help: 'Version of the bucket table; rises with every applied move.', read: (s) => [{ value: s.epoch }] },
+  // workers
+  { name: 'flowlb_worker_up', type: 'gauge', help: '1 if the worker of this lane is running and ready, else 0.', read: perWorker((l) => (l.up ? 1 : 0)) },
+  { name: 'flowlb_worker_restarts_total', type: 'counter', help: 'Times the lane\'s worker was replaced after it exited.', read: perWorker((l) => l.restarts) },
+  { name: 'flowlb_worker_received_packets_total', type: 'counter', help: 'Packets the worker read from its channel.', read: perWorker((l) => l.rxPackets) },
+  { name: 'flowlb_worker_received_bytes_total', type: 'counter', help: 'Payload bytes the worker read from its channel.', read: perWorker((l) => l.rxBytes) },
+  { name: 'flowlb_handled_packets_total', type: 'counter', help: 'Packets the worker passed to the handler.', read: perWorker((l) => l.handled) },
+  { name: 'flowlb_replied_packets_total', type: 'counter', help: 'Replies the handler sent to clients.', read: perWorker((l) => l.replies) },
+  { name: 'flowlb_replied_bytes_total', type: 'counter', help: 'Payload bytes of replies to clients.', read: perWorker((l) => l.replyBytes) },
+  { name: 'flowlb_reply_errors_total', type: 'counter', help: 'Replies that could not be sent.', read: perWorker((l) => l.replyErrors) },
+  { name: 'flowlb_handler_crashes_total', type: 'counter', help: 'Exceptions thrown by handler code outside onPacket (timers, socket events), isolated by the worker.', read: perWorker((l) => l.handlerCrashes) },
+  { name: 'flowlb_flows_active', type: 'gauge', help: 'Flows in the worker\'s flow table.', read: perWorker((l) => l.flowsActive) },
+  { name: 'flowlb_flows_created_total', type: 'counter', help: 'Flows the worker started (migrated-in flows not counted).', read: perWorker((l) => l.flowsCreated) },
+  { name: 'flowlb_flows_expired_total', type: 'counter', help: 'Flows the worker ended (idle timeout, shutdown, eviction).', read: perWorker((l) => l.flowsExpired) },
+  { name: 'flowlb_queue_depth_packets', type: 'gauge', help: 'Packets queued in the worker at its latest report.', read: perWorker((l) => l.queueDepth) },
+  { name: 'flowlb_queue_peak_depth_packets', type: 'gauge', help: 'Deepest the worker\'s queue was during its latest report interval.', read: perWorker((l) => l.peakQueueDepth) },
+  { name: 'flowlb_queue_active_flows', type: 'gauge', help: 'Flows with packets queued in the worker at its latest report.', read: perWorker((l) => l.activeQueues) },
+  { name: 'flowlb_queue_limit_packets', type: 'gauge', help: 'Queue depth past which a worker counts as overloaded and loses buckets at once.', read: (s) => [{ value: s.queueLimit }] },
+  { name: 'flowlb_cpu_utilization_ratio', type: 'gauge', help: 'Worker process CPU time over wall time (1 = one core), smoothed as the balancer sees it.', read: perWorker((l) => l.cpuUtil) },
+  { name: 'flowlb_event_loop_utilization_ratio', type: 'gauge', help: 'Worker event-loop utilisation (0 to 1), smoothed as the balancer sees it.', read: perWorker((l) => l.elu) },
+  { name: 'flowlb_worker_resident_memory_bytes', type: 'gauge', help: 'Resident set size of the worker process at its latest report.', read: perWorker((l) => l.rssBytes) },
+  {
+    name: 'flowlb_worker_cpu_seconds_total', type: 'counter', help: 'CPU time (user + system) of the lane\'s current worker process; resets when the worker restarts.',
+    read: (s) => s.lanes.flatMap((l, i) => (l.cpuSeconds === null ? [] : [{ value: l.cpuSeconds, labels: { worker: String(i) } }])),
+  },
+  // balancer
+  { name: 'flowlb_imbalance_index', type: 'gauge', help: 'The balancer\'s imbalance index of the worker (its capacity estimate; 1 = average).', read: perWorker((l) => l.imbalanceIndex) },
+  { name: 'flowlb_target_share_ratio', type: 'gauge', help: 'Share of the load the balancer aims to give the worker (sums to 1).', read: perWorker((l) => l.targetShare) },
+  { name: 'flowlb_buckets_owned', type: 'gauge', help: 'Hash buckets the worker owns (buckets being migrated count for nobody).', read: perWorker((l) => l.buckets) },
+  { name: 'flowlb_imbalance_ratio', type: 'gauge', help: 'The worst worker\'s distance from its target share as a fraction of all load, at the last rebalance round (0 = perfect).', read: (s) => [{ value: s.imbalance }] },
+  { name: 'flowlb_rebalance_rounds_total', type: 'counter', help: 'Rebalance rounds the balancer ran.', read: (s) => [{ value: s.rounds }] },
+  { name: 'flowlb_overload_spills_total', type: 'counter', help: 'Times an overloaded worker (queue past the limit) had buckets moved off at once.', read: (s) => [{ value: s.overloadSpills }] },
+  { name: 'flowlb_bucket_moves_planned_total', type: 'counter', help: 'Bucket moves the balancer planned.', read: (s) => [{ value: s.movesPlanned }] },
+  // migrations
+  {
+    name: 'flowlb_bucket_migrations_total', type: 'counter', help: 'Finished bucket migrations by outcome: done, timeout (hand-over never came) or aborted (a worker died).',
+    read: (s) => [
+      { value: s.migrations.done, labels: { outcome: 'done' } },
+      { value: s.migrations.timeout, labels: { outcome: 'timeout' } },
+      { value: s.migrations.aborted, labels: { outcome: 'aborted' } },
+    ],
+  },
+  { name: 'flowlb_bucket_migrations_in_progress', type: 'gauge', help: 'Bucket migrations under way.', read: (s) => [{ value: s.migrations.inFlight }] },
+  {
+    name: 'flowlb_migration_duration_seconds', type: 'histogram', help: 'Time from holding a bucket to delivering its held packets to the new owner, per finished migration.',
+    read: (s) => histogramSamples('flowlb_migration_duration_seconds', MIGRATION_BUCKETS_S, s.migrations.durationCounts, s.migrations.durationSumS),
+  },
+  {
+    name: 'flowlb_dispatch_latency_seconds', type: 'histogram', help: 'Time from the primary stamping a batch to the worker starting to serve it; one sample per batch, all workers.',
+    read: (s) => histogramSamples('flowlb_dispatch_latency_seconds', LATENCY_BOUNDS_S, s.latencyCounts, s.latencySumMs / 1000),
+  },
+  // proxy backends
+  { name: 'flowlb_backend_requests_total', type: 'counter', help: 'Datagrams the proxy sent to the backend.', read: perBackend((b) => b.counters.requests) },
+  { name: 'flowlb_backend_responses_total', type: 'counter', help: 'Datagrams the backend sent back (relayed to clients).', read: perBackend((b) => b.counters.responses) },
+  {
+    name: 'flowlb_backend_errors_total', type: 'counter', help: 'Errors towards the backend by kind: refused (ICMP port unreachable), send, socket (receive), connect.',
+    read: (s) => [...s.backends].flatMap(([backend, b]) => BACKEND_ERROR_KINDS.map(([key, kind]) => ({ value: b.counters[key], labels: { backend, kind } }))),
+  },
+  {
+    name: 'flowlb_backend_up', type: 'gauge', help: '0 if, since the previous scrape, the backend refused datagrams or its connect failed and it sent no response; else 1 (no active probing).',
+    read: perBackend((b) => (b.up ? 1 : 0)),
+  },
+  {
+    name: 'flowlb_proxy_dropped_packets_total', type: 'counter', help: 'Datagrams the proxy handler could not forward, by reason: no_backend, connect_failed, preconnect_queue_full, migrating.',
+    read: (s) => [...s.proxyDrops].map(([reason, value]) => ({ value, labels: { reason } })),
+  },
+  {
+    name: 'flowlb_proxy_upstream_sockets', type: 'gauge', help: 'Upstream sockets the proxy handler has open (one per flow with a backend).',
+    read: (s) => (s.proxyActiveUpstreams === null ? [] : [{ value: s.proxyActiveUpstreams }]),
+  },
+];
+
+/** The registry's view of a metric: prom-client's Registry only calls `get()` (and `reset()` from resetMetrics). */
+class SnapshotMetric {
+  constructor(private readonly def: MetricDef, private readonly current: () => ClusterSnapshot) {}
+  get name(): string { return this.def.name; }
+  get type(): MetricType { return this.def.type; }
+  get help(): string { return this.def.help; }
+  get(): { name: string; help: string; type: MetricType; values: Sample[]; aggregator: 'sum' } {
+    return { name: this.def.name, help: this.def.help, type: this.def.type, values: this.def.read(this.current()), aggregator: 'sum' };
+  }
+  reset(): void {}
+}
+
+/** Default process metrics of the primary: `flowlb_primary_process_cpu_seconds_total`, `flowlb_primary_nodejs_*`... */
+export const PRIMARY_PROCESS_PREFIX = 'flowlb_primary_';
+
+export function createMetrics(v: ServiceView): Metrics {
   const registry = new client.Registry();
-  client.collectDefaultMetrics({ register: registry, prefix: 'flowlb_primary_' });
-  return { contentType: registry.contentType, render: () => registry.metrics() };
+  // "primary" in the prefix: every other flowlb_ metric describes the cluster, these only the primary process.
+  client.collectDefaultMetrics({ register: registry, prefix: PRIMARY_PROCESS_PREFIX });
+  // prom-client names three gauges `nodejs_active_{handles,requests,resources}_total`; `_total` marks counters
+  // (promtool check metrics rejects them), and each is the sum of the per-type gauge of the same name without it.
+  for (const m of registry.getMetricsAsArray()) {
+    if (m.name.endsWith('_total') && (m as { type?: string }).type !== 'counter') registry.removeSingleMetric(m.name);
+  }
+  const ledger = new HandlerCounterLedger();
+  const health = new BackendHealth();
+  let snapshot: ClusterSnapshot | null = null;
+  const current = (): ClusterSnapshot => (snapshot ??= takeSnapshot(v, ledger, health));
+  for (const def of METRIC_DEFS) registry.registerMetric(new SnapshotMetric(def, current) as unknown as client.Metric);
+  return {
+    contentType: registry.contentType,
+    render: async () => {
+      // Registry.metrics() calls every metric's get() synchronously before its first await, so all of them
+      // read this one snapshot; it is dropped before the next scrape.
+      snapshot = takeSnapshot(v, ledger, health);
+      const text = registry.metrics();
+      snapshot = null;
+      return text;
+    },
+  };
 }
