@@ -473,7 +473,7 @@ export function createMetrics(v: ServiceView): Metrics {
   // prom-client names three gauges `nodejs_active_{handles,requests,resources}_total`; `_total` marks counters
   // (promtool check metrics rejects them), and each is the sum of the per-type gauge of the same name without it.
   for (const m of registry.getMetricsAsArray()) {
-    if (m.name.endsWith('_total') && (m as { type?: string }).type !== 'counter') registry.removeSingleMetric(m.name);
+    if (m.name.endsWith('_total') && String((m as unknown as { type?: unknown }).type) !== 'counter') registry.removeSingleMetric(m.name);
   }
   const ledger = new HandlerCounterLedger();
   const health = new BackendHealth();

@@ -1,0 +1,111 @@
+/**
+ * The proxy handler through the whole service: real backends on loopback, weighted Maglev split, per-flow
+ * upstream sockets, idle expiry.
+ */
+import dgram from 'node:dgram';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Client, startFlowlb, waitFor, type Running } from './support/service.js';
+
+interface Backend {
+  readonly socket: dgram.Socket;
+  readonly id: string;
+  readonly port: number;
+  /** client payload -> upstream source ports seen */
+  readonly seen: Map<string, Set<number>>;
+  received: number;
+}
+
+async function backend(id: string, family: 4 | 6 = 4): Promise<Backend> {
+  const socket = dgram.createSocket(family === 6 ? 'udp6' : 'udp4');
+  const b: Backend = { socket, id, port: 0, seen: new Map(), received: 0 };
+  socket.on('message', (msg, rinfo) => {
+    b.received++;
+    const key = msg.toString().split(' ')[0]!;
+    let set = b.seen.get(key);
+    if (!set) b.seen.set(key, (set = new Set()));
+    set.add(rinfo.port);
+    socket.send(Buffer.from(`${id} ${msg.toString()}`), rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((r) => socket.bind(0, family === 6 ? '::1' : '127.0.0.1', () => r()));
+  socket.setRecvBufferSize(4 * 1024 * 1024);
+  (b as { port: number }).port = socket.address().port;
+  return b;
+}
+
+let running: Running[] = [];
+let closers: (() => void)[] = [];
+afterEach(async () => {
+  for (const c of closers) c();
+  closers = [];
+  await Promise.all(running.map((r) => r.stop('SIGKILL')));
+  running = [];
+});
+
+describe('proxy', () => {
+  it('relays every request, splits flows by weight, keeps each flow on one backend, and closes idle upstreams', async () => {
+    const b1 = await backend('A');
+    const b2 = await backend('B');
+    closers.push(() => b1.socket.close(), () => b2.socket.close());
+    const svc = await startFlowlb([
+      '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--handler', 'proxy', '--log-level', 'warn',
+      '--backend', `127.0.0.1:${b1.port}@1`, '--backend', `127.0.0.1:${b2.port}@3`, '--idle-timeout', '1500ms',
+    ]);
+    running.push(svc);
+    const FLOWS = 400, PACKETS = 3;
+    const clients: Client[] = [];
+    for (let i = 0; i < FLOWS; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      clients.push(c);
+      closers.push(() => c.close());
+    }
+    for (let p = 1; p <= PACKETS; p++) {
+      // 100 flows at a time: a loopback burst larger than the socket buffers would be dropped by the kernel.
+      for (let i = 0; i < FLOWS; i += 100) {
+        await Promise.all(clients.slice(i, i + 100).map((c, j) => c.send(`f${i + j} ${p}`, svc.udpPort, '127.0.0.1')));
+        await waitFor(() => clients.slice(i, i + 100).every((c) => c.replies.length >= p), 5000, `responses of packet ${p}`, 2);
+      }
+    }
+    let onA = 0;
+    for (const [i, c] of clients.entries()) {
+      const replies = c.replies.map(String);
+      expect(replies).toHaveLength(PACKETS);
+      const ids = new Set(replies.map((r) => r.split(' ')[0]));
+      expect(ids.size).toBe(1); // one backend per flow
+      expect(replies.map((r) => r.split(' ').slice(1).join(' '))).toEqual([1, 2, 3].map((p) => `f${i} ${p}`));
+      if (ids.has('A')) onA++;
+    }
+    // Weight 1:3 -> 25% on A. Binomial sd over 400 flows is 2.2%; allow 4.5 sd.
+    expect(Math.abs(onA / FLOWS - 0.25)).toBeLessThan(0.1);
+    // One upstream socket (source port) per flow at the backend.
+    for (const b of [b1, b2]) for (const ports of b.seen.values()) expect(ports.size).toBe(1);
+
+    // After the idle timeout the flows and their upstream sockets are gone...
+    await waitFor(async () => {
+      const st = await svc.status();
+      return st.workers.every((w: { flowsActive: number }) => w.flowsActive === 0);
+    }, 6000, 'idle flows to expire');
+    // ...so the next packet of a flow opens a new upstream socket: the backend sees a new source port.
+    const c0 = clients[0]!;
+    const before = new Set([...(b1.seen.get('f0') ?? []), ...(b2.seen.get('f0') ?? [])]);
+    expect(before.size).toBe(1);
+    await c0.send('f0 4', svc.udpPort, '127.0.0.1');
+    await waitFor(() => c0.replies.length === 4, 5000, 'response after expiry');
+    const after = new Set([...(b1.seen.get('f0') ?? []), ...(b2.seen.get('f0') ?? [])]);
+    expect(after.size).toBe(2);
+  });
+
+  it('works over IPv6 to IPv6 backends', async () => {
+    const b = await backend('V6', 6);
+    closers.push(() => b.socket.close());
+    const svc = await startFlowlb([
+      '--listen', '[::1]:0', '--http', '127.0.0.1:0', '--workers', '2', '--handler', 'proxy', '--log-level', 'warn',
+      '--backend', `[::1]:${b.port}`,
+    ]);
+    running.push(svc);
+    const c = await new Client(6).bind('::1');
+    closers.push(() => c.close());
+    for (let i = 0; i < 10; i++) await c.send(`x ${i}`, svc.udpPort, '::1');
+    await waitFor(() => c.replies.length === 10, 5000, 'ipv6 responses');
+    expect(c.replies.map(String)).toEqual([...Array(10).keys()].map((i) => `V6 x ${i}`));
+  });
+});
