@@ -21,7 +21,11 @@ export interface BackendOptions {
   /** "HOST:PORT" ("[::1]:0" for any free port). */
   listen: string | { host: string; port: number };
   mode?: BackendMode;
-  /** CPU time burnt per packet, microseconds (busy loop). Default 0. */
+  /**
+   * Work per packet, microseconds: a busy loop on the monotonic clock, on the event loop like real
+   * synchronous work. It is wall time: on a contended machine the loop can be descheduled mid-way and
+   * burn less CPU than this (stats().processCpuUs shows what it really used). Default 0.
+   */
   costUs?: number;
   /** Identity appended to every echo reply; 1..64 UTF-8 bytes. Default "backend". */
   id?: string;
@@ -47,7 +51,7 @@ export interface BackendStats {
   untagged: number;
   /** Socket errors (a reply to a closed port shows up here). */
   errors: number;
-  /** Time spent in the cost busy loop, microseconds. */
+  /** Wall time spent in the cost busy loop, microseconds. */
   busyUs: number;
   /** CPU time of this whole process since start, microseconds (meaningful when the backend has its own process). */
   processCpuUs: number;

@@ -90,7 +90,20 @@ export function buildStatus(v: ServiceView): unknown {
 export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServer> {
   const metrics = createMetrics(v);
   const server = http.createServer((req, res) => {
-    const url = (req.url ?? '/').split('?')[0];
+    const [url, query] = (req.url ?? '/').split('?') as [string, string | undefined];
+    if (req.method === 'POST' && url === '/admin/move') {
+      // Operator action (and the migration benchmarks): move one bucket to a worker now, with its flows' state.
+      const q = new URLSearchParams(query ?? '');
+      const bucket = Number(q.get('bucket')), to = Number(q.get('to'));
+      if (!Number.isInteger(bucket) || bucket < 0 || bucket >= v.config.buckets || !Number.isInteger(to) || to < 0 || to >= v.config.workers) {
+        res.writeHead(400, { 'content-type': 'text/plain' }).end(`bucket must be 0..${v.config.buckets - 1} and to 0..${v.config.workers - 1}\n`);
+        return;
+      }
+      const started = v.migrator.start(bucket, to);
+      res.writeHead(started ? 202 : 409, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ started, bucket, to, owner: v.dispatcher.table.owner[bucket] }));
+      return;
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') { res.writeHead(405).end(); return; }
     if (url === '/healthz') {
       const ok = isHealthy(v);
