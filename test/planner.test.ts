@@ -481,3 +481,20 @@ describe('table-driven: Zipf bucket loads on 4 workers', () => {
     expect(imbalanceOf(done.owners, load, shifted)).toBeLessThanOrEqual(0.3 * 0.05 + 1e-9);
   });
 });
+
+describe('planMoves with pinned buckets (hysteresis)', () => {
+  it('never moves a pinned bucket, and plans nothing when every loaded bucket is pinned', () => {
+    fc.assert(fc.property(
+      fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 8, maxLength: 64 }),
+      fc.array(fc.boolean(), { minLength: 64, maxLength: 64 }),
+      (loads, pins) => {
+        const B = loads.length;
+        const owners = new Uint16Array(B); // everything on worker 0: maximal imbalance
+        const pinned = Uint8Array.from(pins.slice(0, B).map((p) => (p ? 1 : 0)));
+        const input = { ...baseInput(owners, Float64Array.from(loads), Float64Array.from([0.5, 0.5])), pinned };
+        for (const m of planMoves(input)) expect(pinned[m.bucket]).toBe(0);
+        expect(planMoves({ ...input, pinned: new Uint8Array(B).fill(1) })).toEqual([]);
+      },
+    ));
+  });
+});

@@ -26,6 +26,13 @@ import type { WorkerReportMsg, WorkerSet } from './worker-set.js';
 const ALPHA = 0.3;
 /** After an overload spill, the same worker is not spilled again for this long (its queue needs time to drain). */
 const OVERLOAD_COOLDOWN_MS = 300;
+/** A bucket that moved stays put for this many rebalance rounds (hysteresis against noisy measurements). */
+const PIN_ROUNDS = 4;
+/**
+ * Below this total load (cores) measurements are mostly noise (timers, GC, the report itself): the balancer
+ * plans nothing. Overload spills and crash evacuation do not depend on it.
+ */
+const MIN_BALANCE_LOAD = 0.05;
 
 export class Balancer {
   readonly model: LoadModel;
@@ -41,6 +48,9 @@ export class Balancer {
   private timer: NodeJS.Timeout | null = null;
   private readonly lastSpillMs: Float64Array;
   private readonly homeOf: Uint16Array;
+  /** bucket -> rebalance round in which it last moved. */
+  private readonly movedRound: Float64Array;
+  private readonly pinned: Uint8Array;
   private readonly bucketIds: number[] = [];
   private readonly bucketPkts: number[] = [];
   private readonly bucketBytes: number[] = [];
@@ -61,6 +71,8 @@ export class Balancer {
     this.alive = new Uint8Array(n);
     this.lastSpillMs = new Float64Array(n);
     this.homeOf = initialAssignment(config.buckets, n);
+    this.movedRound = new Float64Array(config.buckets).fill(-Infinity);
+    this.pinned = new Uint8Array(config.buckets);
   }
 
   get enabled(): boolean {
@@ -152,11 +164,15 @@ export class Balancer {
     const owners = this.plannedOwners();
     this.lastImbalance = imbalanceOf(owners, this.bucketLoad, this.shares);
     if (this.migrator.inFlight > 0) return; // let the previous round land before measuring again
+    let total = 0;
+    for (let b = 0; b < this.bucketLoad.length; b++) total += this.bucketLoad[b]!;
+    this.rounds++;
+    if (total < MIN_BALANCE_LOAD) { this.cooldown.fill(0); return; }
+    for (let b = 0; b < this.pinned.length; b++) this.pinned[b] = this.rounds - this.movedRound[b]! <= PIN_ROUNDS ? 1 : 0;
     const moves = planMoves({
       owners, bucketLoad: this.bucketLoad, targetShares: this.shares, alive: this.alive, cooldown: this.cooldown,
-      deadBand: this.config.balancer.deadBand, maxMoves: this.config.balancer.maxMovesPerRound,
+      deadBand: this.config.balancer.deadBand, maxMoves: this.config.balancer.maxMovesPerRound, pinned: this.pinned,
     });
-    this.rounds++;
     this.cooldown = cooldownFrom(moves, this.config.workers);
     if (moves.length > 0) {
       this.log.debug('rebalance', { moves: moves.length, imbalance: this.lastImbalance });
@@ -166,7 +182,7 @@ export class Balancer {
 
   private execute(moves: readonly Move[]): void {
     for (const m of moves) {
-      if (this.migrator.start(m.bucket, m.to)) this.movesPlanned++;
+      if (this.migrator.start(m.bucket, m.to)) { this.movedRound[m.bucket] = this.rounds; this.movesPlanned++; }
     }
   }
 

@@ -42,6 +42,11 @@ export interface PlanInput {
   readonly deadBand: number;
   /** Upper bound on the moves returned (balance plans and overload plans; evacuations ignore it). */
   readonly maxMoves: number;
+  /**
+   * bucket -> nonzero when the bucket may not move this round (it moved recently). Hysteresis: with noisy
+   * measurements a bucket whose load is close to the gap it fills could otherwise bounce between two workers.
+   */
+  readonly pinned?: Uint8Array;
 }
 
 export interface OverloadInput extends PlanInput {
@@ -278,6 +283,7 @@ export function planMoves(input: PlanInput): Move[] {
   const eps = REL_EPSILON * total;
   const owners = input.owners.slice();
   const load = input.bucketLoad;
+  const pinned = input.pinned;
   const dev = new Float64Array(n);
   for (let w = 0; w < n; w++) dev[w] = live(w) ? loads[w]! - shares[w]! * total : 0;
   const band = (w: number) => Math.max(0, input.deadBand) * shares[w]! * total;
@@ -294,6 +300,7 @@ export function planMoves(input: PlanInput): Move[] {
 
     minPositive.fill(Infinity);
     for (let b = 0; b < owners.length; b++) {
+      if (pinned !== undefined && pinned[b] !== 0) continue;
       const x = clean(load[b]!);
       const o = owners[b]!;
       if (x > eps && x < minPositive[o]!) minPositive[o] = x;
@@ -322,7 +329,7 @@ export function planMoves(input: PlanInput): Move[] {
     }
     if (from < 0) break;
 
-    const bucket = pickBucket(owners, load, from, dev[from]!, dev[to]!, eps);
+    const bucket = pickBucket(owners, load, from, dev[from]!, dev[to]!, eps, pinned);
     const x = clean(load[bucket]!);
     owners[bucket] = to;
     dev[from]! -= x;
@@ -333,7 +340,9 @@ export function planMoves(input: PlanInput): Move[] {
 }
 
 /** The donor's bucket to hand the receiver; one exists (the caller checked the smallest one improves). */
-function pickBucket(owners: Uint16Array, load: Float64Array, from: number, dFrom: number, dTo: number, eps: number) {
+function pickBucket(
+  owners: Uint16Array, load: Float64Array, from: number, dFrom: number, dTo: number, eps: number, pinned?: Uint8Array,
+) {
   const fit = Math.min(dFrom, -dTo);
   const gap = dFrom - dTo;
   let bestFit = -1;
@@ -341,7 +350,7 @@ function pickBucket(owners: Uint16Array, load: Float64Array, from: number, dFrom
   let fallback = -1;
   let fallbackWorst = Infinity;
   for (let b = 0; b < owners.length; b++) {
-    if (owners[b] !== from) continue;
+    if (owners[b] !== from || (pinned !== undefined && pinned[b] !== 0)) continue;
     const x = clean(load[b]!);
     if (!(x > eps && x < gap - eps)) continue;
     if (x <= fit) {
