@@ -32,6 +32,13 @@ export interface GenResult {
   /** Offered and achieved send rate, packets/s. */
   offeredRate: number;
   achievedRate: number;
+  /**
+   * True when the generator did not send what was offered (achieved < 97% of offered): the numbers then
+   * describe the generator's limit, not the target's. Use more --procs or a lower rate.
+   */
+  generatorBound: boolean;
+  /** Furthest any sender fell behind its schedule, ms (timer lateness and CPU starvation of the generator). */
+  scheduleLagMaxMs: number;
   sent: number;
   /** Distinct packets that came back (0 when expectReplies is false). */
   received: number;
@@ -80,6 +87,9 @@ export function planShards(opts: ResolvedGenOptions): ShardSpec[] {
 }
 
 /** Folds the sender processes' outcomes into one result. */
+/** Below this fraction of the offered rate a run (or a findMaxRate trial) is bounded by the generator. */
+export const GENERATOR_BOUND_RATIO = 0.97;
+
 export function mergeOutcomes(opts: ResolvedGenOptions, outcomes: ShardOutcome[], startedAt: Date): GenResult {
   let sent = 0;
   let received = 0;
@@ -90,6 +100,7 @@ export function mergeOutcomes(opts: ResolvedGenOptions, outcomes: ShardOutcome[]
   let flowsOnSeveralBackends = 0;
   let elapsedNs = 0;
   let drainMs = 0;
+  let maxLagMs = 0;
   const backends: Record<string, number> = {};
   const flowSent = new Array<number>(opts.flows).fill(0);
   const flowReceived = new Array<number>(opts.flows).fill(0);
@@ -105,6 +116,7 @@ export function mergeOutcomes(opts: ResolvedGenOptions, outcomes: ShardOutcome[]
     flowsOnSeveralBackends += c.flowsOnSeveralBackends;
     elapsedNs = Math.max(elapsedNs, o.sendElapsedNs);
     drainMs = Math.max(drainMs, o.drainMs);
+    maxLagMs = Math.max(maxLagMs, o.maxLagMs);
     for (const [name, k] of Object.entries(c.backends)) backends[name] = (backends[name] ?? 0) + k;
     c.flowIds.forEach((id, k) => {
       flowSent[id] = c.flowSent[k]!;
@@ -124,6 +136,7 @@ export function mergeOutcomes(opts: ResolvedGenOptions, outcomes: ShardOutcome[]
     return { min: a.length ? min : 0, max };
   };
   const stoppedBy: StopReason = stops.has('abort') ? 'abort' : stops.has('timeout') ? 'timeout' : stops.has('duration') ? 'duration' : 'count';
+  const achievedRate = elapsedNs > 0 ? Math.round((sent / (elapsedNs / 1e9)) * 10) / 10 : 0;
   const result: GenResult = {
     target: opts.targetText,
     flows: opts.flows,
@@ -134,7 +147,9 @@ export function mergeOutcomes(opts: ResolvedGenOptions, outcomes: ShardOutcome[]
     distribution: formatDistribution(opts.distribution),
     expectReplies: opts.expectReplies,
     offeredRate: opts.ratePps,
-    achievedRate: elapsedNs > 0 ? Math.round((sent / (elapsedNs / 1e9)) * 10) / 10 : 0,
+    achievedRate,
+    generatorBound: stoppedBy !== 'abort' && achievedRate < opts.ratePps * GENERATOR_BOUND_RATIO,
+    scheduleLagMaxMs: Math.round(maxLagMs * 1000) / 1000,
     sent,
     received,
     lost,
@@ -235,7 +250,7 @@ export interface FindMaxResult {
  */
 export async function findMaxRate(opts: GenOptions, search: FindMaxOptions = {}): Promise<FindMaxResult> {
   const lossLimit = search.lossPct ?? 0.1;
-  const minRatio = search.minAchievedRatio ?? 0.97;
+  const minRatio = search.minAchievedRatio ?? GENERATOR_BOUND_RATIO;
   const maxRate = search.maxRate ?? 1_000_000;
   const minRate = search.minRate ?? 10;
   const trialMs = search.trialMs ?? 2000;

@@ -38,6 +38,8 @@ export interface ShardOutcome {
   sendElapsedNs: number;
   drainMs: number;
   stoppedBy: StopReason;
+  /** Furthest the sender fell behind its schedule (a turn's start minus the first unsent slot's), ms. */
+  maxLagMs: number;
 }
 
 export interface ShardHooks {
@@ -151,7 +153,7 @@ export async function runShard(opts: ResolvedGenOptions, spec: ShardSpec, hooks:
       if (left > 0) await new Promise((r) => setTimeout(r, Math.min(DRAIN_SETTLE_MS, left)));
       drainMs = performance.now() - t0;
     }
-    return { counts: stats.toCounts(), sendElapsedNs: send.elapsedNs, drainMs, stoppedBy: send.stoppedBy };
+    return { counts: stats.toCounts(), sendElapsedNs: send.elapsedNs, drainMs, stoppedBy: send.stoppedBy, maxLagMs: send.maxLagNs / 1e6 };
   } finally {
     closeAll(sockets);
   }
@@ -165,7 +167,7 @@ function sendPhase(
   stats: FlowStats,
   off: number,
   hooks: ShardHooks,
-): Promise<{ elapsedNs: number; stoppedBy: StopReason }> {
+): Promise<{ elapsedNs: number; stoppedBy: StopReason; maxLagNs: number }> {
   const n = sockets.length;
   const flowIds = stats.flowIds;
   const flowSent = stats.sent;
@@ -197,6 +199,7 @@ function sendPhase(
     const startNs = hrtime();
     let sent = 0;
     let lastSendNs = 0;
+    let maxLagNs = 0;
     let timer: NodeJS.Timeout | null = null;
     let immediate: NodeJS.Immediate | null = null;
     let progress: NodeJS.Timeout | null = null;
@@ -209,7 +212,7 @@ function sendPhase(
       if (immediate !== null) clearImmediate(immediate);
       if (progress !== null) clearInterval(progress);
       signal?.removeEventListener('abort', onAbort);
-      resolve({ elapsedNs, stoppedBy });
+      resolve({ elapsedNs, stoppedBy, maxLagNs });
     };
     const onAbort = (): void => finish('abort', Number(hrtime() - startNs));
 
@@ -219,6 +222,10 @@ function sendPhase(
       const elapsed = Number(hrtime() - startNs);
       const due = pacer.dueAt(elapsed);
       let burst = due - sent;
+      if (burst > 1) {
+        const lag = elapsed - pacer.slotStartNs(sent);
+        if (lag > maxLagNs) maxLagNs = lag;
+      }
       if (burst > maxBurst) burst = maxBurst;
       for (let b = 0; b < burst; b++) {
         const f = picker.next();

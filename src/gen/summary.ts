@@ -16,8 +16,12 @@ export function formatGenResult(r: GenResult): string {
       `${r.procs} process${r.procs > 1 ? 'es' : ''}, ${r.srcAddrs} source address${r.srcAddrs > 1 ? 'es' : ''}`,
   );
   lines.push(
-    `  rate      offered ${fmtInt(r.offeredRate)} pps, achieved ${fmtInt(r.achievedRate)} pps over ${(r.durationMs / 1000).toFixed(3)} s (stopped by ${r.stoppedBy})`,
+    `  rate      offered ${fmtInt(r.offeredRate)} pps, achieved ${fmtInt(r.achievedRate)} pps over ${(r.durationMs / 1000).toFixed(3)} s ` +
+      `(stopped by ${r.stoppedBy}; max schedule lag ${r.scheduleLagMaxMs.toFixed(1)} ms)`,
   );
+  if (r.generatorBound) {
+    lines.push('  WARNING   the generator did not keep up with the offered rate: these numbers are its limit, not the target\'s (try --procs or a lower --rate)');
+  }
   if (r.expectReplies) {
     lines.push(
       `  packets   sent ${fmtInt(r.sent)}, received ${fmtInt(r.received)}, lost ${fmtInt(r.lost ?? 0)} (${fmtPct(r.lossPct)}), ` +

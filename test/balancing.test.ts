@@ -1,0 +1,84 @@
+/**
+ * Load-adaptive balancing with real processes: a worker whose queue passes the limit loses buckets at once,
+ * and measured load moves buckets until the shares follow the imbalance index.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Client, FIXTURES, startFlowlb, waitFor, type Running } from './support/service.js';
+
+let running: Running[] = [];
+let clients: Client[] = [];
+let tmp: string[] = [];
+afterEach(async () => {
+  for (const c of clients) c.close();
+  clients = [];
+  await Promise.all(running.map((r) => r.stop('SIGKILL')));
+  running = [];
+  for (const d of tmp) fs.rmSync(d, { recursive: true, force: true });
+  tmp = [];
+});
+
+function configFile(obj: unknown): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
+  tmp.push(dir);
+  const file = path.join(dir, 'flowlb.json');
+  fs.writeFileSync(file, JSON.stringify(obj));
+  return file;
+}
+
+/** Sends `rounds` rounds of one packet per client, `gapMs` apart; bounded. */
+async function traffic(cs: Client[], port: number, rounds: number, gapMs: number, stop: () => boolean): Promise<void> {
+  for (let i = 0; i < rounds && !stop(); i++) {
+    await Promise.all(cs.map((c) => c.send(String(i), port, '127.0.0.1')));
+    await new Promise((r) => setTimeout(r, gapMs));
+  }
+}
+
+describe('balancing', () => {
+  it('moves buckets off a worker whose queue passes the limit, at once', async () => {
+    const file = configFile({
+      handler: path.join(FIXTURES, 'burn-handler.js'),
+      handlerOptions: { costUs: 20, slowWorker: 0, slowCostUs: 3000 },
+      balancer: { queueLimit: 20, rebalanceInterval: '60s' }, // the periodic balancer stays out of it
+    });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    for (let i = 0; i < 32; i++) clients.push(await new Client(4).bind('127.0.0.1'));
+    const before = (await svc.status()).workers[0].buckets;
+    let done = false;
+    const load = traffic(clients, svc.udpPort, 400, 5, () => done);
+    const st = await waitFor(async () => {
+      const s = await svc.status();
+      return s.workers[0].buckets < before && s.migrations.completed > 0 ? s : null;
+    }, 15_000, 'buckets to leave the overloaded worker');
+    done = true;
+    await load;
+    expect(st.workers[1].buckets).toBeGreaterThan(32);
+    const metrics = await svc.metrics();
+    void metrics;
+  });
+
+  it('shifts buckets by measured CPU: a worker with 4x the per-packet cost ends with fewer buckets', async () => {
+    const file = configFile({
+      handler: path.join(FIXTURES, 'burn-handler.js'),
+      handlerOptions: { costUs: 100, slowWorker: 1, slowCostUs: 400 },
+      balancer: { rebalanceInterval: '300ms', queueLimit: 100000 },
+    });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    for (let i = 0; i < 64; i++) clients.push(await new Client(4).bind('127.0.0.1'));
+    let done = false;
+    const load = traffic(clients, svc.udpPort, 2000, 10, () => done);
+    // Worker 1's packets cost 4x: its CPU per bucket is higher, so the balancer hands its buckets to worker 0.
+    const st = await waitFor(async () => {
+      const s = await svc.status();
+      return s.workers[1].buckets < 24 ? s : null;
+    }, 20_000, 'worker 1 to lose buckets', 200);
+    done = true;
+    await load;
+    expect(st.workers[0].buckets + st.workers[1].buckets + st.migrations.inFlight).toBe(64);
+    expect(st.migrations.timeouts).toBe(0);
+  });
+});
