@@ -3,7 +3,8 @@
  * upstream sockets, idle expiry.
  */
 import dgram from 'node:dgram';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { hashTupleStrings, loadHasher, type RawHasher } from '../src/datapath/tuple.js';
 import { Client, startFlowlb, waitFor, type Running } from './support/service.js';
 
 interface Backend {
@@ -31,6 +32,9 @@ async function backend(id: string, family: 4 | 6 = 4): Promise<Backend> {
   (b as { port: number }).port = socket.address().port;
   return b;
 }
+
+let hasher: RawHasher;
+beforeAll(async () => { hasher = await loadHasher(); });
 
 let running: Running[] = [];
 let closers: (() => void)[] = [];
@@ -107,5 +111,51 @@ describe('proxy', () => {
     for (let i = 0; i < 10; i++) await c.send(`x ${i}`, svc.udpPort, '::1');
     await waitFor(() => c.replies.length === 10, 5000, 'ipv6 responses');
     expect(c.replies.map(String)).toEqual([...Array(10).keys()].map((i) => `V6 x ${i}`));
+  });
+});
+
+describe('proxy flows migrate with their upstream socket', () => {
+  it('keeps the backend seeing the same source port after the flow\'s bucket moves to another worker', async () => {
+    const b = await backend('M');
+    closers.push(() => b.socket.close());
+    const BUCKETS = 16;
+    const svc = await startFlowlb([
+      '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--handler', 'proxy', '--log-level', 'warn',
+      '--backend', `127.0.0.1:${b.port}`, '--no-balance', '--buckets', String(BUCKETS),
+    ]);
+    running.push(svc);
+    const clients: Client[] = [];
+    for (let i = 0; i < 20; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      clients.push(c);
+      closers.push(() => c.close());
+    }
+    const round = async (p: number): Promise<void> => {
+      await Promise.all(clients.map((c, i) => c.send(`m${i} ${p}`, svc.udpPort, '127.0.0.1')));
+      await waitFor(() => clients.every((c) => c.replies.length >= p), 5000, `responses of round ${p}`);
+    };
+    await round(1);
+    const buckets = [...new Set(clients.map((c) => hashTupleStrings(hasher, '127.0.0.1', c.port, '127.0.0.1', svc.udpPort) & (BUCKETS - 1)))];
+    const owners0 = (await svc.status()).workers.map((w: { pid: number }) => w.pid);
+    void owners0;
+    // Move every bucket in use to the other worker, twice, with traffic between the moves.
+    for (let k = 0; k < 2; k++) {
+      for (const bucket of buckets) {
+        const r0 = await fetch(`http://127.0.0.1:${svc.httpPort}/admin/move?bucket=${bucket}&to=0`, { method: 'POST' });
+        if (!((await r0.json()) as { started: boolean }).started) {
+          await fetch(`http://127.0.0.1:${svc.httpPort}/admin/move?bucket=${bucket}&to=1`, { method: 'POST' });
+        }
+      }
+      await waitFor(async () => (await svc.status()).migrations.inFlight === 0, 5000, 'migrations to finish');
+      await round(k + 2);
+    }
+    const st = await svc.status();
+    expect(st.migrations.completed).toBeGreaterThanOrEqual(buckets.length * 2);
+    expect(st.migrations.timeouts).toBe(0);
+    // Same upstream source port for every flow, before and after the moves; every response arrived in order.
+    for (const [i, c] of clients.entries()) {
+      expect(b.seen.get(`m${i}`)?.size).toBe(1);
+      expect(c.replies.map(String)).toEqual([1, 2, 3].map((p) => `M m${i} ${p}`));
+    }
   });
 });

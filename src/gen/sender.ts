@@ -222,7 +222,7 @@ function sendPhase(
       const elapsed = Number(hrtime() - startNs);
       const due = pacer.dueAt(elapsed);
       let burst = due - sent;
-      if (burst > 1) {
+      if (burst > 0) {
         const lag = elapsed - pacer.slotStartNs(sent);
         if (lag > maxLagNs) maxLagNs = lag;
       }
