@@ -81,4 +81,26 @@ describe('balancing', () => {
     expect(st.workers[0].buckets + st.workers[1].buckets + st.migrations.inFlight).toBe(64);
     expect(st.migrations.timeouts).toBe(0);
   });
+
+  it('packet mode: an overloaded worker\'s new and queued packets go to the least-loaded worker', async () => {
+    const file = configFile({
+      handler: path.join(FIXTURES, 'burn-handler.js'),
+      handlerOptions: { costUs: 10, slowWorker: 0, slowCostUs: 2000 },
+      balancer: { mode: 'packet', enabled: false, queueLimit: 20, reportInterval: '100ms' },
+    });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    for (let i = 0; i < 32; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      c.socket.setRecvBufferSize(1 << 20);
+      clients.push(c);
+    }
+    await traffic(clients, svc.udpPort, 60, 5, () => false);
+    const sent = 60 * 32;
+    // Every packet is answered (spreading loses nothing), and some went around the slow worker.
+    await waitFor(() => clients.reduce((a, c) => a + c.replies.length, 0) === sent, 20_000, 'all replies', 100);
+    const st = await svc.status();
+    expect(st.spilledPackets + st.shedPackets).toBeGreaterThan(0);
+    expect(st.workers[0].buckets).toBe(32); // no bucket moved: only packets
+  });
 });

@@ -199,6 +199,16 @@ describe('pacing', () => {
     expect(wallMs).toBeGreaterThanOrEqual(950);
     expect(wallMs).toBeLessThan(2000);
     expect(Math.abs(r.achievedRate - 2000) / 2000).toBeLessThan(0.05);
+    expect(r.generatorBound).toBe(false);
+  });
+
+  it('flags a run the generator could not keep up with', async () => {
+    const { target } = await responder(4, () => undefined);
+    const r = await runGenerator({ target, flows: 4, durationMs: 100, ratePps: 10_000_000, expectReplies: false });
+    expect(r.generatorBound).toBe(true);
+    expect(r.achievedRate).toBeLessThan(r.offeredRate * 0.97);
+    expect(r.lost).toBeNull();
+    expect(r.lossPct).toBeNull();
   });
 
   it('duration 0.5 s at 2000 pps sends exactly 1000', async () => {

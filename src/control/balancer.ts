@@ -14,6 +14,7 @@
 import type { FlowlbConfig } from '../config.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
 import type { Logger } from '../log.js';
+import { DROP_QUEUE_FULL } from '../datapath/counters.js';
 import { computeIndexes, targetShares } from './imbalance.js';
 import { LoadModel } from './load-model.js';
 import type { Migrator } from './migrator.js';
@@ -21,6 +22,7 @@ import {
   cooldownFrom, imbalanceOf, initialAssignment, planEvacuation, planMoves, planOverload, type Move,
 } from './planner.js';
 import type { WorkerReportMsg, WorkerSet } from './worker-set.js';
+import type { PrimaryToWorker } from './protocol.js';
 
 /** EWMA weight of a new report. */
 const ALPHA = 0.3;
@@ -41,6 +43,8 @@ export class Balancer {
   readonly bucketLoad: Float64Array;
   rounds = 0;
   overloadSpills = 0;
+  /** Packet mode: queued packets taken from overloaded workers and given to others. */
+  shedPackets = 0;
   movesPlanned = 0;
   lastImbalance = 0;
   private cooldown: Uint8Array;
@@ -61,6 +65,7 @@ export class Balancer {
     private readonly migrator: Migrator,
     private readonly workers: WorkerSet,
     private readonly log: Logger,
+    private readonly sendTo: (lane: number, msg: PrimaryToWorker) => boolean = () => false,
   ) {
     const n = config.workers;
     this.model = new LoadModel(n, config.buckets, ALPHA);
@@ -121,6 +126,7 @@ export class Balancer {
     });
     // Claim: a worker whose queue passed the set limit handles its work inefficiently; move work off it now.
     const limit = this.config.balancer.queueLimit;
+    if (this.config.balancer.mode === 'packet') this.updatePacketSpill(lane, r.queueDepth, limit);
     if (this.enabled && r.queueDepth > limit) {
       const now = performance.now();
       if (now - this.lastSpillMs[lane]! >= OVERLOAD_COOLDOWN_MS) {
@@ -184,6 +190,49 @@ export class Balancer {
     for (const m of moves) {
       if (this.migrator.start(m.bucket, m.to)) { this.movedRound[m.bucket] = this.rounds; this.movesPlanned++; }
     }
+  }
+
+  /**
+   * Packet mode: while a worker's queue is past the limit its new packets go to the least-loaded worker, and
+   * its queued packets beyond half the limit are handed back and spread there too. Cleared below half the limit.
+   */
+  private updatePacketSpill(lane: number, depth: number, limit: number): void {
+    const spill = this.dispatcher.spillTo;
+    if (depth > limit) {
+      const target = this.leastLoaded(lane);
+      if (target < 0) return;
+      if (spill[lane] !== target) {
+        spill[lane] = target;
+        // Nobody may spill onto a worker that itself spills to us.
+        if (spill[target] === lane) spill[target] = -1;
+      }
+      this.sendTo(lane, { t: 'shed', packets: Math.floor(depth - limit / 2) });
+    } else if (depth < limit / 2 && spill[lane] !== -1) {
+      spill[lane] = -1;
+    }
+  }
+
+  private leastLoaded(except: number): number {
+    this.refreshAlive();
+    let best = -1, bestDepth = Infinity;
+    for (let i = 0; i < this.config.workers; i++) {
+      if (i === except || this.alive[i] === 0 || this.dispatcher.spillTo[i] !== -1) continue;
+      const d = this.workers.lastReport(i)?.queueDepth ?? 0;
+      const score = d + this.model.cpuUtil[i]!; // queue first, CPU as the tie-break
+      if (score < bestDepth) { best = i; bestDepth = score; }
+    }
+    return best;
+  }
+
+  /** Packets an overloaded worker handed back (packet mode): to the least-loaded worker. */
+  onShed(lane: number, frames: Buffer, packets: number): void {
+    const target = this.dispatcher.spillTo[lane]! >= 0 ? this.dispatcher.spillTo[lane]! : this.leastLoaded(lane);
+    if (target < 0 || !this.workers.isReady(target)) {
+      this.dispatcher.drops[DROP_QUEUE_FULL]! += packets;
+      return;
+    }
+    this.dispatcher.writeFrames(target, frames);
+    this.shedPackets += packets;
   }
 
   onBucketMoved(_bucket: number, _to: number): void {

@@ -104,7 +104,7 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
   const migrator = new Migrator(dispatcher, peer, config.balancer.migrationTimeoutMs, log, (bucket, to) => {
     balancer.onBucketMoved(bucket, to);
   });
-  const balancer = new Balancer(config, dispatcher, migrator, workers, log);
+  const balancer = new Balancer(config, dispatcher, migrator, workers, log, (lane, msg) => sendTo(lane, msg));
 
   function sendTo(lane: number, msg: PrimaryToWorker, handle?: dgram.Socket, done?: () => void): boolean {
     const w = workers.worker(lane);
@@ -175,6 +175,9 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
         break;
       case 'imported':
         migrator.onImported(lane, msg);
+        break;
+      case 'shed-frames':
+        balancer.onShed(lane, Buffer.from(msg.frames, 'base64'), msg.packets);
         break;
       case 'fatal':
         log.error('worker failed to start', { worker: lane, message: msg.message });

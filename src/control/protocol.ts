@@ -41,6 +41,8 @@ export type PrimaryToWorker =
   | { t: 'import'; bucket: number; epoch: number; flows: FlowTransfer[]; sockets: number }
   | { t: 'import-socket'; bucket: number; epoch: number; index: number }
   | { t: 'reconfigure'; config: unknown }
+  /** Packet mode: hand back up to `packets` queued packets (heaviest flows first) to be spread to other workers. */
+  | { t: 'shed'; packets: number }
   | { t: 'shutdown' };
 
 export type WorkerToPrimary =
@@ -55,6 +57,8 @@ export type WorkerToPrimary =
   | { t: 'released'; bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }
   | { t: 'released-socket'; bucket: number; epoch: number; index: number }
   | { t: 'imported'; bucket: number; epoch: number }
+  /** Packet mode: queued packets handed back (frames, base64). */
+  | { t: 'shed-frames'; frames: string; packets: number }
   | { t: 'fatal'; message: string };
 
 export type FlowlbMessage = PrimaryToWorker | WorkerToPrimary;

@@ -325,6 +325,24 @@ export class WorkerRuntime {
     send({ t: 'imported', bucket: p.bucket, epoch: p.epoch });
   }
 
+  /**
+   * Packet mode: gives back up to `max` queued packets, heaviest flows first (claim: queued events are taken
+   * from the overloaded thread's queue and placed on other threads' queues). The flows stay; only queued work moves.
+   */
+  shed(max: number): void {
+    this.handedOver = [];
+    let taken = 0;
+    while (taken < max && this.queue.depth > 0) {
+      const f = this.queue.heaviestFlow();
+      if (f < 0) break;
+      taken += this.queue.drainFlow(f, this.collectBound);
+    }
+    if (taken === 0) return;
+    const frames = Buffer.concat(this.handedOver);
+    this.handedOver = [];
+    send({ t: 'shed-frames', frames: frames.toString('base64'), packets: taken });
+  }
+
   // ---- reporting ----
 
   snapshotCounters(): WorkerCounters {
@@ -416,6 +434,9 @@ export async function runWorker(): Promise<void> {
         break;
       case 'import':
         rt.onImport(msg);
+        break;
+      case 'shed':
+        rt.shed(msg.packets);
         break;
       case 'import-socket':
         rt.onImportSocket(msg, handle as dgram.Socket | undefined);

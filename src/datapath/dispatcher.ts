@@ -62,6 +62,13 @@ export class Dispatcher {
   readonly bucketBytes: Float64Array;
   /** Per worker lane: batches (pipe writes). */
   readonly laneBatches: Float64Array;
+  /**
+   * Packet mode only: lane -> lane its packets go to instead (-1: none). Set by the control plane while a
+   * worker is overloaded; stateless traffic needs no affinity, so new work skips the overloaded worker.
+   */
+  readonly spillTo: Int16Array;
+  /** Packets redirected by spillTo. */
+  spilledPackets = 0;
 
   private readonly sinks: (ChannelSink | null)[];
   private readonly slabs: Buffer[];
@@ -104,6 +111,7 @@ export class Dispatcher {
     this.lanePackets = new Float64Array(w);
     this.laneBytes = new Float64Array(w);
     this.laneBatches = new Float64Array(w);
+    this.spillTo = new Int16Array(w).fill(-1);
     this.bucketPackets = new Float64Array(opts.buckets);
     this.bucketBytes = new Float64Array(opts.buckets);
     this.sinks = new Array<ChannelSink | null>(w).fill(null);
@@ -170,12 +178,14 @@ export class Dispatcher {
       fam = 6;
     }
     const bucket = hash & this.table.mask;
-    const lane = this.table.owner[bucket]!;
+    let lane = this.table.owner[bucket]!;
     if (lane >= this.maxWorkers) {
       if (lane === UNASSIGNED) { this.drops[DROP_UNASSIGNED]!++; return; }
       this.holdPacket(lane - this.maxWorkers, fam, listener, port, bucket, hash, msg);
       return;
     }
+    const spill = this.spillTo[lane]!;
+    if (spill >= 0) { lane = spill; this.spilledPackets++; }
     const sink = this.sinks[lane];
     if (sink === null || sink === undefined) { this.drops[DROP_WORKER_DOWN]!++; return; }
     let end = this.batchEnd[lane]!;

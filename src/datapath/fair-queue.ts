@@ -209,6 +209,11 @@ export class FairQueue {
     this.inRing[flow] = 0; this.turnOpen[flow] = 0; this.deficit[flow] = 0;
   }
 
+  /** The flow with the most packets queued, or -1 when empty. */
+  heaviestFlow(): number {
+    return this.ringLen === 0 ? NIL : this.heaviest();
+  }
+
   activeFlows(): number {
     return this.ringLen;
   }

@@ -77,6 +77,9 @@ export function buildStatus(v: ServiceView): unknown {
     epoch: v.dispatcher.table.epoch,
     imbalance: v.balancer.lastImbalance,
     rounds: v.balancer.rounds,
+    overloadSpills: v.balancer.overloadSpills,
+    spilledPackets: v.dispatcher.spilledPackets,
+    shedPackets: v.balancer.shedPackets,
     received: d.rxPackets,
     dropped: Object.fromEntries(DROP_REASONS.map((n, i) => [n, d.drops[i]!]).filter(([, x]) => x !== 0)),
     migrations: {
