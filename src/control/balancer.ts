@@ -60,7 +60,7 @@ export class Balancer {
   private readonly bucketBytes: number[] = [];
 
   constructor(
-    private readonly config: FlowlbConfig,
+    private config: FlowlbConfig,
     private readonly dispatcher: Dispatcher,
     private readonly migrator: Migrator,
     private readonly workers: WorkerSet,
@@ -93,6 +93,13 @@ export class Balancer {
     perLane.forEach((add, lane) => {
       send(lane, { t: 'own', epoch: t.epoch, add, remove: [] });
     });
+  }
+
+  /** A reloaded config: balancer settings take effect from the next tick. */
+  reconfigure(config: FlowlbConfig): void {
+    const restart = this.timer !== null && config.balancer.rebalanceIntervalMs !== this.config.balancer.rebalanceIntervalMs;
+    this.config = config;
+    if (restart) { this.stop(); this.start(); }
   }
 
   start(): void {

@@ -70,7 +70,7 @@ export class Migrator {
   constructor(
     private readonly dispatcher: Dispatcher,
     private readonly peer: MigrationPeer,
-    private readonly timeoutMs: number,
+    public timeoutMs: number,
     private readonly log: Logger,
     private readonly onDone: (bucket: number, to: number) => void,
   ) {}

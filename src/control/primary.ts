@@ -7,7 +7,7 @@ import cluster, { type Worker } from 'node:cluster';
 import dgram from 'node:dgram';
 import type net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import type { Endpoint, FlowlbConfig } from '../config.js';
+import { reloadConfig, type Endpoint, type FlowlbConfig } from '../config.js';
 import { Dispatcher } from '../datapath/dispatcher.js';
 import { UNASSIGNED } from '../datapath/bucket-table.js';
 import { addressBytes, loadHasher } from '../datapath/tuple.js';
@@ -61,7 +61,13 @@ async function bindFront(ep: Endpoint): Promise<dgram.Socket> {
   return socket;
 }
 
-export async function startService(config: FlowlbConfig, log: Logger): Promise<RunningService> {
+/** Settings a reload cannot change in a running service (sockets, processes, table size are fixed at start). */
+const RESTART_ONLY: readonly (keyof FlowlbConfig)[] = [
+  'listen', 'workers', 'buckets', 'handler', 'http', 'maxFlowsPerWorker', 'maxDatagramBytes', 'logLevel',
+];
+
+export async function startService(initialConfig: FlowlbConfig, log: Logger): Promise<RunningService> {
+  let config = initialConfig;
   if (!cluster.isPrimary) throw new FlowlbError('ERR_INTERNAL', 'startService must run in the primary process');
   const hasher = await loadHasher();
 
@@ -135,7 +141,7 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
     stdio: ['inherit', 'inherit', 'inherit', 'ipc', 'pipe'],
     silent: false,
   });
-  const configJson = JSON.stringify(config);
+  let configJson = JSON.stringify(config);
   let shuttingDown = false;
   let startupError: Error | null = null;
 
@@ -226,7 +232,10 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
   let http: HttpServer | null = null;
   if (config.http) {
     try {
-      http = await startHttp(config.http, { config, dispatcher, workers, balancer, migrator, udp, log });
+      http = await startHttp(config.http, {
+        get config() { return config; }, dispatcher, workers, balancer, migrator, udp, log,
+        get reloads() { return { ok: reloads, rejected: reloadsRejected }; },
+      });
     } catch (err) {
       shuttingDown = true;
       balancer.stop();
@@ -247,6 +256,7 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
     buckets: config.buckets, handler: config.handler,
   });
 
+  let reloads = 0, reloadsRejected = 0;
   let closing: Promise<void> | null = null;
   async function close(): Promise<void> {
     closing ??= (async () => {
@@ -285,6 +295,37 @@ export async function startService(config: FlowlbConfig, log: Logger): Promise<R
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+
+  /**
+   * SIGHUP: re-read the config file. Backends, weights, timeouts, handler options and balancer settings change
+   * in place (established flows keep their backend unless it was removed); an invalid file is rejected and the
+   * running config stays. Settings that need a restart are reported and left as they are.
+   */
+  async function reload(): Promise<void> {
+    let next: FlowlbConfig;
+    try {
+      next = await reloadConfig(config);
+    } catch (err) {
+      log.error('config reload rejected; the running config stays in force', { error: err instanceof Error ? err.message : String(err) });
+      reloadsRejected++;
+      return;
+    }
+    const kept = RESTART_ONLY.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(config[k]));
+    if (kept.length > 0) log.warn('config reload: these settings need a restart and were not changed', { fields: kept });
+    const merged = { ...next } as Record<string, unknown>;
+    for (const k of RESTART_ONLY) merged[k] = config[k];
+    config = Object.freeze(merged) as unknown as FlowlbConfig;
+    configJson = JSON.stringify(config);
+    balancer.reconfigure(config);
+    migrator.timeoutMs = config.balancer.migrationTimeoutMs;
+    dispatcher.setLimits(config.channelLimitBytes, config.balancer.holdLimit);
+    for (let lane = 0; lane < config.workers; lane++) {
+      sendTo(lane, { t: 'reconfigure', config: { backends: config.backends, idleTimeoutMs: config.idleTimeoutMs, options: config.handlerOptions } });
+    }
+    reloads++;
+    log.info('config reloaded', { backends: config.backends.length, file: config.configFile });
+  }
+  process.on('SIGHUP', () => { void reload(); });
 
   return { udp, http: httpEndpoint, close };
 }

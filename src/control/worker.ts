@@ -85,6 +85,8 @@ export class WorkerRuntime {
   private handedOver: Buffer[] = [];
   private readonly collectBound = this.collectFrame.bind(this);
   private closing = false;
+  /** Changes on reload (SIGHUP). */
+  idleTimeoutMs: number;
 
   constructor(
     readonly config: FlowlbConfig,
@@ -92,6 +94,7 @@ export class WorkerRuntime {
     readonly handler: FlowHandler,
     readonly log: Logger,
   ) {
+    this.idleTimeoutMs = config.idleTimeoutMs;
     const cap = config.maxFlowsPerWorker;
     this.flows = new FlowTable(cap, config.buckets);
     // The hard queue capacity sits above the overload limit: past the limit the primary moves buckets away;
@@ -215,7 +218,7 @@ export class WorkerRuntime {
     this.nowMs = performance.now();
     const B = this.config.buckets;
     const slice = Math.max(1, Math.ceil(B / SWEEP_SLICES));
-    const idle = this.config.idleTimeoutMs;
+    const idle = this.idleTimeoutMs;
     const t = this.flows;
     for (let n = 0; n < slice; n++) {
       const b = this.sweepCursor;
@@ -388,7 +391,7 @@ export async function runWorker(): Promise<void> {
   const buffer = (m: unknown, h: unknown): void => { early.push([m, h]); };
   process.on('message', buffer);
   send({ t: 'hello' });
-  const ctx: HandlerContext = {
+  let ctx: HandlerContext = {
     workerId, workers: config.workers, buckets: config.buckets, idleTimeoutMs: config.idleTimeoutMs,
     backends: config.backends, options: config.handlerOptions,
   };
@@ -441,11 +444,15 @@ export async function runWorker(): Promise<void> {
       case 'import-socket':
         rt.onImportSocket(msg, handle as dgram.Socket | undefined);
         break;
-      case 'reconfigure':
+      case 'reconfigure': {
+        const c = msg.config as { backends: HandlerContext['backends']; idleTimeoutMs: number; options: HandlerContext['options'] };
+        rt.idleTimeoutMs = c.idleTimeoutMs;
+        ctx = { ...ctx, backends: c.backends, idleTimeoutMs: c.idleTimeoutMs, options: c.options };
         try {
-          handler.reconfigure?.({ ...ctx, ...(msg.config as object) } as HandlerContext);
+          handler.reconfigure?.(ctx);
         } catch (err) { log.warn('handler reconfigure failed', { err }); }
         break;
+      }
       case 'shutdown':
         // The channel's end (every packet read) normally stops us first; this covers a channel that never ends.
         setTimeout(() => { void stop(); }, 1000).unref();

@@ -93,8 +93,8 @@ export class Dispatcher {
 
   private readonly hasher: RawHasher;
   private readonly maxDatagramBytes: number;
-  private readonly channelLimitBytes: number;
-  private readonly holdLimit: number;
+  private channelLimitBytes: number;
+  private holdLimit: number;
   private flushScheduled = false;
   private readonly flushBound: () => void;
 
@@ -127,6 +127,12 @@ export class Dispatcher {
     this.holdCount = new Int32Array(opts.maxHolds);
     this.holdInUse = new Uint8Array(opts.maxHolds);
     this.flushBound = this.flushAll.bind(this);
+  }
+
+  /** Reload: new limits apply from the next packet. */
+  setLimits(channelLimitBytes: number, holdLimit: number): void {
+    this.channelLimitBytes = channelLimitBytes;
+    this.holdLimit = holdLimit;
   }
 
   setListeners(listeners: readonly ListenerInfo[]): void {

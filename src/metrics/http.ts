@@ -20,6 +20,8 @@ export interface ServiceView {
   readonly migrator: Migrator;
   readonly udp: readonly Endpoint[];
   readonly log: Logger;
+  /** SIGHUP reloads applied and rejected. */
+  readonly reloads?: { readonly ok: number; readonly rejected: number };
 }
 
 export interface HttpServer {
@@ -76,6 +78,8 @@ export function buildStatus(v: ServiceView): unknown {
     buckets: v.config.buckets,
     epoch: v.dispatcher.table.epoch,
     imbalance: v.balancer.lastImbalance,
+    reloads: v.reloads ?? { ok: 0, rejected: 0 },
+    backends: v.config.backends.map((b) => ({ host: b.host, port: b.port, weight: b.weight })),
     rounds: v.balancer.rounds,
     overloadSpills: v.balancer.overloadSpills,
     spilledPackets: v.dispatcher.spilledPackets,

@@ -1,0 +1,79 @@
+/**
+ * SIGHUP reload under traffic: weights change and a backend is added without touching established flows; a bad
+ * file is rejected and the running config stays.
+ */
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Client, startFlowlb, waitFor, type Running } from './support/service.js';
+
+let cleanups: (() => void)[] = [];
+let running: Running[] = [];
+afterEach(async () => {
+  for (const c of cleanups) c();
+  cleanups = [];
+  await Promise.all(running.map((r) => r.stop('SIGKILL')));
+  running = [];
+});
+
+async function idBackend(id: string): Promise<{ port: number; flows: Set<string> }> {
+  const s = dgram.createSocket('udp4');
+  const flows = new Set<string>();
+  s.on('message', (m, r) => { flows.add(m.toString().split(' ')[0]!); s.send(`${id} ${m}`, r.port, r.address); });
+  await new Promise<void>((res) => s.bind(0, '127.0.0.1', () => res()));
+  cleanups.push(() => s.close());
+  return { port: s.address().port, flows };
+}
+
+describe('reload (SIGHUP)', () => {
+  it('adds a backend and changes weights without disturbing established flows; rejects a bad file', async () => {
+    const a = await idBackend('A');
+    const b = await idBackend('B');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-reload-'));
+    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'flowlb.json');
+    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}@1`], idleTimeout: '30s' }));
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn']);
+    running.push(svc);
+
+    const old: Client[] = [];
+    for (let i = 0; i < 40; i++) { const c = await new Client(4).bind('127.0.0.1'); old.push(c); cleanups.push(() => c.close()); }
+    let seq = 0;
+    const round = async (cs: Client[], tag: string): Promise<void> => {
+      seq++;
+      await Promise.all(cs.map((c, i) => c.send(`${tag}${i} ${seq}`, svc.udpPort, '127.0.0.1')));
+    };
+    for (let k = 0; k < 5; k++) await round(old, 'o');
+    await waitFor(() => old.every((c) => c.replies.length === 5), 5000, 'replies before reload');
+
+    // Reload: A's weight up, B added. Traffic continues across the signal.
+    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}@2`, `127.0.0.1:${b.port}@2`], idleTimeout: '30s' }));
+    svc.proc.kill('SIGHUP');
+    for (let k = 0; k < 5; k++) { await round(old, 'o'); await new Promise((r) => setTimeout(r, 20)); }
+    await waitFor(async () => (await svc.status()).reloads.ok === 1, 5000, 'reload applied');
+    await waitFor(() => old.every((c) => c.replies.length === 10), 5000, 'every reply across the reload');
+    // Established flows stayed on A.
+    for (const c of old) expect(new Set(c.replies.map((r) => r.toString().split(' ')[0]))).toEqual(new Set(['A']));
+
+    // New flows now spread over A and B.
+    const fresh: Client[] = [];
+    for (let i = 0; i < 60; i++) { const c = await new Client(4).bind('127.0.0.1'); fresh.push(c); cleanups.push(() => c.close()); }
+    await round(fresh, 'n');
+    await waitFor(() => fresh.every((c) => c.replies.length === 1), 5000, 'new flows answered');
+    const onB = fresh.filter((c) => c.replies[0]!.toString().startsWith('B ')).length;
+    expect(onB).toBeGreaterThan(10);
+    expect(onB).toBeLessThan(50);
+
+    // A bad file is rejected; the running config stays and traffic continues.
+    fs.writeFileSync(file, '{"handler": "proxy", "backends": ["not-an-address"]}');
+    svc.proc.kill('SIGHUP');
+    await waitFor(async () => (await svc.status()).reloads.rejected === 1, 5000, 'bad reload rejected');
+    await round(old, 'o');
+    await waitFor(() => old.every((c) => c.replies.length === 11), 5000, 'traffic after the rejected reload');
+    const st = await svc.status();
+    expect(st.backends).toHaveLength(2);
+    expect(svc.stderr()).toMatch(/config reload rejected/);
+  });
+});
