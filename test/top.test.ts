@@ -250,6 +250,21 @@ describe('flowlb top in a terminal', () => {
     expect(after).toContain('top exited with 0');
   });
 
+  it('prints one view and exits with --once (for pipes and scripts)', async () => {
+    const svc = await startFlowlb(1);
+    cleanups.push(svc.stop);
+    const out = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const p = spawn(process.execPath, [CLI, 'top', '--once', '--interval', '200ms', '--url', svc.http], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let stdout = '';
+      p.stdout!.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+      p.once('exit', (code) => resolve({ code, stdout }));
+    });
+    expect(out.code).toBe(0);
+    expect(out.stdout).toMatch(/^flowlb top /);
+    expect(out.stdout).toMatch(/^\s+0 \s*\d+\s+\[/m);
+    expect(out.stdout).not.toContain('\x1b');
+  });
+
   it('fails with one line and exit 1 when the service cannot be reached at start', async () => {
     // A port nothing listens on: bind one, then close it.
     const server = net.createServer();

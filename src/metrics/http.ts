@@ -61,6 +61,7 @@ export function buildStatus(v: ServiceView): unknown {
       queueDepth: r?.queueDepth ?? 0,
       pps: v.balancer.model.packetsPerSec[lane],
       dispatchedPackets: d.lanePackets[lane],
+      batches: d.laneBatches[lane],
       flowsActive: c?.flowsActive ?? 0,
       handled: c?.handled ?? 0,
       replies: c?.replies ?? 0,

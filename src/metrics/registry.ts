@@ -150,6 +150,8 @@ export interface LaneSnapshot {
   readonly rssBytes: number;
   /** Cumulative CPU of the live process, if its report carries `cpuUs` (seconds); null otherwise. */
   readonly cpuSeconds: number | null;
+  /** Packet mode: the lane's new packets currently go to another worker. */
+  readonly spilling: boolean;
   /** The balancer's smoothed view. */
   readonly cpuUtil: number;
   readonly elu: number;
@@ -186,6 +188,9 @@ export interface ClusterSnapshot {
   readonly rounds: number;
   readonly overloadSpills: number;
   readonly movesPlanned: number;
+  /** Packet mode: packets redirected away from an overloaded worker, and queued packets it handed back. */
+  readonly spilledPackets: number;
+  readonly shedPackets: number;
   readonly imbalance: number;
   readonly backends: ReadonlyMap<string, BackendSnapshot>;
   readonly proxyDrops: ReadonlyMap<string, number>;
@@ -245,6 +250,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
       activeQueues: num(r?.activeQueues),
       rssBytes: num(r?.memRss),
       cpuSeconds: typeof cpuUs === 'number' && Number.isFinite(cpuUs) ? cpuUs / 1e6 : null,
+      spilling: (d.spillTo[lane] ?? -1) >= 0,
       cpuUtil: num(b.model.cpuUtil[lane]),
       elu: num(b.model.elu[lane]),
       imbalanceIndex: num(b.indexes[lane]),
@@ -255,19 +261,19 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
   }
 
   const { totals, activeUpstreams } = ledger.observe(handlerLanes);
-  const perBackend = new Map<string, Record<BackendCounterKey, number>>();
+  const backendRows = new Map<string, Record<BackendCounterKey, number>>();
   const blank = (): Record<BackendCounterKey, number> =>
     Object.fromEntries(BACKEND_COUNTER_KEYS.map((k) => [k, 0])) as Record<BackendCounterKey, number>;
   // Configured backends have series from the start, before any flow picked them.
-  if (v.config.handler === 'proxy') for (const be of v.config.backends) perBackend.set(backendLabel(be.host, be.port), blank());
+  if (v.config.handler === 'proxy') for (const be of v.config.backends) backendRows.set(backendLabel(be.host, be.port), blank());
   const proxyDrops = new Map<string, number>();
   let sawProxy = v.config.handler === 'proxy';
   for (const [key, x] of totals) {
     const split = splitBackendKey(key);
     if (split) {
       if (!(BACKEND_COUNTER_KEYS as readonly string[]).includes(split.counter)) continue;
-      let row = perBackend.get(split.backend);
-      if (!row) perBackend.set(split.backend, (row = blank()));
+      let row = backendRows.get(split.backend);
+      if (!row) backendRows.set(split.backend, (row = blank()));
       row[split.counter as BackendCounterKey] += x;
       sawProxy = true;
     } else if (Object.hasOwn(PROXY_DROP_KEYS, key)) {
@@ -278,7 +284,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
   }
   if (sawProxy) for (const reason of Object.values(PROXY_DROP_KEYS)) if (!proxyDrops.has(reason)) proxyDrops.set(reason, 0);
   const backends = new Map<string, BackendSnapshot>();
-  for (const [key, counters] of [...perBackend].sort(([a], [z]) => (a < z ? -1 : a > z ? 1 : 0))) {
+  for (const [key, counters] of [...backendRows].sort(([a], [z]) => (a < z ? -1 : a > z ? 1 : 0))) {
     backends.set(key, { counters, up: health.judge(key, counters.responses, counters.refused + counters.connect_errors) });
   }
 
@@ -303,6 +309,8 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     rounds: b.rounds,
     overloadSpills: b.overloadSpills,
     movesPlanned: b.movesPlanned,
+    spilledPackets: d.spilledPackets,
+    shedPackets: b.shedPackets,
     imbalance: num(b.lastImbalance),
     backends,
     proxyDrops,
@@ -411,6 +419,9 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_imbalance_ratio', type: 'gauge', help: 'The worst worker\'s distance from its target share as a fraction of all load, at the last rebalance round (0 = perfect).', read: (s) => [{ value: s.imbalance }] },
   { name: 'flowlb_rebalance_rounds_total', type: 'counter', help: 'Rebalance rounds the balancer ran.', read: (s) => [{ value: s.rounds }] },
   { name: 'flowlb_overload_spills_total', type: 'counter', help: 'Times an overloaded worker (queue past the limit) had buckets moved off at once.', read: (s) => [{ value: s.overloadSpills }] },
+  { name: 'flowlb_spilled_packets_total', type: 'counter', help: 'Packet mode: packets the primary sent to another worker than their bucket\'s owner because the owner was overloaded.', read: (s) => [{ value: s.spilledPackets }] },
+  { name: 'flowlb_shed_packets_total', type: 'counter', help: 'Packet mode: queued packets an overloaded worker handed back, re-sent to another worker.', read: (s) => [{ value: s.shedPackets }] },
+  { name: 'flowlb_worker_spilling', type: 'gauge', help: 'Packet mode: 1 while the worker\'s new packets go to another worker because it is overloaded.', read: perWorker((l) => (l.spilling ? 1 : 0)) },
   { name: 'flowlb_bucket_moves_planned_total', type: 'counter', help: 'Bucket moves the balancer planned.', read: (s) => [{ value: s.movesPlanned }] },
   // migrations
   {
