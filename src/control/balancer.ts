@@ -14,7 +14,7 @@
 import type { FlowlbConfig } from '../config.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
 import type { Logger } from '../log.js';
-import { DROP_QUEUE_FULL } from '../datapath/counters.js';
+import { DROP_WORKER_DOWN } from '../datapath/counters.js';
 import { computeIndexes, targetShares } from './imbalance.js';
 import { LoadModel } from './load-model.js';
 import type { Migrator } from './migrator.js';
@@ -235,7 +235,9 @@ export class Balancer {
   onShed(lane: number, frames: Buffer, packets: number): void {
     const target = this.dispatcher.spillTo[lane]! >= 0 ? this.dispatcher.spillTo[lane]! : this.leastLoaded(lane);
     if (target < 0 || !this.workers.isReady(target)) {
-      this.dispatcher.drops[DROP_QUEUE_FULL]! += packets;
+      // Nobody to take them: back to where they came from (already counted as dispatched there).
+      if (this.workers.isReady(lane)) this.dispatcher.writeFrames(lane, frames);
+      else this.dispatcher.drops[DROP_WORKER_DOWN]! += packets;
       return;
     }
     this.dispatcher.writeFrames(target, frames);

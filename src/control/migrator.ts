@@ -185,9 +185,7 @@ export class Migrator {
     const held = d.heldPackets(m.hold);
     if (to < 0) {
       // Nobody to give it to: the held packets are lost and counted.
-      d.drops[DROP_MIGRATION_TIMEOUT]! += held;
-      d.endHold(m.bucket, m.hold, 0, null);
-      d.table.set(m.bucket, 0xffff);
+      d.discardHold(m.bucket, m.hold, DROP_MIGRATION_TIMEOUT);
     } else {
       if (outcome !== 'done') {
         // The new owner starts the bucket without the lost state; tell it it owns the bucket.

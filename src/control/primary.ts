@@ -246,6 +246,15 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   }
 
   const httpEndpoint = http?.endpoint ?? null;
+  // Installed before the listening line: whoever reads that line may signal at once.
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (++signals > 1) { log.warn('second signal: exiting now', { signal }); process.exit(1); }
+    log.info('shutting down', { signal });
+    close().then(() => process.exit(0), (err: unknown) => { log.error('shutdown failed', { err }); process.exit(1); });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   // One line on stdout whatever the log level: where the service listens (port 0 resolved).
   process.stdout.write(
     `flowlb listening udp=${udp.map(formatEndpoint).join(',')} http=${httpEndpoint ? formatEndpoint(httpEndpoint) : 'off'} ` +
@@ -287,14 +296,6 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     return closing;
   }
 
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (++signals > 1) { log.warn('second signal: exiting now', { signal }); process.exit(1); }
-    log.info('shutting down', { signal });
-    close().then(() => process.exit(0), (err: unknown) => { log.error('shutdown failed', { err }); process.exit(1); });
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
 
   /**
    * SIGHUP: re-read the config file. Backends, weights, timeouts, handler options and balancer settings change

@@ -52,6 +52,8 @@ export type WorkerToPrimary =
   | {
     t: 'report'; seq: number; intervalMs: number; cpuUtil: number; elu: number; queueDepth: number; peakQueueDepth: number;
     activeQueues: number; counters: WorkerCounters; memRss: number;
+    /** Cumulative user + system CPU time of the worker process, microseconds. */
+    cpuUs: number;
     handlerCounters?: Record<string, number>;
   }
   | { t: 'released'; bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }

@@ -480,7 +480,7 @@ export async function runWorker(): Promise<void> {
     send({
       t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
       peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters: rt.snapshotCounters(),
-      memRss: process.memoryUsage.rss(),
+      memRss: process.memoryUsage.rss(), cpuUs: cpu.user + cpu.system,
       handlerCounters: (handler as { counters?: () => Record<string, number> }).counters?.(),
     });
     lastWall = now; lastCpu = cpu; lastElu = elu;

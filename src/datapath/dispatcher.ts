@@ -91,6 +91,7 @@ export class Dispatcher {
   private readonly holdChunks: Buffer[][];
   private readonly holdFill: Int32Array;
   private readonly holdCount: Int32Array;
+  private readonly holdBytes: Float64Array;
   private readonly holdInUse: Uint8Array;
 
   private readonly scratch4 = new Uint8Array(12);
@@ -139,6 +140,7 @@ export class Dispatcher {
     for (let i = 0; i < opts.maxHolds; i++) this.holdChunks.push([]);
     this.holdFill = new Int32Array(opts.maxHolds);
     this.holdCount = new Int32Array(opts.maxHolds);
+    this.holdBytes = new Float64Array(opts.maxHolds);
     this.holdInUse = new Uint8Array(opts.maxHolds);
     this.flushBound = this.onTurnEnd.bind(this);
     this.deferredFlushBound = this.onDeferTimer.bind(this);
@@ -310,9 +312,8 @@ export class Dispatcher {
    */
   beginHold(bucket: number, hold: number, epoch: number): number {
     const from = this.table.owner[bucket]!;
-    this.holdChunks[hold]!.length = 0;
-    this.holdFill[hold] = 0;
-    this.holdCount[hold] = 0;
+    this.releaseHold(hold);
+    this.holdInUse[hold] = 1;
     this.table.owner[bucket] = this.maxWorkers + hold;
     if (from < this.maxWorkers && this.sinks[from]) {
       let slab = this.slabs[from]!;
@@ -349,14 +350,27 @@ export class Dispatcher {
         if (fill > 0) sink.write(i === chunks.length - 1 ? c.subarray(0, fill) : c);
       }
       this.lanePackets[to]! += this.holdCount[hold]!;
+      this.laneBytes[to]! += this.holdBytes[hold]!;
       this.sinkBacklog[to] = sink.writableLength;
     } else {
       this.drops[DROP_WORKER_DOWN]! += this.holdCount[hold]!;
     }
     this.table.owner[bucket] = to;
+    this.releaseHold(hold);
+  }
+
+  /** Ends a hold with nobody to give it to: the held packets are dropped under `reason`; the bucket is unassigned. */
+  discardHold(bucket: number, hold: number, reason: number): void {
+    this.drops[reason]! += this.holdCount[hold]!;
+    this.table.owner[bucket] = UNASSIGNED;
+    this.releaseHold(hold);
+  }
+
+  private releaseHold(hold: number): void {
     this.holdChunks[hold]!.length = 0;
     this.holdFill[hold] = 0;
     this.holdCount[hold] = 0;
+    this.holdBytes[hold] = 0;
     this.holdInUse[hold] = 0;
   }
 
@@ -374,6 +388,7 @@ export class Dispatcher {
     }
     this.holdFill[hold] = writePacketFrame(cur, fill, fam, listener, port, bucket, hash, this.addr16, msg);
     this.holdCount[hold]!++;
+    this.holdBytes[hold]! += msg.length;
     this.bucketPackets[bucket]!++;
     this.bucketBytes[bucket]! += msg.length;
   }

@@ -308,6 +308,30 @@ export class ProxyHandler implements FlowHandler {
     return this.sessions.size;
   }
 
+  /**
+   * Counters for the worker's load report (control plane, every report interval): per backend
+   * `<name>@<backend key>`, plus totals. The metrics registry turns them into flowlb_backend_* series.
+   */
+  counters(): Record<string, number> {
+    const st = this.stats;
+    const out: Record<string, number> = {
+      dropped_no_backend: st.droppedNoBackend,
+      dropped_connect_failed: st.droppedConnectFailed,
+      dropped_queue_full: st.droppedQueueFull,
+      dropped_migrating: st.droppedMigrating,
+      active_upstreams: st.activeUpstreams,
+    };
+    st.backendKeys.forEach((key, i) => {
+      out[`requests@${key}`] = st.requests[i]!;
+      out[`responses@${key}`] = st.responses[i]!;
+      out[`refused@${key}`] = st.refused[i]!;
+      out[`send_errors@${key}`] = st.sendErrors[i]!;
+      out[`socket_errors@${key}`] = st.socketErrors[i]!;
+      out[`connect_errors@${key}`] = st.connectErrors[i]!;
+    });
+    return out;
+  }
+
   onFlowStart(flow: Flow): void {
     flow.state = this.startSession(flow);
   }

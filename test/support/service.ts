@@ -48,7 +48,7 @@ export async function startFlowlb(args: string[], timeoutMs = 20_000): Promise<R
     status: async () => (await fetch(`${base}/status`)).json(),
     metrics: async () => (await fetch(`${base}/metrics`)).text(),
     stop: (signal = 'SIGTERM') => new Promise((resolve) => {
-      if (proc.exitCode !== null) { resolve(proc.exitCode); return; }
+      if (proc.exitCode !== null || proc.signalCode !== null) { resolve(proc.exitCode); return; }
       const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
       proc.once('exit', (code) => { clearTimeout(timer); resolve(code); });
       proc.kill(signal);
