@@ -124,20 +124,20 @@ function numIn(name: string, v: number | undefined, def: number, min: number, ma
 
 export function resolveGenOptions(o: GenOptions): ResolvedGenOptions {
   const target = typeof o.target === 'string' ? parseHostPort(o.target, 'target') : parseHostPort(formatHostPort(o.target), 'target');
-  const flows = intIn('flows', o.flows, DEFAULT_FLOWS, 1, 10_000_000);
+  const flows = intIn('flows (--flows)', o.flows, DEFAULT_FLOWS, 1, 10_000_000);
   const rtp = o.rtp === true;
-  const ratePps = numIn('ratePps', o.ratePps, rtp ? RTP_DEFAULT_STREAM_PPS * flows : DEFAULT_RATE_PPS, 0.001, 100_000_000);
-  const count = o.count === undefined ? null : intIn('count', o.count, 0, 1, Number.MAX_SAFE_INTEGER);
-  const durationMs = o.durationMs === undefined ? (count === null ? DEFAULT_DURATION_MS : null) : numIn('durationMs', o.durationMs, 0, 1, 86_400_000);
+  const ratePps = numIn('ratePps (--rate)', o.ratePps, rtp ? RTP_DEFAULT_STREAM_PPS * flows : DEFAULT_RATE_PPS, 0.001, 100_000_000);
+  const count = o.count === undefined ? null : intIn('count (--count)', o.count, 0, 1, Number.MAX_SAFE_INTEGER);
+  const durationMs = o.durationMs === undefined ? (count === null ? DEFAULT_DURATION_MS : null) : numIn('durationMs (--duration x 1000)', o.durationMs, 0, 1, 86_400_000);
   const countOnlyMs = count === null ? Infinity : ((count / ratePps) * 1000) * COUNT_ONLY_SLACK_FACTOR + COUNT_ONLY_SLACK_MS;
   const sendLimitMs = Math.min(durationMs ?? Infinity, countOnlyMs);
   const headerBytes = rtp ? RTP_HEADER_BYTES : 0;
-  const size = intIn(rtp ? 'sizeBytes (RTP payload)' : 'sizeBytes', o.sizeBytes, rtp ? RTP_DEFAULT_PAYLOAD_BYTES : DEFAULT_SIZE_BYTES, PROBE_HEADER_BYTES, MAX_DATAGRAM_BYTES - headerBytes);
+  const size = intIn(rtp ? 'sizeBytes (--size, RTP payload)' : 'sizeBytes (--size)', o.sizeBytes, rtp ? RTP_DEFAULT_PAYLOAD_BYTES : DEFAULT_SIZE_BYTES, PROBE_HEADER_BYTES, MAX_DATAGRAM_BYTES - headerBytes);
   const distribution = parseDistribution(o.distribution ?? 'uniform');
-  const srcAddrs = intIn('srcAddrs', o.srcAddrs, 1, 1, MAX_SRC_ADDRS);
-  if (target.family === 6 && srcAddrs !== 1) throw new GenError('ERR_GEN_OPTION', 'srcAddrs: an IPv6 target uses ::1 only, so srcAddrs must be 1');
-  const procs = intIn('procs', o.procs, 1, 1, MAX_PROCS);
-  if (procs > flows) throw new GenError('ERR_GEN_OPTION', `procs (${procs}) cannot exceed flows (${flows}): each process owns whole flows`);
+  const srcAddrs = intIn('srcAddrs (--src-addrs)', o.srcAddrs, 1, 1, MAX_SRC_ADDRS);
+  if (target.family === 6 && srcAddrs !== 1) throw new GenError('ERR_GEN_OPTION', 'srcAddrs (--src-addrs): an IPv6 target uses ::1 only, so it must be 1');
+  const procs = intIn('procs (--procs)', o.procs, 1, 1, MAX_PROCS);
+  if (procs > flows) throw new GenError('ERR_GEN_OPTION', `procs (--procs ${procs}) cannot exceed flows (${flows}): each process owns whole flows`);
   checkFlowCapacity(flows, Math.ceil(flows / procs), srcAddrs, target.family);
   return Object.freeze({
     target,
@@ -152,15 +152,15 @@ export function resolveGenOptions(o: GenOptions): ResolvedGenOptions {
     srcAddrs,
     procs,
     rtp,
-    rtpPayloadType: intIn('rtpPayloadType', o.rtpPayloadType, RTP_DEFAULT_PAYLOAD_TYPE, 0, 127),
+    rtpPayloadType: intIn('rtpPayloadType (--rtp-pt)', o.rtpPayloadType, RTP_DEFAULT_PAYLOAD_TYPE, 0, 127),
     // G.711 carries one 8 kHz sample per byte, so the timestamp advances by the payload size (160 per 20 ms).
-    rtpTsStep: intIn('rtpTsStep', o.rtpTsStep, rtp ? size : RTP_DEFAULT_TS_STEP, 0, 0xffff_ffff),
-    drainMs: numIn('drainMs', o.drainMs, DEFAULT_DRAIN_MS, 0, 600_000),
+    rtpTsStep: intIn('rtpTsStep (--rtp-ts-step)', o.rtpTsStep, rtp ? size : RTP_DEFAULT_TS_STEP, 0, 0xffff_ffff),
+    drainMs: numIn('drainMs (--drain)', o.drainMs, DEFAULT_DRAIN_MS, 0, 600_000),
     expectReplies: o.expectReplies !== false,
     connect: o.connect !== false,
-    maxBurst: intIn('maxBurst', o.maxBurst, DEFAULT_MAX_BURST, 1, 1_000_000),
-    seed: intIn('seed', o.seed, DEFAULT_SEED, 0, 0xffff_ffff),
-    socketBufferBytes: o.socketBufferBytes === undefined ? null : intIn('socketBufferBytes', o.socketBufferBytes, 0, 1024, 1 << 30),
+    maxBurst: intIn('maxBurst (--burst)', o.maxBurst, DEFAULT_MAX_BURST, 1, 1_000_000),
+    seed: intIn('seed (--seed)', o.seed, DEFAULT_SEED, 0, 0xffff_ffff),
+    socketBufferBytes: o.socketBufferBytes === undefined ? null : intIn('socketBufferBytes (--sockbuf)', o.socketBufferBytes, 0, 1024, 1 << 30),
     includePerFlow: o.includePerFlow === true,
     progressIntervalMs: intIn('progressIntervalMs', o.progressIntervalMs, 1000, 10, 3_600_000),
     runId: crypto.randomBytes(4).readUInt32BE(0),

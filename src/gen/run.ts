@@ -18,6 +18,10 @@ export type { RttSummary } from './stats.js';
 export type { StopReason } from './sender.js';
 export { GenError } from './errors.js';
 export { mergeHistograms } from './stats.js';
+// Benchmarks import everything they need from this one module.
+export { startBackend } from './backend.js';
+export type { BackendHandle, BackendMode, BackendOptions, BackendStats } from './backend.js';
+export { parseIdentityTrailer, parseRtp, readProbe } from './packet.js';
 
 export interface GenResult {
   target: string;
