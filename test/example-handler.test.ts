@@ -17,3 +17,15 @@ describe('examples/session-handler.js', () => {
     expect(client.replies.map(String)).toEqual(['1 a', '2 b', '3 c']);
   });
 });
+
+describe('README', () => {
+  it('its example config file is valid as written', async () => {
+    const fs = await import('node:fs');
+    const { validateConfigObject } = await import('../src/config.js');
+    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const json = /```json\n([\s\S]*?)```/.exec(readme)![1]!;
+    const config = validateConfigObject(JSON.parse(json), 'README example');
+    expect(config.backends).toHaveLength(2);
+    expect(config.listen).toHaveLength(2);
+  });
+});
