@@ -25,8 +25,14 @@ import {
 } from './protocol.js';
 import { startReading, stopReading } from './socket-handle.js';
 
-/** Packets served per drain turn before yielding to the event loop (so the channel keeps being read and DRR has a queue to order). */
+/**
+ * A drain turn serves packets in slices of DRAIN_SLICE until DRAIN_BUDGET packets or DRAIN_TIME_MS have passed,
+ * then yields to the event loop, so the channel keeps being read (new flows join the DRR ring within a couple of
+ * milliseconds even behind an expensive handler) and DRR has a queue to order.
+ */
 const DRAIN_BUDGET = 256;
+const DRAIN_SLICE = 16;
+const DRAIN_TIME_MS = 2;
 /** The sweep visits every owned bucket at least this often relative to the idle timeout. */
 const SWEEP_SLICES = 8;
 
@@ -174,7 +180,13 @@ export class WorkerRuntime {
       this.recordLatency(lat);
       this.latencyPending = false;
     }
-    this.queue.serve(DRAIN_BUDGET, this.serveBound);
+    const start = this.nowMs;
+    let served = 0;
+    while (served < DRAIN_BUDGET && this.queue.depth > 0) {
+      served += this.queue.serve(DRAIN_SLICE, this.serveBound);
+      this.nowMs = performance.now();
+      if (this.nowMs - start >= DRAIN_TIME_MS) break;
+    }
     if (this.queue.depth > 0 && !this.drainScheduled) { this.drainScheduled = true; setImmediate(this.drainBound); }
   }
 

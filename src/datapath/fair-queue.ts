@@ -11,6 +11,14 @@
 
 const NIL = -1;
 
+/**
+ * What a packet costs in DRR, in bytes: its length plus a fixed charge. Handling a UDP datagram costs mostly
+ * per packet, not per byte (the reply send alone is several microseconds), so pure byte accounting would let a
+ * flow of tiny datagrams take hundreds of packets per turn (1500 / 4 bytes). With the charge, a turn is a few
+ * small packets or one large one.
+ */
+export const PACKET_COST_BYTES = 300;
+
 export type ServeFn = (flow: number, buf: Buffer, off: number, len: number) => void;
 
 export const ENQ_OK = 0;
@@ -148,8 +156,9 @@ export class FairQueue {
       while (this.qCount[f]! > 0 && served < budget) {
         const p = this.qHead[f]!;
         const len = this.pLen[p]!;
-        if (len > this.deficit[f]!) break;
-        this.deficit[f]! -= len;
+        const cost = len + PACKET_COST_BYTES;
+        if (cost > this.deficit[f]!) break;
+        this.deficit[f]! -= cost;
         const buf = this.pBuf[p]!, off = this.pOff[p]!;
         this.qHead[f] = this.pNext[p]!;
         if (this.qHead[f] === NIL) this.qTail[f] = NIL;
@@ -163,7 +172,7 @@ export class FairQueue {
         this.inRing[f] = 0; this.turnOpen[f] = 0; this.deficit[f] = 0;
         this.ringHead = this.ringHead + 1 === size ? 0 : this.ringHead + 1;
         this.ringLen--;
-      } else if (served >= budget && this.qHead[f] !== NIL && this.pLen[this.qHead[f]!]! <= this.deficit[f]!) {
+      } else if (served >= budget && this.qHead[f] !== NIL && this.pLen[this.qHead[f]!]! + PACKET_COST_BYTES <= this.deficit[f]!) {
         // Budget ran out mid-turn: the flow keeps its turn and remaining deficit.
         break;
       } else {

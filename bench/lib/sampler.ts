@@ -1,0 +1,233 @@
+/**
+ * Polls a running flowlb's /status every `intervalMs` and records, per worker and over time, what the
+ * balancing benchmarks report: the balancer's smoothed view (cpuUtil, elu, targetShare, buckets) next to
+ * figures measured here without smoothing (CPU from /proc/PID/stat, packets handled per second from the
+ * `handled` counter deltas). Optionally scrapes /metrics too, for the dispatch latency histogram.
+ *
+ * The balancer's cpuUtil and elu are EWMAs (alpha 0.3 per 200 ms report, load-model.ts), so a step shows
+ * ~90% after ~1.3 s; `procCpu` and `pps` are raw per-interval figures. Bounded: stop() ends it, and a poll
+ * that takes longer than the interval delays the next one instead of piling up.
+ */
+import fs from 'node:fs';
+
+const CLK_TCK = 100;
+
+export interface WorkerSample {
+  readonly id: number;
+  readonly pid: number;
+  /** Balancer's smoothed CPU utilisation (1 = one core). */
+  readonly cpuUtil: number;
+  /** Balancer's smoothed event-loop utilisation, 0..1. */
+  readonly elu: number;
+  /** CPU of the worker process over the last interval, from /proc (1 = one core); NaN on the first sample. */
+  readonly procCpu: number;
+  readonly buckets: number;
+  readonly targetShare: number;
+  readonly index: number;
+  readonly queueDepth: number;
+  /** Packets handled per second over the last interval (raw); NaN on the first sample. */
+  readonly pps: number;
+  readonly handled: number;
+  /** Sum of the worker's drop counters (all reasons). */
+  readonly drops: number;
+  readonly flowsActive: number;
+  readonly rssBytes: number;
+}
+
+export interface Sample {
+  /** ms since the sampler started. */
+  readonly tMs: number;
+  readonly imbalance: number;
+  readonly rounds: number;
+  readonly migrationsCompleted: number;
+  readonly migrationTimeouts: number;
+  readonly received: number;
+  /** Sum of the primary's drop counters. */
+  readonly primaryDrops: number;
+  readonly workers: readonly WorkerSample[];
+  /** Dispatch latency (primary stamp -> worker starts the batch) over the last interval, from /metrics. */
+  readonly dispatchLatency?: { readonly samples: number; readonly p50Ms: number; readonly p99Ms: number };
+}
+
+export interface SamplerOptions {
+  readonly httpPort: number;
+  readonly intervalMs?: number;
+  /** Also scrape /metrics each poll for the dispatch latency histogram. Default false. */
+  readonly metrics?: boolean;
+}
+
+function procCpuSeconds(pid: number): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return NaN;
+  }
+}
+
+function sumValues(o: Record<string, number> | undefined): number {
+  let s = 0;
+  for (const v of Object.values(o ?? {})) s += v;
+  return s;
+}
+
+/** Cumulative `le` buckets of one histogram in a Prometheus text exposition. */
+export function parseHistogram(text: string, name: string): { le: number[]; cum: number[] } {
+  const le: number[] = [], cum: number[] = [];
+  const re = new RegExp(`^${name}_bucket\\{[^}]*le="([^"]+)"[^}]*\\} (\\S+)$`, 'gm');
+  for (let m = re.exec(text); m; m = re.exec(text)) {
+    le.push(m[1] === '+Inf' ? Infinity : Number(m[1]));
+    cum.push(Number(m[2]));
+  }
+  return { le, cum };
+}
+
+/**
+ * Quantile of a histogram given as per-bucket counts: the upper bound of the bucket the quantile falls in
+ * (Prometheus-style without interpolation, so it errs high by at most one bucket).
+ */
+export function histogramQuantile(le: readonly number[], counts: readonly number[], q: number): number {
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (total === 0) return NaN;
+  const want = q * total;
+  let acc = 0;
+  for (let i = 0; i < counts.length; i++) {
+    acc += counts[i]!;
+    if (acc >= want) return le[i]!;
+  }
+  return le[le.length - 1]!;
+}
+
+export class Sampler {
+  readonly samples: Sample[] = [];
+  readonly marks: { tMs: number; label: string }[] = [];
+  private readonly intervalMs: number;
+  private readonly t0 = performance.now();
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private stopped = false;
+  private last: { tMs: number; cpu: Map<number, number>; handled: number[] } | null = null;
+  private lastHist: number[] | null = null;
+
+  constructor(private readonly opts: SamplerOptions) {
+    this.intervalMs = opts.intervalMs ?? 250;
+  }
+
+  /** ms since the sampler was created (the time base of every sample and mark). */
+  now(): number {
+    return performance.now() - this.t0;
+  }
+
+  mark(label: string): void {
+    this.marks.push({ tMs: this.now(), label });
+  }
+
+  start(): this {
+    const loop = async (): Promise<void> => {
+      if (this.stopped) return;
+      const began = performance.now();
+      try { await this.poll(); } catch { /* a missed poll is a gap in the series, not a failure */ }
+      if (this.stopped) return;
+      this.timer = setTimeout(() => { this.running = loop(); }, Math.max(0, this.intervalMs - (performance.now() - began)));
+    };
+    this.running = loop();
+    return this;
+  }
+
+  async stop(): Promise<Sample[]> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+    return this.samples;
+  }
+
+  private async poll(): Promise<void> {
+    const base = `http://127.0.0.1:${this.opts.httpPort}`;
+    const ctl = AbortSignal.timeout(Math.max(1000, this.intervalMs * 4));
+    const st = (await (await fetch(`${base}/status`, { signal: ctl })).json()) as any;
+    const tMs = this.now();
+    const cpu = new Map<number, number>();
+    const handled: number[] = [];
+    const workers: WorkerSample[] = [];
+    for (const w of st.workers as any[]) {
+      const c = procCpuSeconds(w.pid);
+      cpu.set(w.pid, c);
+      handled.push(w.handled);
+      const prev = this.last;
+      const dt = prev ? (tMs - prev.tMs) / 1000 : 0;
+      const prevCpu = prev?.cpu.get(w.pid);
+      workers.push({
+        id: w.id, pid: w.pid, cpuUtil: w.cpuUtil, elu: w.elu,
+        procCpu: prev && prevCpu !== undefined && dt > 0 ? (c - prevCpu) / dt : NaN,
+        buckets: w.buckets, targetShare: w.targetShare, index: w.index, queueDepth: w.queueDepth,
+        pps: prev && dt > 0 && prev.handled[w.id] !== undefined ? (w.handled - prev.handled[w.id]!) / dt : NaN,
+        handled: w.handled, drops: sumValues(w.drops), flowsActive: w.flowsActive, rssBytes: w.rssBytes,
+      });
+    }
+    let dispatchLatency: Sample['dispatchLatency'];
+    if (this.opts.metrics) {
+      const text = await (await fetch(`${base}/metrics`, { signal: ctl })).text();
+      const h = parseHistogram(text, 'flowlb_dispatch_latency_seconds');
+      if (this.lastHist && this.lastHist.length === h.cum.length) {
+        const counts = h.cum.map((c, i) => c - this.lastHist![i]! - (i > 0 ? h.cum[i - 1]! - this.lastHist![i - 1]! : 0));
+        const leMs = h.le.map((x) => x * 1000);
+        dispatchLatency = {
+          samples: counts.reduce((a, b) => a + b, 0),
+          p50Ms: histogramQuantile(leMs, counts, 0.5),
+          p99Ms: histogramQuantile(leMs, counts, 0.99),
+        };
+      }
+      this.lastHist = h.cum;
+    }
+    this.last = { tMs, cpu, handled };
+    this.samples.push({
+      tMs, imbalance: st.imbalance, rounds: st.rounds,
+      migrationsCompleted: st.migrations.completed, migrationTimeouts: st.migrations.timeouts,
+      received: st.received, primaryDrops: sumValues(st.dropped), workers,
+      ...(dispatchLatency ? { dispatchLatency } : {}),
+    });
+  }
+}
+
+/** max / mean of the values (1 = perfectly even); NaN when the mean is 0 or a value is missing. */
+export function maxOverMean(values: readonly number[]): number {
+  if (values.length === 0 || values.some((v) => !Number.isFinite(v))) return NaN;
+  const mean = values.reduce((a, b) => a + b, 0) / values.length;
+  return mean > 0 ? Math.max(...values) / mean : NaN;
+}
+
+/** Samples with fromMs <= tMs < toMs. */
+export function window(samples: readonly Sample[], fromMs: number, toMs = Infinity): Sample[] {
+  return samples.filter((s) => s.tMs >= fromMs && s.tMs < toMs);
+}
+
+export function mean(xs: readonly number[]): number {
+  const v = xs.filter((x) => Number.isFinite(x));
+  return v.length ? v.reduce((a, b) => a + b, 0) / v.length : NaN;
+}
+
+export function percentile(xs: readonly number[], q: number): number {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  return v[Math.min(v.length - 1, Math.max(0, Math.ceil(q * v.length) - 1))]!;
+}
+
+/** Compact per-sample rows for results JSON (one object per worker per sample would be verbose). */
+export function compactSeries(samples: readonly Sample[]): unknown[] {
+  const r3 = (x: number): number | null => (Number.isFinite(x) ? Math.round(x * 1000) / 1000 : null);
+  return samples.map((s) => ({
+    t: r3(s.tMs / 1000),
+    imbalance: r3(s.imbalance),
+    moves: s.migrationsCompleted,
+    drops: s.primaryDrops + s.workers.reduce((a, w) => a + w.drops, 0),
+    elu: s.workers.map((w) => r3(w.elu)),
+    cpuUtil: s.workers.map((w) => r3(w.cpuUtil)),
+    procCpu: s.workers.map((w) => r3(w.procCpu)),
+    pps: s.workers.map((w) => Math.round(Number.isFinite(w.pps) ? w.pps : 0)),
+    buckets: s.workers.map((w) => w.buckets),
+    share: s.workers.map((w) => r3(w.targetShare)),
+    queue: s.workers.map((w) => w.queueDepth),
+    ...(s.dispatchLatency ? { dispatchP99Ms: s.dispatchLatency.p99Ms } : {}),
+  }));
+}
