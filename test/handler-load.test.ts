@@ -106,7 +106,7 @@ describe('loadHandlerFactory', () => {
     // Node itself reports "SyntaxError: Unexpected token 'this'"; under vitest the import goes through Vite,
     // which reports "RollupError: Parse failure: ...". Either way: one line, naming the file.
     expect(err.message.startsWith(`handler ${spec} could not be loaded: `)).toBe(true);
-    expect(err.message).toMatch(/: (SyntaxError|RollupError): /);
+    expect(err.message).toMatch(/: (SyntaxError|RollupError|RolldownError): /);
     expect(err.cause).toBeInstanceOf(Error);
   });
 

@@ -1,14 +1,18 @@
 /**
  * Polls a running flowlb's /status every `intervalMs` and records, per worker and over time, what the
  * balancing benchmarks report: the balancer's smoothed view (cpuUtil, elu, targetShare, buckets) next to
- * figures measured here without smoothing (CPU from /proc/PID/stat, packets handled per second from the
- * `handled` counter deltas). Optionally scrapes /metrics too, for the dispatch latency histogram.
+ * figures measured here without smoothing (CPU from /proc/PID/stat, packets dispatched per second from the
+ * primary's per-worker counter deltas). Optionally scrapes /metrics too, for the dispatch latency histogram.
  *
  * The balancer's cpuUtil and elu are EWMAs (alpha 0.3 per 200 ms report, load-model.ts), so a step shows
  * ~90% after ~1.3 s; `procCpu` and `pps` are raw per-interval figures. Bounded: stop() ends it, and a poll
  * that takes longer than the interval delays the next one instead of piling up.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
 import fs from 'node:fs';
+import path from 'node:path';
+import { ROOT, sleep } from './procs.js';
 
 const CLK_TCK = 100;
 
@@ -25,7 +29,10 @@ export interface WorkerSample {
   readonly targetShare: number;
   readonly index: number;
   readonly queueDepth: number;
-  /** Packets handled per second over the last interval (raw); NaN on the first sample. */
+  /**
+   * Packets the primary dispatched to the worker per second over the last interval (raw; NaN on the first
+   * sample). From the primary's live counter: the worker's own `handled` only moves once per report.
+   */
   readonly pps: number;
   readonly handled: number;
   /** Sum of the worker's drop counters (all reasons). */
@@ -45,6 +52,10 @@ export interface Sample {
   /** Sum of the primary's drop counters. */
   readonly primaryDrops: number;
   readonly workers: readonly WorkerSample[];
+  /** Whole machine: busy CPU over the last interval, in cores (from /proc/stat; every process, ours or not). */
+  readonly machineBusy: number;
+  /** flowlb's primary + workers CPU over the last interval, in cores (from /proc/PID/stat). */
+  readonly flowlbCpu: number;
   /** Dispatch latency (primary stamp -> worker starts the batch) over the last interval, from /metrics. */
   readonly dispatchLatency?: { readonly samples: number; readonly p50Ms: number; readonly p99Ms: number };
 }
@@ -63,6 +74,17 @@ function procCpuSeconds(pid: number): number {
     return (Number(f[11]) + Number(f[12])) / CLK_TCK;
   } catch {
     return NaN;
+  }
+}
+
+/** [busy, total] CPU ticks of the whole machine since boot. */
+function machineTicks(): [number, number] {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+    return [total - f[3]! - f[4]!, total];
+  } catch {
+    return [NaN, NaN];
   }
 }
 
@@ -107,7 +129,7 @@ export class Sampler {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private stopped = false;
-  private last: { tMs: number; cpu: Map<number, number>; handled: number[] } | null = null;
+  private last: { tMs: number; cpu: Map<number, number>; dispatched: number[]; machine: [number, number]; primaryCpu: number } | null = null;
   private lastHist: number[] | null = null;
 
   constructor(private readonly opts: SamplerOptions) {
@@ -147,21 +169,23 @@ export class Sampler {
     const ctl = AbortSignal.timeout(Math.max(1000, this.intervalMs * 4));
     const st = (await (await fetch(`${base}/status`, { signal: ctl })).json()) as any;
     const tMs = this.now();
+    const machine = machineTicks();
+    const primaryCpu = procCpuSeconds(st.pid);
+    const prev = this.last;
+    const dt = prev ? (tMs - prev.tMs) / 1000 : 0;
     const cpu = new Map<number, number>();
-    const handled: number[] = [];
+    const dispatched: number[] = [];
     const workers: WorkerSample[] = [];
     for (const w of st.workers as any[]) {
       const c = procCpuSeconds(w.pid);
       cpu.set(w.pid, c);
-      handled.push(w.handled);
-      const prev = this.last;
-      const dt = prev ? (tMs - prev.tMs) / 1000 : 0;
+      dispatched.push(w.dispatchedPackets);
       const prevCpu = prev?.cpu.get(w.pid);
       workers.push({
         id: w.id, pid: w.pid, cpuUtil: w.cpuUtil, elu: w.elu,
         procCpu: prev && prevCpu !== undefined && dt > 0 ? (c - prevCpu) / dt : NaN,
         buckets: w.buckets, targetShare: w.targetShare, index: w.index, queueDepth: w.queueDepth,
-        pps: prev && dt > 0 && prev.handled[w.id] !== undefined ? (w.handled - prev.handled[w.id]!) / dt : NaN,
+        pps: prev && dt > 0 && prev.dispatched[w.id] !== undefined ? (w.dispatchedPackets - prev.dispatched[w.id]!) / dt : NaN,
         handled: w.handled, drops: sumValues(w.drops), flowsActive: w.flowsActive, rssBytes: w.rssBytes,
       });
     }
@@ -180,11 +204,16 @@ export class Sampler {
       }
       this.lastHist = h.cum;
     }
-    this.last = { tMs, cpu, handled };
+    let flowlbCpu = NaN, machineBusy = NaN;
+    if (prev && dt > 0) {
+      machineBusy = (machine[0] - prev.machine[0]) / CLK_TCK / dt;
+      flowlbCpu = (primaryCpu - prev.primaryCpu) / dt + workers.reduce((a, w) => a + w.procCpu, 0);
+    }
+    this.last = { tMs, cpu, dispatched, machine, primaryCpu };
     this.samples.push({
       tMs, imbalance: st.imbalance, rounds: st.rounds,
       migrationsCompleted: st.migrations.completed, migrationTimeouts: st.migrations.timeouts,
-      received: st.received, primaryDrops: sumValues(st.dropped), workers,
+      received: st.received, primaryDrops: sumValues(st.dropped), workers, machineBusy, flowlbCpu,
       ...(dispatchLatency ? { dispatchLatency } : {}),
     });
   }
@@ -228,6 +257,75 @@ export function compactSeries(samples: readonly Sample[]): unknown[] {
     buckets: s.workers.map((w) => w.buckets),
     share: s.workers.map((w) => r3(w.targetShare)),
     queue: s.workers.map((w) => w.queueDepth),
+    machineBusy: r3(s.machineBusy),
+    flowlbCpu: r3(s.flowlbCpu),
     ...(s.dispatchLatency ? { dispatchP99Ms: s.dispatchLatency.p99Ms } : {}),
   }));
 }
+
+// ---------------------------------------------------------------------------------------------------
+// flowlb process and /status helpers shared by the balancing benchmarks.
+
+export interface Lb { proc: ChildProcess; port: number; httpPort: number; status(): Promise<any>; stop(): Promise<void> }
+
+/** flowlb on a given UDP port (procs.startFlowlb always listens on port 0). */
+export async function startOn(udpPort: number, args: string[]): Promise<Lb> {
+  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli.js'), 'serve', '--listen', `127.0.0.1:${udpPort}`, '--http', '127.0.0.1:0', '--log-level', 'warn', ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  const m = await new Promise<RegExpExecArray>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('flowlb did not start')), 20_000);
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const r = /udp=\S+:(\d+) http=\S+:(\d+)/.exec(out);
+      if (r) { clearTimeout(timer); resolve(r); }
+    });
+    proc.on('exit', (c) => { clearTimeout(timer); reject(new Error(`flowlb exited ${c}`)); });
+  });
+  const httpPort = Number(m[2]);
+  return {
+    proc, port: Number(m[1]), httpPort,
+    status: async () => (await fetch(`http://127.0.0.1:${httpPort}/status`)).json(),
+    stop: () => new Promise((resolve) => {
+      if (proc.exitCode !== null) { resolve(); return; }
+      const kill = setTimeout(() => proc.kill('SIGKILL'), 8000);
+      proc.once('exit', () => { clearTimeout(kill); resolve(); });
+      proc.kill('SIGTERM');
+    }),
+  };
+}
+
+export async function freeUdpPort(): Promise<number> {
+  const s = dgram.createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  const p = s.address().port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return p;
+}
+
+/** Waits (bounded) until no worker has packets queued: a run must not start on the previous one's backlog. */
+export async function waitIdle(lb: Lb, limitMs: number): Promise<boolean> {
+  const end = Date.now() + limitMs;
+  while (Date.now() < end) {
+    const st = await lb.status();
+    if (st.workers.every((w: { queueDepth: number }) => w.queueDepth === 0)) return true;
+    await sleep(200);
+  }
+  return false;
+}
+
+export function sumDrops(st: any): Record<string, number> {
+  const out: Record<string, number> = {};
+  const add = (o: Record<string, number>): void => { for (const [k, v] of Object.entries(o ?? {})) out[k] = (out[k] ?? 0) + v; };
+  add(st.dropped);
+  for (const w of st.workers) add(w.drops);
+  return out;
+}
+
+export function diffDrops(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) { const d = (b[k] ?? 0) - (a[k] ?? 0); if (d) out[k] = d; }
+  return out;
+}
+
