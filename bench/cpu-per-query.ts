@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  makeWorkDir, missingTools, peerSpecs, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion,
+  makeWorkDir, missingTools, peerSpecs, removeWorkDir, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion,
   type Endpoint, type PeerSpec, type Proxy,
 } from './lib/peers.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
@@ -232,6 +232,7 @@ try {
   }
 } finally {
   for (const x of nsds) await x.stop();
+  removeWorkDir(dir);
 }
 
 const summary: Record<string, { label: string; usPerQuery: number; perRound: number[]; perProcessUs: number[] }> = {};

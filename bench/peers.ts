@@ -22,7 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { barChartSpec, renderChart, type BarRow } from './lib/chart.js';
 import {
-  makeWorkDir, missingTools, peerSpecs, percentile, runDnsperf, runSockperf, startNsd, startSockperfServer, toolVersion,
+  makeWorkDir, missingTools, peerSpecs, removeWorkDir, percentile, runDnsperf, runSockperf, startNsd, startSockperfServer, toolVersion,
   type DnsperfResult, type Endpoint, type PlainBackend, type PeerSpec, type Proxy, type SockperfResult,
 } from './lib/peers.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
@@ -262,11 +262,15 @@ for (const [n, r] of Object.entries(ratios)) {
 
 const rows: BarRow[] = [];
 for (const [n, d] of Object.entries(dns)) {
-  rows.push({ category: labelOf(n), metric: `DNS max QPS (<= ${lossPct}% lost)`, value: d.maxQps });
-  rows.push({ category: labelOf(n), metric: `DNS p99 at ${latencyRate} qps (us)`, value: d.p99Us });
+  rows.push({ category: n, metric: `DNS max QPS (<= ${lossPct}% lost)`, value: d.maxQps });
+  rows.push({ category: n, metric: `DNS p99 at ${latencyRate} qps (us)`, value: d.p99Us });
 }
-for (const [n, d] of Object.entries(ping)) rows.push({ category: labelOf(n), metric: 'UDP ping-pong p99 RTT (us)', value: d.p99Us });
-const svg = rows.length ? await renderChart(barChartSpec(`flowlb vs peers, ${os.cpus().length} shared CPUs, medians of ${rounds} round(s)`, rows), path.join(ROOT, 'results/peers.svg')) : null;
+for (const [n, d] of Object.entries(ping)) rows.push({ category: n, metric: 'UDP ping-pong p99 RTT (us)', value: d.p99Us });
+const chartTitle = {
+  text: `flowlb vs peers: ${os.cpus().length} CPUs shared by client, backends and proxy; medians of ${rounds} round(s)`,
+  subtitle: `${available.map((s) => s.label).join(', ')}; DNS: 2 nsd, dnsperf -c ${clients}; ping-pong: 2 sockperf servers, sockperf --full-rtt`,
+};
+const svg = rows.length ? await renderChart(barChartSpec(chartTitle, rows), path.join(ROOT, 'results/peers.svg')) : null;
 
 const file = writeResult('peers', {
   short, rounds, trialSec, maxTrials, lossPct, clients, latencyRate, latencySec, pingpongSec, minAnsweredShare: MIN_ANSWERED_SHARE,
@@ -281,4 +285,5 @@ const file = writeResult('peers', {
   runs: { dns: dnsRuns, pingpong: pingRuns },
   elapsedSec: Math.round((Date.now() - started) / 1000),
 });
+removeWorkDir(dir);
 console.log(`written ${file}${svg ? ` and ${svg}` : ''} in ${Math.round((Date.now() - started) / 1000)} s`);

@@ -7,8 +7,10 @@
  *
  *   node dist/bench/sip.js [--short] [--calls 200] [--rate 20] [--hold-ms 1000] [--workers 2] [--via flowlb|nginx]
  *
- * `--via nginx` runs the same calls through nginx's stream UDP proxy (round robin, proxy_responses 1, as in
- * bench/peers.ts), which has no per-flow affinity once a session ends: it shows what the check catches.
+ * `--via nginx` runs the same calls through nginx's stream UDP proxy instead (2 workers, round robin), with
+ * the settings SIP needs: no proxy_responses (with `proxy_responses 1`, bench/peers.ts's DNS setting, the
+ * session ends at the first reply, a 100/180, and the 200 OK is dropped) and a proxy_timeout longer than the
+ * call, so a call's datagrams stay in one session and reach one backend.
  *
  * Writes results/sip.json; exits 1 if any call failed or a backend got no calls, 0 when sipp is missing
  * (skipped, with the reason).
@@ -16,7 +18,7 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import {
-  freePort, makeWorkDir, missingTools, NGINX_STREAM_MODULE, readSippStats, runToolStatus, startFlowlbProxy, startNginx, startSippUas,
+  freePort, makeWorkDir, missingTools, removeWorkDir, NGINX_STREAM_MODULE, readSippStats, runToolStatus, startFlowlbProxy, startNginx, startSippUas,
   tail, toolVersion, type Proxy, type SippStats, type SippUas,
 } from './lib/peers.js';
 import { sleep, writeResult } from './lib/procs.js';
@@ -56,7 +58,7 @@ const maxSocket = Math.max(16, Math.min(1024, Math.ceil(rate * (holdMs / 1000 + 
 const dir = makeWorkDir('sip');
 const uas: SippUas[] = [await startSippUas({ dir, name: 'uas-1' }), await startSippUas({ dir, name: 'uas-2' })];
 const backends = uas.map((u) => ({ host: '127.0.0.1', port: u.port }));
-const proxy: Proxy = via === 'flowlb' ? await startFlowlbProxy({ dir, backends, dns: false, workers }) : await startNginx({ dir, backends, dns: false, workers });
+const proxy: Proxy = via === 'flowlb' ? await startFlowlbProxy({ dir, backends, dns: false, workers }) : await startNginx({ dir, backends, dns: false, workers, responses: null, timeoutSec: Math.ceil(holdMs / 1000) + 30 });
 const uacStat = path.join(dir, 'uac.csv');
 const uacPort = await freePort();
 const timeoutSec = Math.ceil(calls / rate + holdMs / 1000 + 30);
@@ -119,4 +121,5 @@ console.log(`sip: ${ok ? 'OK' : 'FAILED'}: ${uac?.successful ?? 0}/${calls} call
   `per backend ${perBackend.join('/')}; INVITE->200 avg ${uac?.responseTime1Ms ?? '?'} ms, call length avg ${uac?.callLengthMs ?? '?'} ms` +
   `${ok ? '' : `; ${problems.join('; ')}`}`);
 console.log(`written ${file} in ${Math.round((Date.now() - started) / 1000)} s`);
-if (!ok) process.exitCode = 1;
+if (ok) removeWorkDir(dir);
+else { console.log(`configs and logs kept in ${dir}`); process.exitCode = 1; }

@@ -41,7 +41,11 @@ export interface BarRow {
  * Bars, one panel per metric side by side, each with its own y scale (QPS and microseconds do not share an
  * axis). Value labels sit on the bars so the chart reads without hovering.
  */
-export function barChartSpec(title: string, rows: readonly BarRow[], opts: { panelWidth?: number; panelHeight?: number } = {}): TopLevelSpec {
+export function barChartSpec(
+  title: string | { text: string; subtitle: string },
+  rows: readonly BarRow[],
+  opts: { panelWidth?: number; panelHeight?: number } = {},
+): TopLevelSpec {
   const data = rows.map((r) => ({ ...r, series: r.series ?? r.category, label: formatValue(r.value) }));
   const metrics = [...new Set(rows.map((r) => r.metric))];
   // Bars side by side within a category only when there are series; otherwise one centred bar per category.
@@ -59,12 +63,13 @@ export function barChartSpec(title: string, rows: readonly BarRow[], opts: { pan
       height,
       transform: [{ filter: { field: 'metric', equal: metric } }],
       encoding: {
-        x: { field: 'category', type: 'nominal', title: null, sort: null, axis: { labelAngle: -30 } },
+        x: { field: 'category', type: 'nominal', title: null, sort: null, axis: { labelAngle: -20, labelLimit: 240 } },
         ...offset,
         y: { field: 'value', type: 'quantitative', title: metric },
       },
       layer: [
-        { mark: { type: 'bar' }, encoding: { color: { field: 'series', type: 'nominal', title: null } } },
+        // Without series the colour only tells categories apart, which the axis already names: no legend.
+        { mark: { type: 'bar' }, encoding: { color: { field: 'series', type: 'nominal', title: null, ...(grouped ? {} : { legend: null }) } } },
         { mark: { type: 'text', dy: -6, fontSize: 10 }, encoding: { text: { field: 'label', type: 'nominal' } } },
       ],
     })),

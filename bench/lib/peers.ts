@@ -60,6 +60,12 @@ export function makeWorkDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `flowlb-${prefix}-`));
 }
 
+/** Removes a work dir made by makeWorkDir, unless FLOWLB_KEEP_WORKDIR is set (configs and logs, for debugging). */
+export function removeWorkDir(dir: string): void {
+  if (process.env.FLOWLB_KEEP_WORKDIR) { console.log(`kept ${dir}`); return; }
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
 /** A port free for both UDP and TCP on 127.0.0.1 right now (nsd and dnsdist listen on both). */
 export async function freePort(): Promise<number> {
   for (let attempt = 0; attempt < 20; attempt++) {
@@ -377,10 +383,20 @@ export interface NginxOptions extends ProxyOptions {
   readonly workers?: number;
   /** One socket per worker, the kernel spreading datagrams by 4-tuple hash (nginx's advice for UDP). Default true. */
   readonly reuseport?: boolean;
+  /**
+   * proxy_responses: the session ends after this many responses (1: DNS-style, one upstream socket per query).
+   * null leaves it out, so a client address:port keeps its session, and so its backend, until proxy_timeout
+   * passes without traffic: what a dialog protocol such as SIP needs.
+   */
+  readonly responses?: number | null;
+  /** proxy_timeout in seconds; default 2 (DNS), longer for dialogs. */
+  readonly timeoutSec?: number;
 }
 
-export function nginxConf(o: { dir: string; port: number; backends: readonly Endpoint[]; workers: number; reuseport: boolean }): string {
-  return `# written by bench/lib/peers.ts: nginx stream UDP proxy, one response per request datagram (DNS-style)
+export function nginxConf(o: {
+  dir: string; port: number; backends: readonly Endpoint[]; workers: number; reuseport: boolean; responses: number | null; timeoutSec: number;
+}): string {
+  return `# written by bench/lib/peers.ts: nginx stream UDP proxy, round robin over the backends
 load_module ${NGINX_STREAM_MODULE};
 worker_processes ${o.workers};
 worker_rlimit_nofile 65536;
@@ -396,9 +412,8 @@ ${o.backends.map((b) => `    server ${b.host}:${b.port};`).join('\n')}
   }
   server {
     listen ${HOST}:${o.port} udp${o.reuseport ? ' reuseport' : ''};
-    proxy_pass backends;
-    proxy_responses 1;
-    proxy_timeout 2s;
+    proxy_pass backends;${o.responses === null ? '' : `\n    proxy_responses ${o.responses};`}
+    proxy_timeout ${o.timeoutSec}s;
   }
 }
 `;
@@ -409,7 +424,10 @@ export async function startNginx(o: NginxOptions): Promise<Proxy> {
   fs.mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const conf = path.join(dir, 'nginx.conf');
-  fs.writeFileSync(conf, nginxConf({ dir, port, backends: o.backends, workers: o.workers ?? 2, reuseport: o.reuseport ?? true }));
+  fs.writeFileSync(conf, nginxConf({
+    dir, port, backends: o.backends, workers: o.workers ?? 2, reuseport: o.reuseport ?? true,
+    responses: o.responses === undefined ? 1 : o.responses, timeoutSec: o.timeoutSec ?? 2,
+  }));
   // -e: the compiled-in error log (/var/log/nginx) is opened before the config is read.
   // SIGQUIT is nginx's graceful stop; SIGTERM its fast one; either ends the workers with the master.
   const l = launch('nginx', 'nginx', ['-e', path.join(dir, 'error.log'), '-p', dir, '-c', conf, '-g', 'daemon off;'], { cpus: o.cpus, cwd: dir });

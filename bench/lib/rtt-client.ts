@@ -37,6 +37,8 @@ export interface RunOptions {
   /** Windows from this time on make up the "steady" figures. Default: the second half. */
   readonly steadyFromMs?: number;
   readonly seed?: number;
+  /** This run's relative rates per flow instead of the ones given at start (0 = the flow stays silent). */
+  readonly weights?: readonly number[];
 }
 
 export interface RttStats { count: number; p50Us: number; p90Us: number; p99Us: number; p999Us: number; maxUs: number }
@@ -135,7 +137,7 @@ async function childMain(): Promise<void> {
     const rttW = Array.from({ length: nGroups }, () => Array.from({ length: windows }, () => [] as number[]));
     const perFlowSent = new Array<number>(flows).fill(0), perFlowReceived = new Array<number>(flows).fill(0);
     const rng = makeRng(c.seed ?? 1);
-    const pick = table!;
+    const pick = c.weights ? new AliasTable(c.weights) : table!;
     const startUs = usNow() + 50_000;
     const windowUs = windowMs * 1000, slotUs = 1e6 / c.ratePps;
     let sent = 0, connected = 0;

@@ -49,20 +49,24 @@ export function writePacketFrame(
   buf: Buffer, off: number, family: number, listener: number, port: number,
   bucket: number, hash: number, addr: Uint8Array, payload: Buffer,
 ): number {
+  // Byte stores instead of Buffer.write*: no argument checks, and this runs once per packet.
   const len = payload.length;
-  buf.writeUInt32LE(FRAME_HEADER_BYTES + len, off);
+  const total = FRAME_HEADER_BYTES + len;
+  buf[off] = total; buf[off + 1] = total >>> 8; buf[off + 2] = total >>> 16; buf[off + 3] = total >>> 24;
   buf[off + OFF_KIND] = FRAME_PACKET;
   buf[off + OFF_FAMILY] = family;
   buf[off + OFF_LISTENER] = listener;
   buf[off + 7] = 0;
-  buf.writeUInt16LE(port, off + OFF_PORT);
-  buf.writeUInt16LE(0, off + 10);
-  buf.writeUInt32LE(bucket, off + OFF_BUCKET);
-  buf.writeUInt32LE(hash, off + OFF_HASH);
-  // Copy 16 bytes of address; for IPv4 the last 12 are left as they were in the scratch (zeroed by the parser).
+  buf[off + OFF_PORT] = port; buf[off + OFF_PORT + 1] = port >>> 8;
+  buf[off + 10] = 0; buf[off + 11] = 0;
+  buf[off + OFF_BUCKET] = bucket; buf[off + OFF_BUCKET + 1] = bucket >>> 8;
+  buf[off + OFF_BUCKET + 2] = bucket >>> 16; buf[off + OFF_BUCKET + 3] = bucket >>> 24;
+  buf[off + OFF_HASH] = hash; buf[off + OFF_HASH + 1] = hash >>> 8;
+  buf[off + OFF_HASH + 2] = hash >>> 16; buf[off + OFF_HASH + 3] = hash >>> 24;
+  // 16 bytes of address; for IPv4 the last 12 are whatever the caller's array holds (zeros: see Dispatcher).
   buf.set(addr, off + OFF_ADDR);
-  payload.copy(buf, off + FRAME_HEADER_BYTES, 0, len);
-  return off + FRAME_HEADER_BYTES + len;
+  buf.set(payload, off + FRAME_HEADER_BYTES);
+  return off + total;
 }
 
 export function writeReleaseFrame(buf: Buffer, off: number, bucket: number, epoch: number): number {
