@@ -11,9 +11,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ROOT } from './lib/procs.js';
 
-const ALL = ['channel', 'primary-cost', 'echo', 'fairness', 'skew', 'interference', 'migration-storm', 'flow-scaling', 'peers', 'cpu-per-query', 'sip'];
+const ALL = ['channel', 'primary-cost', 'reply-path', 'echo', 'fairness', 'skew', 'interference', 'migration-storm', 'flow-scaling', 'peers', 'cpu-per-query', 'sip'];
 const SHORT_ARGS: Record<string, string[]> = {
   channel: ['--count', '100000'],
+  'reply-path': ['--rounds', '1', '--seconds', '2'],
   'primary-cost': ['--trials', '2', '--seconds', '2'],
   echo: ['--rounds', '1', '--trial-ms', '1000'],
 };
