@@ -11,6 +11,7 @@ import { backendCommand } from './commands/backend.js';
 import { genCommand } from './commands/gen.js';
 import { serveCommand } from './commands/serve.js';
 import { topCommand } from './commands/top.js';
+import { whereCommand } from './commands/where.js';
 import { EXIT_RUNTIME, EXIT_USAGE, FlowlbError, UsageError } from './errors.js';
 
 const HELP_WIDTH = 100;
@@ -36,7 +37,7 @@ function describeUsageError(message: string, args: readonly string[]): string {
     return typed ?? name;
   });
   if (names.length === 1 && names[0] === firstWord && args[0] === firstWord) {
-    return `unknown command ${firstWord} (commands: serve, gen, backend, top)`;
+    return `unknown command ${firstWord} (commands: serve, gen, backend, top, where)`;
   }
   const allOptions = names.every((name) => name.startsWith('-'));
   const noun = allOptions ? 'option' : 'argument';
@@ -75,6 +76,7 @@ const parser = yargs(args)
   .command(genCommand)
   .command(backendCommand)
   .command(topCommand)
+  .command(whereCommand)
   .demandCommand(1, 'a command is required: serve, gen, backend or top (see flowlb --help)')
   .strict()
   .help()

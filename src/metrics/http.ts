@@ -11,6 +11,8 @@ import type { Balancer } from '../control/balancer.js';
 import type { Migrator } from '../control/migrator.js';
 import type { WorkerSet } from '../control/worker-set.js';
 import { createMetrics } from './registry.js';
+import { where } from '../control/where.js';
+import { loadHasher } from '../datapath/tuple.js';
 
 export interface ServiceView {
   readonly config: FlowlbConfig;
@@ -97,6 +99,7 @@ export function buildStatus(v: ServiceView): unknown {
 
 export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServer> {
   const metrics = createMetrics(v);
+  const whereHasher = await loadHasher();
   const server = http.createServer((req, res) => {
     const [url, query] = (req.url ?? '/').split('?') as [string, string | undefined];
     if (req.method === 'POST' && url === '/admin/move') {
@@ -116,6 +119,22 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
     if (url === '/healthz') {
       const ok = isHealthy(v);
       res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ok\n' : 'not ready\n');
+    } else if (url === '/where') {
+      // "Where would this flow go": src=IP:PORT [dst=IP:PORT, default the first listener].
+      const q = new URLSearchParams(query ?? '');
+      const l = v.udp[0]!;
+      try {
+        const dst = q.get('dst') ?? (l.family === 6 ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`);
+        const answer = where(whereHasher!, q.get('src') ?? '', dst, v.config.buckets,
+          v.config.handler === 'proxy' ? v.config.backends : [], v.dispatcher.table.owner);
+        const w = answer.worker;
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({
+          ...answer, workerMax: v.config.workers - 1, worker: w !== null && w < v.config.workers ? w : null,
+          migrating: w !== null && w >= v.config.workers,
+        }));
+      } catch (err) {
+        res.writeHead(400, { 'content-type': 'text/plain' }).end(`${err instanceof Error ? err.message : String(err)}\n`);
+      }
     } else if (url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(buildStatus(v)));
     } else if (url === '/metrics') {

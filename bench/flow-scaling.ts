@@ -1,0 +1,264 @@
+/**
+ * Flow scaling: what 1k, 10k, 100k and 1M flows cost flowlb (2 workers, echo handler), in memory and in CPU
+ * per packet, and what it delivers at saturation.
+ *
+ * How the flows are made:
+ *  - Active flows (traffic on every flow, for CPU and throughput): the generator, one socket per flow, so
+ *    100k flows need 8 sender processes (open-file limit) over 8 source addresses (ephemeral ports). 1M
+ *    sockets would need 50+ processes and several GB on this 2-core machine, so 1M flows are not driven
+ *    actively (see below).
+ *  - Idle flows (memory, and the 1M case): a populator (this file with --populate, 1 to 4 processes) binds a
+ *    socket to an explicit 127.1.x.y:port, sends one datagram, closes it, and moves on: one packet per flow,
+ *    every 4-tuple distinct, at a paced rate. The flows then sit idle in the workers' flow tables (idle
+ *    timeout raised to 10 minutes so nothing expires during the measurement).
+ *
+ * Figures, per flow count N:
+ *  - memory: (workers' RSS after populating N idle flows - before) / (flows added), from /status rssBytes;
+ *    and the preallocated flow-table memory per slot of --max-flows (RSS at start with --max-flows M minus
+ *    with --max-flows 1024, over M), which every flowlb pays whether the slots are used or not.
+ *  - CPU per packet: flowlb's primary and workers CPU (/proc) over the packets handled, at a fixed offered
+ *    rate, split into the window in which the flows are created (each flow's first packet) and the steady
+ *    window after it.
+ *  - throughput (full run only): replies flowlb sent per second in the steady window while the generator
+ *    offers more than it can take. The generator (8 processes) shares the 2 cores, so this is the
+ *    machine's figure, not flowlb's alone; compare it with the CPU per packet.
+ *  - 1M: populated idle, then the CPU per packet of a 1k-flow active run with the 1M flows in the table,
+ *    against the same run on a table with nothing else in it.
+ *
+ *   node dist/bench/flow-scaling.js [--short] [--rate 20000] [--sat-rate 80000] [--max-flows 600000]
+ *                                   [--populate-rate 25000] [--no-1m]
+ * Writes results/flow-scaling.json.
+ */
+import dgram from 'node:dgram';
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { runGenerator, type GenResult } from '../src/gen/run.js';
+import { cpuSeconds, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
+
+const HERE = fileURLToPath(import.meta.url);
+/** Populator address space: 127.1.A.B, ports PORT_BASE .. PORT_BASE + PORTS - 1. */
+const PORT_BASE = 10_000, PORTS = 50_000;
+
+function arg(name: string, def: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : def;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Populator child: flows [from, from + count), one datagram each, at most `ratePps`, `inFlight` at once.
+
+async function populateMain(): Promise<void> {
+  const [from, count, port, ratePps] = process.argv.slice(process.argv.indexOf('--populate') + 1).map(Number) as [number, number, number, number];
+  const inFlight = 64;
+  const payload = Buffer.alloc(64);
+  let next = from, ok = 0, failed = 0;
+  const end = from + count;
+  const t0 = performance.now();
+  const one = (i: number): Promise<void> => new Promise((resolve) => {
+    const a = Math.floor(i / PORTS);
+    const address = `127.1.${(a >> 8) & 255}.${(a & 255) + 1}`;
+    const s = dgram.createSocket('udp4');
+    const done = (good: boolean): void => { if (good) ok++; else failed++; try { s.close(); } catch { /* closed */ } resolve(); };
+    s.once('error', () => done(false));
+    s.bind({ address, port: PORT_BASE + (i % PORTS), exclusive: true }, () => {
+      s.send(payload, port, '127.0.0.1', (err) => done(!err));
+    });
+  });
+  const lane = async (): Promise<void> => {
+    while (next < end) {
+      const i = next++;
+      // Paced: flow k of this process goes out no earlier than k / ratePps seconds after the start.
+      const due = ((i - from) / ratePps) * 1000 - (performance.now() - t0);
+      if (due > 1) await sleep(due);
+      await one(i);
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, lane));
+  process.send!({ ok, failed, ms: performance.now() - t0 });
+  process.disconnect();
+}
+
+async function populate(port: number, n: number, ratePps: number): Promise<{ ok: number; failed: number; ms: number }> {
+  const procs = n >= 100_000 ? 4 : 1;
+  const per = Math.ceil(n / procs);
+  const parts = await Promise.all(Array.from({ length: procs }, (_, k) => new Promise<{ ok: number; failed: number; ms: number }>((resolve, reject) => {
+    const from = k * per, count = Math.min(per, n - from);
+    const child = fork(HERE, ['--populate', String(from), String(count), String(port), String(ratePps / procs)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const limit = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('populator timed out')); }, (count / (ratePps / procs)) * 1000 * 3 + 30_000);
+    child.once('message', (m) => { clearTimeout(limit); resolve(m as { ok: number; failed: number; ms: number }); });
+    child.once('exit', (c) => { if (c) { clearTimeout(limit); reject(new Error(`populator exited ${c}`)); } });
+  })));
+  return { ok: parts.reduce((a, p) => a + p.ok, 0), failed: parts.reduce((a, p) => a + p.failed, 0), ms: Math.max(...parts.map((p) => p.ms)) };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The benchmark.
+
+interface Snap { flows: number; workerRss: number; primaryRss: number; handled: number; replies: number; received: number; cpuPrimary: number; cpuWorkers: number; t: number }
+
+function rssOf(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(require_fs().readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch { return NaN; }
+}
+let fsMod: typeof import('node:fs') | null = null;
+function require_fs(): typeof import('node:fs') { return fsMod!; }
+
+async function snap(lb: Flowlb): Promise<Snap> {
+  const st = await lb.status();
+  const ws = st.workers as { pid: number; flowsActive: number; rssBytes: number; handled: number; replies: number }[];
+  return {
+    flows: ws.reduce((a, w) => a + w.flowsActive, 0), workerRss: ws.reduce((a, w) => a + w.rssBytes, 0), primaryRss: rssOf(st.pid),
+    handled: ws.reduce((a, w) => a + w.handled, 0), replies: ws.reduce((a, w) => a + w.replies, 0), received: st.received,
+    cpuPrimary: cpuSeconds(st.pid), cpuWorkers: ws.reduce((a, w) => a + cpuSeconds(w.pid), 0), t: performance.now(),
+  };
+}
+
+/** Worker reports come every 200 ms: wait for two so /status reflects what just happened. */
+const settle = (ms = 1500): Promise<void> => sleep(ms);
+
+function lbArgs(maxFlows: number): string[] {
+  return ['--workers', '2', '--max-flows', String(maxFlows), '--idle-timeout', '10m'];
+}
+
+async function warmUp(lb: Flowlb): Promise<void> {
+  await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 200, ratePps: 5000, durationMs: 1000, sizeBytes: 64, drainMs: 300 });
+}
+
+/** Generator process layout for N active flows: same for every N so the generator's own cost is comparable. */
+function genLayout(n: number): { procs: number; srcAddrs: number } {
+  return { procs: Math.min(8, n), srcAddrs: 8 };
+}
+
+interface Window { fromSnap: Snap; toSnap: Snap }
+function perPacket(w: Window): { primaryUs: number; workersUs: number; totalUs: number; packets: number; seconds: number; repliesPerSec: number } {
+  const packets = w.toSnap.handled - w.fromSnap.handled;
+  const primaryUs = ((w.toSnap.cpuPrimary - w.fromSnap.cpuPrimary) * 1e6) / packets;
+  const workersUs = ((w.toSnap.cpuWorkers - w.fromSnap.cpuWorkers) * 1e6) / packets;
+  const seconds = (w.toSnap.t - w.fromSnap.t) / 1000;
+  return { primaryUs, workersUs, totalUs: primaryUs + workersUs, packets, seconds, repliesPerSec: (w.toSnap.replies - w.fromSnap.replies) / seconds };
+}
+
+/**
+ * One generator run of N flows at `ratePps`, with snapshots at the start of sending, once every flow has had
+ * its first packet, and shortly before the end: the creation window and the steady window.
+ */
+async function activeRun(lb: Flowlb, n: number, ratePps: number, steadyMs: number): Promise<{ gen: GenResult; creation: ReturnType<typeof perPacket> | null; steady: ReturnType<typeof perPacket> | null }> {
+  const creationMs = (n / ratePps) * 1000;
+  const durationMs = creationMs + 500 + steadyMs;
+  let s0: Promise<Snap> | null = null, s1: Promise<Snap> | null = null, s2: Promise<Snap> | null = null;
+  const gen = await runGenerator({
+    target: { host: '127.0.0.1', port: lb.port }, flows: n, ratePps, durationMs, sizeBytes: 64, ...genLayout(n),
+    socketBufferBytes: 1 << 20, drainMs: 1000, progressIntervalMs: 100,
+    onProgress: (p) => {
+      if (s0 === null && p.sent > 0) s0 = snap(lb);
+      if (s1 === null && p.sent >= n * 1.05 + ratePps * 0.3) s1 = snap(lb);
+      if (s2 === null && p.elapsedMs >= durationMs - 300) s2 = snap(lb);
+    },
+  });
+  const [a, b, c] = await Promise.all([s0, s1, s2]);
+  return {
+    gen,
+    creation: a && b ? perPacket({ fromSnap: a, toSnap: b }) : null,
+    steady: b && c ? perPacket({ fromSnap: b, toSnap: c }) : null,
+  };
+}
+
+async function main(): Promise<void> {
+  fsMod = await import('node:fs');
+  const fs = fsMod;
+  const short = process.argv.includes('--short');
+  const rate = arg('rate', short ? 10_000 : 20_000), satRate = arg('sat-rate', 80_000), maxFlows = arg('max-flows', 600_000);
+  const populateRate = arg('populate-rate', 25_000), steadyMs = short ? 3000 : 6000;
+  const counts = short ? [1_000, 10_000] : [1_000, 10_000, 100_000];
+  const with1M = !short && !process.argv.includes('--no-1m');
+  const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
+  const out: Record<string, unknown> = {};
+
+  // Preallocation: RSS at start with --max-flows maxFlows against 1024.
+  const startRss = async (m: number): Promise<number> => {
+    const lb = await startFlowlb(lbArgs(m));
+    try { await settle(1200); return (await snap(lb)).workerRss; } finally { await lb.stop(); }
+  };
+  const rssSmall = await startRss(1024), rssLarge = await startRss(maxFlows);
+  const preallocPerSlot = (rssLarge - rssSmall) / (2 * (maxFlows - 1024));
+  console.log(`preallocated per flow slot: ${preallocPerSlot.toFixed(0)} bytes (2 workers' RSS at start: ${(rssSmall / 2 ** 20).toFixed(1)} MiB with --max-flows 1024, ${(rssLarge / 2 ** 20).toFixed(1)} MiB with --max-flows ${maxFlows})`);
+  out.prealloc = { maxFlows, rssSmallBytes: rssSmall, rssLargeBytes: rssLarge, bytesPerSlot: preallocPerSlot };
+
+  const rows: Record<string, unknown>[] = [];
+  const populated = with1M ? [...counts, 1_000_000] : counts;
+  for (const n of populated) {
+    const row: Record<string, unknown> = { flows: n };
+    // Memory: idle flows, one packet each.
+    {
+      const lb = await startFlowlb(lbArgs(maxFlows));
+      try {
+        await warmUp(lb);
+        await settle();
+        const a = await snap(lb);
+        const pop = await populate(lb.port, n, populateRate);
+        await settle(2500);
+        const b = await snap(lb);
+        const added = b.flows - a.flows;
+        row.memory = {
+          populated: pop, flowsAdded: added, populateSeconds: pop.ms / 1000,
+          workerRssDeltaBytes: b.workerRss - a.workerRss, bytesPerIdleFlow: (b.workerRss - a.workerRss) / added,
+          primaryRssDeltaBytes: b.primaryRss - a.primaryRss,
+        };
+        console.log(`${String(n).padStart(7)} idle flows: ${added} in the tables (${pop.failed} binds failed) after ${(pop.ms / 1000).toFixed(1)} s; workers' RSS +${((b.workerRss - a.workerRss) / 2 ** 20).toFixed(1)} MiB = ${((b.workerRss - a.workerRss) / added).toFixed(0)} bytes/flow (+ ${preallocPerSlot.toFixed(0)} preallocated per slot); primary RSS ${((b.primaryRss - a.primaryRss) / 2 ** 20).toFixed(1)} MiB`);
+        if (n === 1_000_000) {
+          // The table-size effect: 1k active flows with 1M idle ones beside them.
+          const r = await activeRun(lb, 1000, rate, steadyMs);
+          row.active1kWith1MIdle = { steady: r.steady, lossPct: r.gen.lossPct, rtt: r.gen.rtt };
+          console.log(`         1k active flows beside 1M idle: CPU ${r.steady?.totalUs.toFixed(2)} us/packet (primary ${r.steady?.primaryUs.toFixed(2)}, workers ${r.steady?.workersUs.toFixed(2)}), loss ${r.gen.lossPct?.toFixed(3)}%, RTT p99 ${r.gen.rtt?.p99} us`);
+        }
+      } finally { await lb.stop(); }
+    }
+    if (n <= 100_000) {
+      // CPU per packet with every flow active at a fixed rate.
+      const lb = await startFlowlb(lbArgs(maxFlows));
+      try {
+        await warmUp(lb);
+        await settle(500);
+        const r = await activeRun(lb, n, rate, steadyMs);
+        row.active = { offeredPps: rate, creation: r.creation, steady: r.steady, lossPct: r.gen.lossPct, rtt: r.gen.rtt, generatorBound: r.gen.generatorBound, ...genLayout(n) };
+        console.log(`${String(n).padStart(7)} active flows at ${rate} pps: CPU steady ${r.steady?.totalUs.toFixed(2)} us/packet (primary ${r.steady?.primaryUs.toFixed(2)}, workers ${r.steady?.workersUs.toFixed(2)}), ` +
+          `while creating flows ${r.creation?.totalUs.toFixed(2)} us/packet (workers ${r.creation?.workersUs.toFixed(2)}); loss ${r.gen.lossPct?.toFixed(3)}%, RTT p50 ${r.gen.rtt?.p50} us p99 ${r.gen.rtt?.p99} us${r.gen.generatorBound ? ' (generator-bound)' : ''}`);
+      } finally { await lb.stop(); }
+      if (!short) {
+        const lb2 = await startFlowlb(lbArgs(maxFlows));
+        try {
+          await warmUp(lb2);
+          await settle(500);
+          const r = await activeRun(lb2, n, satRate, steadyMs);
+          row.saturated = { offeredPps: satRate, achievedPps: r.gen.achievedRate, steady: r.steady, lossPct: r.gen.lossPct };
+          console.log(`${String(n).padStart(7)} active flows, offered ${satRate} pps (sent ${Math.round(r.gen.achievedRate)}): ${Math.round(r.steady?.repliesPerSec ?? NaN)} replies/s in the steady window, CPU ${r.steady?.totalUs.toFixed(2)} us/packet`);
+        } finally { await lb2.stop(); }
+      }
+    }
+    rows.push(row);
+  }
+
+  const sat = (n: number): number => ((rows.find((r) => r.flows === n)?.saturated as { steady?: { repliesPerSec: number } } | undefined)?.steady?.repliesPerSec ?? NaN);
+  const cpu = (n: number): number => ((rows.find((r) => r.flows === n)?.active as { steady?: { totalUs: number } } | undefined)?.steady?.totalUs ?? NaN);
+  const largest = counts[counts.length - 1]!;
+  const summary = {
+    largestActive: largest,
+    throughputRatioLargestTo1k: sat(largest) / sat(1000),
+    cpuRatioLargestTo1k: cpu(largest) / cpu(1000),
+    bytesPerIdleFlow: Object.fromEntries(rows.map((r) => [r.flows, (r.memory as { bytesPerIdleFlow: number }).bytesPerIdleFlow])),
+  };
+  console.log(`\nCPU per packet at ${largest} active flows / at 1k: ${summary.cpuRatioLargestTo1k.toFixed(2)}x` +
+    (short ? '' : `; saturated throughput at ${largest} / at 1k: ${summary.throughputRatioLargestTo1k.toFixed(2)} (target >= 0.8)`));
+  console.log(`bytes per idle flow (RSS delta, target <= 300): ${Object.entries(summary.bytesPerIdleFlow).map(([k, v]) => `${k}: ${Math.round(v)}`).join(', ')}; plus ${preallocPerSlot.toFixed(0)} preallocated per --max-flows slot`);
+  const file = writeResult('flow-scaling', {
+    command: `node dist/bench/flow-scaling.js ${process.argv.slice(2).join(' ')}`.trim(),
+    rate, satRate, maxFlows, populateRate, steadyMs, loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
+    ...out, summary, rows,
+  });
+  console.log(`written ${file}`);
+}
+
+if (process.argv.includes('--populate')) await populateMain();
+else await main();

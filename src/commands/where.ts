@@ -1,0 +1,44 @@
+/**
+ * `flowlb where --src IP:PORT [--dst IP:PORT] [--url URL | --buckets B --backend ...]`: which bucket, worker and
+ * backend a flow maps to. With --url it asks a running instance (live owner table); without, it computes offline.
+ */
+import type { CommandModule } from 'yargs';
+import { DEFAULT_BUCKETS, DEFAULT_LISTEN, parseBackend } from '../config.js';
+import { UsageError } from '../errors.js';
+import { loadHasher } from '../datapath/tuple.js';
+import { where } from '../control/where.js';
+
+interface WhereFlags { src: string; dst?: string; url?: string; buckets?: number; backend?: string[] }
+
+export const whereCommand: CommandModule<object, WhereFlags> = {
+  command: 'where',
+  describe: 'Which bucket, worker and proxy backend a flow (source address:port) maps to',
+  builder: {
+    src: { type: 'string', demandOption: true, describe: 'Client address and port, IP:PORT or [IPv6]:PORT' },
+    dst: { type: 'string', describe: 'flowlb address the client sends to', defaultDescription: `${DEFAULT_LISTEN} (or the instance's first listener)` },
+    url: { type: 'string', describe: 'Ask a running instance (its status address), e.g. http://127.0.0.1:9090' },
+    buckets: { type: 'number', describe: 'Offline: bucket count', default: DEFAULT_BUCKETS },
+    backend: { type: 'array', string: true, describe: 'Offline: proxy backends HOST:PORT[@WEIGHT], to see which one Maglev picks' },
+  },
+  handler: async (argv) => {
+    if (argv.url) {
+      const base = argv.url.replace(/\/+$/, '');
+      const q = new URLSearchParams({ src: argv.src, ...(argv.dst ? { dst: argv.dst } : {}) });
+      let res: Response;
+      try { res = await fetch(`${base}/where?${q}`); } catch (err) { throw new UsageError(`cannot reach ${base}: ${(err as Error).message}`); }
+      const text = await res.text();
+      if (!res.ok) throw new UsageError(text.trim());
+      process.stdout.write(`${text}\n`);
+      return;
+    }
+    const buckets = argv.buckets ?? DEFAULT_BUCKETS;
+    if (!(buckets >= 1 && (buckets & (buckets - 1)) === 0)) throw new UsageError(`--buckets must be a power of two, got ${buckets}`);
+    const backends = (argv.backend ?? []).map((b) => parseBackend(b));
+    try {
+      const answer = where(await loadHasher(), argv.src, argv.dst ?? DEFAULT_LISTEN, buckets, backends);
+      process.stdout.write(`${JSON.stringify(answer)}\n`);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  },
+};

@@ -1,0 +1,52 @@
+/** `/where` and `flowlb where` predict the worker (and proxy backend) that really serves a flow. */
+import { execFileSync } from 'node:child_process';
+import dgram from 'node:dgram';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CLI, Client, FIXTURES, startFlowlb, waitFor, type Running } from './support/service.js';
+
+let running: Running | null = null;
+let closers: (() => void)[] = [];
+afterEach(async () => { for (const c of closers) c(); closers = []; await running?.stop('SIGKILL'); });
+
+describe('where', () => {
+  it('names the worker that serves each flow', async () => {
+    running = await startFlowlb(['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '3', '--no-balance', '--log-level', 'warn',
+      '--handler', path.join(FIXTURES, 'seq-handler.js')]);
+    for (let i = 0; i < 12; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      closers.push(() => c.close());
+      await c.send('1', running.udpPort, '127.0.0.1');
+      await waitFor(() => c.replies.length === 1, 5000, 'reply');
+      const served = Number(c.replies[0]!.toString().split(' ')[0]);
+      const w = await (await fetch(`http://127.0.0.1:${running.httpPort}/where?src=127.0.0.1:${c.port}`)).json();
+      expect(w.worker).toBe(served);
+      const cli = JSON.parse(execFileSync(process.execPath, [CLI, 'where', '--src', `127.0.0.1:${c.port}`, '--url', `http://127.0.0.1:${running.httpPort}`], { encoding: 'utf8' }));
+      expect(cli.bucket).toBe(w.bucket);
+    }
+  });
+
+  it('names the proxy backend a flow uses, offline as well', async () => {
+    const backends = await Promise.all(['A', 'B', 'C'].map(async (id) => {
+      const s = dgram.createSocket('udp4');
+      s.on('message', (m, r) => s.send(id, r.port, r.address));
+      await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+      closers.push(() => s.close());
+      return { id, port: s.address().port };
+    }));
+    const specs = backends.map((b, i) => `127.0.0.1:${b.port}@${i + 1}`);
+    running = await startFlowlb(['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--handler', 'proxy', '--log-level', 'warn',
+      ...specs.flatMap((s) => ['--backend', s])]);
+    for (let i = 0; i < 10; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      closers.push(() => c.close());
+      await c.send('x', running.udpPort, '127.0.0.1');
+      await waitFor(() => c.replies.length === 1, 5000, 'reply');
+      const id = c.replies[0]!.toString();
+      const expected = `127.0.0.1:${backends.find((b) => b.id === id)!.port}`;
+      const offline = JSON.parse(execFileSync(process.execPath, [CLI, 'where', '--src', `127.0.0.1:${c.port}`, '--dst', `127.0.0.1:${running.udpPort}`,
+        ...specs.flatMap((s) => ['--backend', s])], { encoding: 'utf8' }));
+      expect(offline.backend).toBe(expected);
+    }
+  });
+});
