@@ -29,8 +29,9 @@
  *                                   [--populate-rate 25000] [--no-1m]
  * Writes results/flow-scaling.json.
  */
-import dgram from 'node:dgram';
 import { fork } from 'node:child_process';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { runGenerator, type GenResult } from '../src/gen/run.js';
 import { cpuSeconds, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
@@ -98,12 +99,10 @@ interface Snap { flows: number; workerRss: number; primaryRss: number; handled: 
 
 function rssOf(pid: number): number {
   try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(require_fs().readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) * 1024 : NaN;
   } catch { return NaN; }
 }
-let fsMod: typeof import('node:fs') | null = null;
-function require_fs(): typeof import('node:fs') { return fsMod!; }
 
 async function snap(lb: Flowlb): Promise<Snap> {
   const st = await lb.status();
@@ -166,8 +165,6 @@ async function activeRun(lb: Flowlb, n: number, ratePps: number, steadyMs: numbe
 }
 
 async function main(): Promise<void> {
-  fsMod = await import('node:fs');
-  const fs = fsMod;
   const short = process.argv.includes('--short');
   const rate = arg('rate', short ? 10_000 : 20_000), satRate = arg('sat-rate', 80_000), maxFlows = arg('max-flows', 600_000);
   const populateRate = arg('populate-rate', 25_000), steadyMs = short ? 3000 : 6000;

@@ -8,7 +8,8 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { FlowlbConfig } from '../config.js';
 import {
-  DROP_FLOW_QUEUE_FULL, DROP_FLOW_TABLE_FULL, DROP_HANDLER_ERROR, DROP_MALFORMED, DROP_QUEUE_FULL, DROP_REASON_COUNT,
+  DROP_FLOW_QUEUE_FULL, DROP_FLOW_TABLE_FULL, DROP_HANDLER_ERROR, DROP_MALFORMED, DROP_NO_BACKEND, DROP_QUEUE_FULL,
+  DROP_REASON_COUNT,
 } from '../datapath/counters.js';
 import { ENQ_FLOW_FULL, ENQ_FULL, ENQ_PUSHED_OUT, FairQueue } from '../datapath/fair-queue.js';
 import { FlowTable } from '../datapath/flow-table.js';
@@ -489,11 +490,14 @@ export async function runWorker(): Promise<void> {
     const wallUs = (now - lastWall) * 1000;
     const cpuUtil = wallUs > 0 ? (cpu.user - lastCpu.user + cpu.system - lastCpu.system) / wallUs : 0;
     const eluNow = performance.eventLoopUtilization(elu, lastElu).utilization;
+    const handlerCounters = (handler as { counters?: () => Record<string, number> }).counters?.();
+    const counters = rt.snapshotCounters();
+    // A handler's own drops of a packet it accepted: no backend to send it to (proxy) is a drop reason of its own.
+    if (handlerCounters) counters.drops[DROP_NO_BACKEND] = (handlerCounters.dropped_no_backend ?? 0) + (handlerCounters.dropped_connect_failed ?? 0);
     send({
       t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
-      peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters: rt.snapshotCounters(),
-      memRss: process.memoryUsage.rss(), cpuUs: cpu.user + cpu.system,
-      handlerCounters: (handler as { counters?: () => Record<string, number> }).counters?.(),
+      peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters,
+      memRss: process.memoryUsage.rss(), cpuUs: cpu.user + cpu.system, handlerCounters,
     });
     lastWall = now; lastCpu = cpu; lastElu = elu;
   }, config.balancer.reportIntervalMs);
