@@ -8,6 +8,10 @@
  * run, divided by the queries dnsperf got answers for. A 1 s warm-up at the same rate comes first (upstream
  * sockets, JIT), outside the measurement.
  *
+ * Before each measurement one idle second records how many cores the rest of the machine keeps busy, and the
+ * machine's total busy cores during the run are recorded too: on a shared machine, a proxy pinned to CPU 0
+ * shares it with whatever else runs there, and its cycles per query grow with the cache and scheduler churn.
+ *
  * Then one more flowlb run under `--cpu-prof` (primary and workers, through execArgv: Node 20 refuses
  * --cpu-prof in NODE_OPTIONS) at the same rate; the top self-time functions of the primary and of the busier
  * worker go into the JSON, the profiles themselves into results/prof/cpu-per-query/.
@@ -19,7 +23,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  makeWorkDir, missingTools, peerSpecs, removeWorkDir, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion,
+  backgroundBusyCores, busyCoresSince, flowlbBuild, machineCpu, makeWorkDir, missingTools, peerSpecs, removeWorkDir, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion,
   type Endpoint, type PeerSpec, type Proxy,
 } from './lib/peers.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
@@ -71,6 +75,8 @@ interface Measure {
   readonly perProcess: { pid: number; role: string; cpuSeconds: number; usPerQuery: number }[];
   /** The measured run on CLOCK_MONOTONIC, microseconds. */
   readonly windowUs: [number, number];
+  /** Cores busy on the whole machine during the run (every process; ours take about one at most). */
+  readonly machineBusyCores: number;
 }
 
 function perPidCpu(pids: number[]): Map<number, number> {
@@ -82,7 +88,9 @@ async function measure(p: Proxy): Promise<Measure> {
   const pids = p.pids();
   const c0 = perPidCpu(pids);
   const t0 = monotonicUs();
+  const m0 = machineCpu();
   const r = await runDnsperf({ port: p.port, seconds, qps: rate, clients, cpus: LOAD_CPU });
+  const machineBusyCores = busyCoresSince(m0);
   const t1 = monotonicUs();
   const c1 = perPidCpu(pids);
   const appeared = p.pids().filter((x) => !pids.includes(x));
@@ -94,7 +102,7 @@ async function measure(p: Proxy): Promise<Measure> {
   const cpu = perProcess.reduce((a, x) => a + x.cpuSeconds, 0);
   return {
     answered: r.completed, lostPct: round(r.lostPct, 3), cpuSeconds: round(cpu, 3), usPerQuery: round((cpu * 1e6) / r.completed, 2),
-    perProcess, windowUs: [t0, t1],
+    perProcess, windowUs: [t0, t1], machineBusyCores,
   };
 }
 
@@ -204,18 +212,19 @@ const nsds = [await startNsd({ dir, identity: 'backend-1', cpus: LOAD_CPU }), aw
 const backends = nsds.map((x) => ({ host: '127.0.0.1', port: x.port }));
 console.log(`${rate} qps x ${seconds} s, dnsperf -c ${clients}; proxy on CPU ${PROXY_CPU}, load and backends on CPU ${LOAD_CPU}; ${rounds} round(s)`);
 
-const rows: { round: number; variant: string; measure: Measure }[] = [];
+const rows: { round: number; variant: string; backgroundBusyCores: number; measure: Measure }[] = [];
 let profile: unknown = null;
 try {
   for (let r = 0; r < rounds; r++) {
     for (const v of run) {
+      const background = await backgroundBusyCores();
       const p = await v.start(dir, backends);
       try {
         await sleep(300);
         const m = await measure(p);
-        rows.push({ round: r, variant: v.name, measure: m });
+        rows.push({ round: r, variant: v.name, backgroundBusyCores: background, measure: m });
         console.log(`round ${r} ${v.label}: ${m.usPerQuery} us CPU/query (${m.cpuSeconds} s over ${m.answered} answered, ${m.lostPct}% lost; ` +
-          `per process ${m.perProcess.map((x) => x.usPerQuery).join(' + ')})`);
+          `per process ${m.perProcess.map((x) => x.usPerQuery).join(' + ')}); machine: ${background} cores busy before, ${m.machineBusyCores} during`);
       } finally {
         await p.stop();
       }
@@ -235,14 +244,17 @@ try {
   removeWorkDir(dir);
 }
 
-const summary: Record<string, { label: string; usPerQuery: number; perRound: number[]; perProcessUs: number[] }> = {};
+const summary: Record<string, { label: string; usPerQuery: number; perRound: number[]; perProcessUs: number[]; backgroundBusyCores: number[] }> = {};
 for (const v of run) {
   const mine = rows.filter((x) => x.variant === v.name);
   if (!mine.length) continue;
   // Per-process medians by position (flowlb: primary, then workers in pid order).
   const width = Math.max(...mine.map((x) => x.measure.perProcess.length));
   const perProcessUs = Array.from({ length: width }, (_, i) => round(median(mine.map((x) => x.measure.perProcess[i]?.usPerQuery ?? NaN).filter(Number.isFinite)), 2));
-  summary[v.name] = { label: v.label, usPerQuery: round(median(mine.map((x) => x.measure.usPerQuery)), 2), perRound: mine.map((x) => x.measure.usPerQuery), perProcessUs };
+  summary[v.name] = {
+    label: v.label, usPerQuery: round(median(mine.map((x) => x.measure.usPerQuery)), 2), perRound: mine.map((x) => x.measure.usPerQuery), perProcessUs,
+    backgroundBusyCores: mine.map((x) => x.backgroundBusyCores),
+  };
 }
 const ratios: Record<string, number> = {};
 if (summary.flowlb) for (const [n, s] of Object.entries(summary)) if (n !== 'flowlb') ratios[n] = round(summary.flowlb.usPerQuery / s.usPerQuery, 2);
@@ -253,6 +265,7 @@ for (const [n, x] of Object.entries(ratios)) console.log(`  flowlb (2 workers) /
 
 const file = writeResult('cpu-per-query', {
   short, rate, seconds, rounds, clients, warmupSec: WARMUP_SEC, proxyCpu: PROXY_CPU, loadCpu: LOAD_CPU,
+  flowlb: flowlbBuild(),
   machine: { cpus: os.cpus().length, node: process.version, loadAvgAfter: os.loadavg() },
   tools: { nginx: toolVersion('nginx', ['-v'], /nginx\/(\S+)/), dnsdist: toolVersion('dnsdist', ['--version'], /dnsdist (\S+)/), dnsperf: toolVersion('dnsperf', ['-h'], /Version (\S+)/) },
   skipped, summary, ratiosFlowlbOver: ratios, rows, profile,

@@ -23,7 +23,7 @@ import { runGenerator } from '../src/gen/run.js';
 import { barChartSpec, renderChart, type BarRow } from './lib/chart.js';
 import { ROOT, sleep, writeResult } from './lib/procs.js';
 import { startRttClient, type GroupResult } from './lib/rtt-client.js';
-import { diffDrops, freeUdpPort, startOn, sumDrops, waitIdle } from './lib/sampler.js';
+import { diffDrops, freeUdpPort, startOn, sumDrops, waitForQuiet, waitIdle } from './lib/sampler.js';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -34,6 +34,7 @@ const short = process.argv.includes('--short');
 const costUs = arg('cost-us', 200), seconds = arg('seconds', short ? 5 : 12), light = arg('light', 50), heavyX = arg('heavy-x', 10);
 const sizeBytes = 200, EXHAUSTIVE_QUANTUM = 2 ** 31 - 1;
 const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
+const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-fairness-'));
 function configFile(name: string, quantumBytes?: number): string {
@@ -49,6 +50,7 @@ const drrCfg = configFile('drr'), exhaustiveCfg = configFile('exhaustive', EXHAU
 // Capacity of one worker.
 let capacityPps: number;
 {
+  if (quietWaitMs > 0) await waitForQuiet(quietWaitMs);
   const lb = await startOn(0, ['--config', drrCfg, '--workers', '1']);
   try {
     const ideal = 1e6 / costUs;
@@ -80,9 +82,10 @@ const runsPlan: Run[] = [
 const port = await freeUdpPort();
 // Flow 0 is the heavy one (group 1); flows 1..light are the light ones (group 0).
 const client = await startRttClient({ weights: [heavyX, ...new Array<number>(light).fill(1)], groups: [1, ...new Array<number>(light).fill(0)], sizeBytes });
-const results: { name: string; offeredPps: number; load: number; light: GroupResult; heavy: GroupResult | null; drops: Record<string, number>; queuePeak: number }[] = [];
+const results: { quiet: unknown; name: string; offeredPps: number; load: number; light: GroupResult; heavy: GroupResult | null; drops: Record<string, number>; queuePeak: number }[] = [];
 try {
   for (const run of runsPlan) {
+    const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
     const lb = await startOn(port, ['--config', run.cfg, '--workers', '1']);
     try {
       await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 32, ratePps: 500, durationMs: 1000, sizeBytes, drainMs: 300 });
@@ -92,7 +95,7 @@ try {
       const res = await client.run({ port, ratePps: offeredPps, durationMs: seconds * 1000, drainMs: 2000, weights: [run.heavy, ...new Array<number>(light).fill(1)], steadyFromMs: 1000 });
       const s1 = await lb.status();
       const lightRes = res.groups[0]!, heavyRes = run.heavy > 0 ? res.groups[1]! : null;
-      const out = { name: run.name, offeredPps: Math.round(offeredPps), load: offeredPps / capacityPps, light: lightRes, heavy: heavyRes, drops: diffDrops(sumDrops(s0), sumDrops(s1)), queuePeak: 0 };
+      const out = { quiet, name: run.name, offeredPps: Math.round(offeredPps), load: offeredPps / capacityPps, light: lightRes, heavy: heavyRes, drops: diffDrops(sumDrops(s0), sumDrops(s1)), queuePeak: 0 };
       results.push(out);
       const f = (g: GroupResult | null): string => g ? `p50 ${((g.steady?.p50Us ?? NaN) / 1000).toFixed(2)} ms, p99 ${((g.steady?.p99Us ?? NaN) / 1000).toFixed(2)} ms, loss ${((100 * g.lost) / Math.max(1, g.sent)).toFixed(2)}%` : '-';
       console.log(`${run.name.padEnd(30)} offered ${Math.round(offeredPps)} pps (${out.load.toFixed(2)} x capacity): light ${f(lightRes)} | heavy ${f(heavyRes)} | drops ${JSON.stringify(out.drops)}`);
@@ -108,12 +111,12 @@ console.log(`light flows' p99 (after the first second): alone ${(base / 1000).to
 
 const rows: BarRow[] = [];
 for (const x of results) {
-  rows.push({ category: x.name, metric: 'light flows p99 (ms)', value: (x.light.steady?.p99Us ?? NaN) / 1000, series: 'light' });
-  if (x.heavy) rows.push({ category: x.name, metric: 'heavy flow p99 (ms)', value: (x.heavy.steady?.p99Us ?? NaN) / 1000, series: 'heavy' });
-  rows.push({ category: x.name, metric: 'loss (%)', value: (100 * x.light.lost) / x.light.sent, series: 'light' });
-  if (x.heavy) rows.push({ category: x.name, metric: 'loss (%)', value: (100 * x.heavy.lost) / x.heavy.sent, series: 'heavy' });
+  rows.push({ category: x.name, metric: 'RTT p99 (ms)', value: (x.light.steady?.p99Us ?? NaN) / 1000, series: 'light flows' });
+  if (x.heavy) rows.push({ category: x.name, metric: 'RTT p99 (ms)', value: (x.heavy.steady?.p99Us ?? NaN) / 1000, series: 'heavy flow' });
+  rows.push({ category: x.name, metric: 'loss (%)', value: (100 * x.light.lost) / x.light.sent, series: 'light flows' });
+  if (x.heavy) rows.push({ category: x.name, metric: 'loss (%)', value: (100 * x.heavy.lost) / x.heavy.sent, series: 'heavy flow' });
 }
-const svg = await renderChart(barChartSpec(`Fairness: ${light} light flows + 1 heavy, 1 worker, burn ${costUs} us/packet (DRR vs exhaustive service)`, rows, { panelWidth: 260 }), path.join(ROOT, 'results/fairness.svg'));
+const svg = await renderChart(barChartSpec(`Fairness: ${light} light flows + 1 heavy, 1 worker, burn ${costUs} us/packet (DRR vs exhaustive service)`, rows, { panelWidth: 360 }), path.join(ROOT, 'results/fairness.svg'));
 const file = writeResult('fairness', {
   command: `node dist/bench/fairness.js ${process.argv.slice(2).join(' ')}`.trim(),
   costUs, seconds, lightFlows: light, heavyX, overloadX, capacityPps: Math.round(capacityPps), lightFlowPps: r, loadavgAtStart,

@@ -1,6 +1,6 @@
 /**
- * Flow scaling: what 1k, 10k, 100k and 1M flows cost flowlb (2 workers, echo handler), in memory and in CPU
- * per packet, and what it delivers at saturation.
+ * Flow scaling: what 1k, 10k, 100k and 1M flows cost flowlb (2 workers, echo handler, static hashing), in
+ * memory and in CPU per packet, and what it delivers at saturation.
  *
  * How the flows are made:
  *  - Active flows (traffic on every flow, for CPU and throughput): the generator, one socket per flow, so
@@ -26,7 +26,7 @@
  *    against the same run on a table with nothing else in it.
  *
  *   node dist/bench/flow-scaling.js [--short] [--rate 20000] [--sat-rate 80000] [--max-flows 600000]
- *                                   [--populate-rate 25000] [--no-1m]
+ *                                   [--populate-rate 12000] [--no-1m]
  * Writes results/flow-scaling.json.
  */
 import { fork } from 'node:child_process';
@@ -35,6 +35,7 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { runGenerator, type GenResult } from '../src/gen/run.js';
 import { cpuSeconds, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
+import { waitForQuiet } from './lib/sampler.js';
 
 const HERE = fileURLToPath(import.meta.url);
 /** Populator address space: 127.1.A.B, ports PORT_BASE .. PORT_BASE + PORTS - 1. */
@@ -79,11 +80,12 @@ async function populateMain(): Promise<void> {
   process.disconnect();
 }
 
-async function populate(port: number, n: number, ratePps: number): Promise<{ ok: number; failed: number; ms: number }> {
-  const procs = n >= 100_000 ? 4 : 1;
+/** Populates flows [first, first + n) (populator numbering), in 1 to 4 processes. */
+async function populate(port: number, first: number, n: number, ratePps: number): Promise<{ ok: number; failed: number; ms: number }> {
+  const procs = n >= 50_000 ? 4 : 1;
   const per = Math.ceil(n / procs);
   const parts = await Promise.all(Array.from({ length: procs }, (_, k) => new Promise<{ ok: number; failed: number; ms: number }>((resolve, reject) => {
-    const from = k * per, count = Math.min(per, n - from);
+    const from = first + k * per, count = Math.min(per, first + n - from);
     const child = fork(HERE, ['--populate', String(from), String(count), String(port), String(ratePps / procs)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     const limit = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('populator timed out')); }, (count / (ratePps / procs)) * 1000 * 3 + 30_000);
     child.once('message', (m) => { clearTimeout(limit); resolve(m as { ok: number; failed: number; ms: number }); });
@@ -95,7 +97,7 @@ async function populate(port: number, n: number, ratePps: number): Promise<{ ok:
 // ---------------------------------------------------------------------------------------------------
 // The benchmark.
 
-interface Snap { flows: number; workerRss: number; primaryRss: number; handled: number; replies: number; received: number; cpuPrimary: number; cpuWorkers: number; t: number }
+interface Snap { dropped: Record<string, number>; workerDrops: Record<string, number>[]; flows: number; workerRss: number; primaryRss: number; handled: number; replies: number; received: number; cpuPrimary: number; cpuWorkers: number; t: number }
 
 function rssOf(pid: number): number {
   try {
@@ -108,6 +110,7 @@ async function snap(lb: Flowlb): Promise<Snap> {
   const st = await lb.status();
   const ws = st.workers as { pid: number; flowsActive: number; rssBytes: number; handled: number; replies: number }[];
   return {
+    dropped: st.dropped, workerDrops: (st.workers as { drops: Record<string, number> }[]).map((w) => w.drops),
     flows: ws.reduce((a, w) => a + w.flowsActive, 0), workerRss: ws.reduce((a, w) => a + w.rssBytes, 0), primaryRss: rssOf(st.pid),
     handled: ws.reduce((a, w) => a + w.handled, 0), replies: ws.reduce((a, w) => a + w.replies, 0), received: st.received,
     cpuPrimary: cpuSeconds(st.pid), cpuWorkers: ws.reduce((a, w) => a + cpuSeconds(w.pid), 0), t: performance.now(),
@@ -117,8 +120,12 @@ async function snap(lb: Flowlb): Promise<Snap> {
 /** Worker reports come every 200 ms: wait for two so /status reflects what just happened. */
 const settle = (ms = 1500): Promise<void> => sleep(ms);
 
+/**
+ * Static hashing: this benchmark measures what flows cost, not balancing, and a bucket migration in the
+ * middle of populating (a bucket holds ~1000 flows at 1M) would move state around while it is measured.
+ */
 function lbArgs(maxFlows: number): string[] {
-  return ['--workers', '2', '--max-flows', String(maxFlows), '--idle-timeout', '10m'];
+  return ['--workers', '2', '--max-flows', String(maxFlows), '--idle-timeout', '10m', '--no-balance'];
 }
 
 async function warmUp(lb: Flowlb): Promise<void> {
@@ -167,10 +174,12 @@ async function activeRun(lb: Flowlb, n: number, ratePps: number, steadyMs: numbe
 async function main(): Promise<void> {
   const short = process.argv.includes('--short');
   const rate = arg('rate', short ? 10_000 : 20_000), satRate = arg('sat-rate', 80_000), maxFlows = arg('max-flows', 600_000);
-  const populateRate = arg('populate-rate', 25_000), steadyMs = short ? 3000 : 6000;
+  const populateRate = arg('populate-rate', 12_000), steadyMs = short ? 3000 : 6000;
   const counts = short ? [1_000, 10_000] : [1_000, 10_000, 100_000];
   const with1M = !short && !process.argv.includes('--no-1m');
   const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
+  const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
+  const quiet = async (): Promise<unknown> => (quietWaitMs > 0 ? waitForQuiet(quietWaitMs) : null);
   const out: Record<string, unknown> = {};
 
   // Preallocation: RSS at start with --max-flows maxFlows against 1024.
@@ -183,37 +192,52 @@ async function main(): Promise<void> {
   console.log(`preallocated per flow slot: ${preallocPerSlot.toFixed(0)} bytes (2 workers' RSS at start: ${(rssSmall / 2 ** 20).toFixed(1)} MiB with --max-flows 1024, ${(rssLarge / 2 ** 20).toFixed(1)} MiB with --max-flows ${maxFlows})`);
   out.prealloc = { maxFlows, rssSmallBytes: rssSmall, rssLargeBytes: rssLarge, bytesPerSlot: preallocPerSlot };
 
-  const rows: Record<string, unknown>[] = [];
-  const populated = with1M ? [...counts, 1_000_000] : counts;
-  for (const n of populated) {
-    const row: Record<string, unknown> = { flows: n };
-    // Memory: idle flows, one packet each.
-    {
-      const lb = await startFlowlb(lbArgs(maxFlows));
-      try {
-        await warmUp(lb);
-        await settle();
-        const a = await snap(lb);
-        const pop = await populate(lb.port, n, populateRate);
+  // Memory: one flowlb, idle flows added in steps; RSS after each step.
+  const ladder = short ? [1_000, 10_000, 100_000] : with1M ? [1_000, 10_000, 100_000, 1_000_000] : [1_000, 10_000, 100_000];
+  const memory: Record<string, unknown>[] = [];
+  {
+    out.quietBeforeMemory = await quiet();
+    const lb = await startFlowlb(lbArgs(maxFlows));
+    try {
+      await warmUp(lb);
+      await settle();
+      const base = await snap(lb);
+      let prev = base, made = 0;
+      for (const n of ladder) {
+        const pop = await populate(lb.port, made, n - made, populateRate);
+        made = n;
         await settle(2500);
-        const b = await snap(lb);
-        const added = b.flows - a.flows;
-        row.memory = {
-          populated: pop, flowsAdded: added, populateSeconds: pop.ms / 1000,
-          workerRssDeltaBytes: b.workerRss - a.workerRss, bytesPerIdleFlow: (b.workerRss - a.workerRss) / added,
-          primaryRssDeltaBytes: b.primaryRss - a.primaryRss,
+        const cur = await snap(lb);
+        const flows = cur.flows - base.flows;
+        const step = {
+          target: n, flowsInTables: flows, bindsFailed: pop.failed, populateSeconds: pop.ms / 1000,
+          // Datagrams the populator sent that the primary never read were lost in the kernel (its socket buffer).
+          primaryReceived: cur.received - prev.received, sent: pop.ok,
+          workerRssDeltaBytes: cur.workerRss - base.workerRss, bytesPerIdleFlow: (cur.workerRss - base.workerRss) / flows,
+          marginalBytesPerFlow: (cur.workerRss - prev.workerRss) / (cur.flows - prev.flows),
+          primaryRssDeltaBytes: cur.primaryRss - base.primaryRss,
+          drops: { primary: cur.dropped, workers: cur.workerDrops },
         };
-        console.log(`${String(n).padStart(7)} idle flows: ${added} in the tables (${pop.failed} binds failed) after ${(pop.ms / 1000).toFixed(1)} s; workers' RSS +${((b.workerRss - a.workerRss) / 2 ** 20).toFixed(1)} MiB = ${((b.workerRss - a.workerRss) / added).toFixed(0)} bytes/flow (+ ${preallocPerSlot.toFixed(0)} preallocated per slot); primary RSS ${((b.primaryRss - a.primaryRss) / 2 ** 20).toFixed(1)} MiB`);
-        if (n === 1_000_000) {
-          // The table-size effect: 1k active flows with 1M idle ones beside them.
-          const r = await activeRun(lb, 1000, rate, steadyMs);
-          row.active1kWith1MIdle = { steady: r.steady, lossPct: r.gen.lossPct, rtt: r.gen.rtt };
-          console.log(`         1k active flows beside 1M idle: CPU ${r.steady?.totalUs.toFixed(2)} us/packet (primary ${r.steady?.primaryUs.toFixed(2)}, workers ${r.steady?.workersUs.toFixed(2)}), loss ${r.gen.lossPct?.toFixed(3)}%, RTT p99 ${r.gen.rtt?.p99} us`);
-        }
-      } finally { await lb.stop(); }
-    }
-    if (n <= 100_000) {
-      // CPU per packet with every flow active at a fixed rate.
+        memory.push(step);
+        prev = cur;
+        console.log(`${String(n).padStart(7)} idle flows: ${flows} in the tables (${pop.ok} sent, ${step.primaryReceived} read by the primary, ${pop.failed} binds failed, ${(pop.ms / 1000).toFixed(1)} s); workers' RSS +${(step.workerRssDeltaBytes / 2 ** 20).toFixed(1)} MiB = ` +
+          `${step.bytesPerIdleFlow.toFixed(0)} bytes/flow, ${step.marginalBytesPerFlow.toFixed(0)} bytes/flow for this step's flows; primary RSS ${(step.primaryRssDeltaBytes / 2 ** 20 >= 0 ? '+' : '')}${(step.primaryRssDeltaBytes / 2 ** 20).toFixed(1)} MiB`);
+      }
+      if (with1M && made === 1_000_000) {
+        // The table-size effect: 1k active flows with 1M idle ones beside them.
+        const r = await activeRun(lb, 1000, rate, steadyMs);
+        out.active1kWith1MIdle = { offeredPps: rate, steady: r.steady, lossPct: r.gen.lossPct, rtt: r.gen.rtt };
+        console.log(`   1k active flows beside 1M idle ones at ${rate} pps: CPU ${r.steady?.totalUs.toFixed(2)} us/packet (primary ${r.steady?.primaryUs.toFixed(2)}, workers ${r.steady?.workersUs.toFixed(2)}), loss ${r.gen.lossPct?.toFixed(3)}%, RTT p99 ${r.gen.rtt?.p99} us`);
+      }
+    } finally { await lb.stop(); }
+  }
+
+  // CPU per packet with every flow active at a fixed rate; saturated throughput (full run).
+  const rows: Record<string, unknown>[] = [];
+  for (const n of counts) {
+    const row: Record<string, unknown> = { flows: n };
+    {
+      row.quietBeforeActive = await quiet();
       const lb = await startFlowlb(lbArgs(maxFlows));
       try {
         await warmUp(lb);
@@ -223,16 +247,17 @@ async function main(): Promise<void> {
         console.log(`${String(n).padStart(7)} active flows at ${rate} pps: CPU steady ${r.steady?.totalUs.toFixed(2)} us/packet (primary ${r.steady?.primaryUs.toFixed(2)}, workers ${r.steady?.workersUs.toFixed(2)}), ` +
           `while creating flows ${r.creation?.totalUs.toFixed(2)} us/packet (workers ${r.creation?.workersUs.toFixed(2)}); loss ${r.gen.lossPct?.toFixed(3)}%, RTT p50 ${r.gen.rtt?.p50} us p99 ${r.gen.rtt?.p99} us${r.gen.generatorBound ? ' (generator-bound)' : ''}`);
       } finally { await lb.stop(); }
-      if (!short) {
-        const lb2 = await startFlowlb(lbArgs(maxFlows));
-        try {
-          await warmUp(lb2);
-          await settle(500);
-          const r = await activeRun(lb2, n, satRate, steadyMs);
-          row.saturated = { offeredPps: satRate, achievedPps: r.gen.achievedRate, steady: r.steady, lossPct: r.gen.lossPct };
-          console.log(`${String(n).padStart(7)} active flows, offered ${satRate} pps (sent ${Math.round(r.gen.achievedRate)}): ${Math.round(r.steady?.repliesPerSec ?? NaN)} replies/s in the steady window, CPU ${r.steady?.totalUs.toFixed(2)} us/packet`);
-        } finally { await lb2.stop(); }
-      }
+    }
+    if (!short) {
+      row.quietBeforeSaturated = await quiet();
+      const lb = await startFlowlb(lbArgs(maxFlows));
+      try {
+        await warmUp(lb);
+        await settle(500);
+        const r = await activeRun(lb, n, satRate, steadyMs);
+        row.saturated = { offeredPps: satRate, achievedPps: r.gen.achievedRate, steady: r.steady, lossPct: r.gen.lossPct };
+        console.log(`${String(n).padStart(7)} active flows, offered ${satRate} pps (sent ${Math.round(r.gen.achievedRate)}): ${Math.round(r.steady?.repliesPerSec ?? NaN)} replies/s in the steady window, CPU ${r.steady?.totalUs.toFixed(2)} us/packet`);
+      } finally { await lb.stop(); }
     }
     rows.push(row);
   }
@@ -244,7 +269,7 @@ async function main(): Promise<void> {
     largestActive: largest,
     throughputRatioLargestTo1k: sat(largest) / sat(1000),
     cpuRatioLargestTo1k: cpu(largest) / cpu(1000),
-    bytesPerIdleFlow: Object.fromEntries(rows.map((r) => [r.flows, (r.memory as { bytesPerIdleFlow: number }).bytesPerIdleFlow])),
+    bytesPerIdleFlow: Object.fromEntries(memory.map((m) => [String(m.target), m.bytesPerIdleFlow as number])),
   };
   console.log(`\nCPU per packet at ${largest} active flows / at 1k: ${summary.cpuRatioLargestTo1k.toFixed(2)}x` +
     (short ? '' : `; saturated throughput at ${largest} / at 1k: ${summary.throughputRatioLargestTo1k.toFixed(2)} (target >= 0.8)`));
@@ -252,7 +277,7 @@ async function main(): Promise<void> {
   const file = writeResult('flow-scaling', {
     command: `node dist/bench/flow-scaling.js ${process.argv.slice(2).join(' ')}`.trim(),
     rate, satRate, maxFlows, populateRate, steadyMs, loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
-    ...out, summary, rows,
+    ...out, summary, memory, rows,
   });
   console.log(`written ${file}`);
 }

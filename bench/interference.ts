@@ -9,9 +9,12 @@
  * max/mean ELU is <= 1.10 again for at least 1 s (target: within 2 s). A static run (--no-balance) under the
  * same hog is the baseline.
  *
- *   node dist/bench/interference.js [--short] [--cost-us 200] [--flows 256] [--load 0.3] [--seconds 30]
+ *   node dist/bench/interference.js [--short] [--cost-us 200] [--flows 256] [--load 0.45] [--seconds 30]
  *                                   [--rounds 1] [--interval-ms 250]
- * --load is the offered rate as a fraction of 2e6 / costUs (two workers' ideal capacity).
+ * --load is the offered rate as a fraction of 2e6 / costUs (two workers' ideal capacity). It must put each
+ * worker well above half a core: a mostly idle process sharing a core with a busy loop is woken ahead of it
+ * (the scheduler favours the task that slept), so below half a core the hog costs worker 0 almost nothing.
+ * Full runs first wait (at most --quiet-wait s, default 90) for the machine to be idle before each run.
  * Writes results/interference.json and results/interference.svg.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -23,7 +26,7 @@ import { renderChart, type TopLevelSpec } from './lib/chart.js';
 import { median, ROOT, writeResult } from './lib/procs.js';
 import { startRttClient, type ClientResult } from './lib/rtt-client.js';
 import {
-  compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, startOn, sumDrops, waitIdle, window, type Sample,
+  compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, startOn, sumDrops, waitForQuiet, waitIdle, window, type Sample,
 } from './lib/sampler.js';
 
 function arg(name: string, def: number): number {
@@ -68,11 +71,12 @@ function timeToBalance(samples: readonly Sample[], shiftMs: number, endMs: numbe
 }
 
 const short = process.argv.includes('--short');
-const costUs = arg('cost-us', 200), flows = arg('flows', 256), load = arg('load', 0.3);
+const costUs = arg('cost-us', 200), flows = arg('flows', 256), load = arg('load', 0.45);
 const seconds = arg('seconds', short ? 14 : 30), rounds = arg('rounds', 1), intervalMs = arg('interval-ms', 250);
 const durationMs = seconds * 1000, hogOnMs = Math.round(durationMs * 0.3), hogOffMs = Math.round(durationMs * 0.7);
 const ratePps = Math.round((load * 2e6) / costUs), sizeBytes = 200;
 const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
+const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-interference-'));
 const cfg = path.join(tmp, 'flowlb.json');
@@ -86,7 +90,7 @@ const phases: Phase[] = [
 ];
 
 interface RunOut {
-  round: number; mode: string; samples: Sample[]; client: ClientResult; clientStartMs: number; hogOnAt: number; hogOffAt: number;
+  quiet: { quiet: boolean; waitedMs: number; busyCores: number } | null; round: number; mode: string; samples: Sample[]; client: ClientResult; clientStartMs: number; hogOnAt: number; hogOffAt: number;
   moves: number; drops: Record<string, number>; phases: unknown[]; shifts: { shift: string; peakMaxOverMean: number; msToBalanced: number | null }[];
 }
 const runs: RunOut[] = [];
@@ -97,6 +101,7 @@ for (let round = 0; round < rounds; round++) {
   const client = await startRttClient({ weights: new Array<number>(flows).fill(1), sizeBytes });
   try {
     for (const mode of ['static', 'adaptive'] as const) {
+      const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
       const lb = await startOn(udpPort, ['--config', cfg, '--workers', '2', ...(mode === 'static' ? ['--no-balance'] : [])]);
       let hog: ChildProcess | null = null;
       try {
@@ -143,7 +148,7 @@ for (let round = 0; round < rounds; round++) {
           { shift: 'hog off', ...timeToBalance(samples, hogOffAt, clientStartMs + durationMs) },
         ].map((x) => ({ shift: x.shift, peakMaxOverMean: x.peak, msToBalanced: x.ms }));
         const out: RunOut = {
-          round, mode, samples, client: res, clientStartMs, hogOnAt, hogOffAt, phases: ph, shifts,
+          quiet, round, mode, samples, client: res, clientStartMs, hogOnAt, hogOffAt, phases: ph, shifts,
           moves: s1.migrations.completed - s0.migrations.completed, drops: diffDrops(sumDrops(s0), sumDrops(s1)),
         };
         runs.push(out);
@@ -167,19 +172,20 @@ for (let round = 0; round < rounds; round++) {
   }
 }
 
-// Chart (round 0): ELU, buckets and client RTT p99 over time, static vs adaptive, with the hog period shaded.
+// Chart (round 0): ELU, share of the packets per worker and client RTT p99 over time, static vs adaptive, with the hog period shaded.
 const rows: object[] = [];
 for (const r of runs.filter((x) => x.round === 0)) {
   const t = (ms: number): number => (ms - r.clientStartMs) / 1000;
   for (const s of r.samples) {
     if (t(s.tMs) < 0) continue;
+    const total = s.workers.reduce((a, w) => a + (Number.isFinite(w.pps) ? w.pps : 0), 0);
     for (const w of s.workers) {
       rows.push({ mode: r.mode, t: t(s.tMs), series: `worker ${w.id}`, value: w.elu, panel: 'elu' });
-      rows.push({ mode: r.mode, t: t(s.tMs), series: `worker ${w.id}`, value: w.buckets, panel: 'buckets' });
+      if (total > 0) rows.push({ mode: r.mode, t: t(s.tMs), series: `worker ${w.id}`, value: (100 * w.pps) / total, panel: 'share' });
     }
   }
   for (const w of r.client.windows) if (w.p99Us !== null) rows.push({ mode: r.mode, t: w.t + 0.5, series: 'RTT p99', value: w.p99Us / 1000, panel: 'rtt' });
-  for (const panel of ['elu', 'buckets', 'rtt']) rows.push({ mode: r.mode, panel, hog: true, from: t(r.hogOnAt), to: t(r.hogOffAt) });
+  for (const panel of ['elu', 'share', 'rtt']) rows.push({ mode: r.mode, panel, hog: true, from: t(r.hogOnAt), to: t(r.hogOffAt) });
 }
 const panel = (name: string, title: string, extra: object = {}): object => ({
   data: { values: rows },
@@ -210,7 +216,7 @@ const spec = {
   background: 'white',
   vconcat: [
     panel('elu', 'worker ELU (smoothed)', { scale: { domain: [0, 1.05] } }),
-    panel('buckets', 'buckets owned'),
+    panel('share', '% of packets dispatched to', { scale: { domain: [20, 80] } }),
     panel('rtt', 'client RTT p99 / s (ms)', { scale: { type: 'log' } }),
   ],
 } as unknown as TopLevelSpec;
@@ -225,12 +231,18 @@ const file = writeResult('interference', {
   command: `node dist/bench/interference.js ${process.argv.slice(2).join(' ')}`.trim(),
   costUs, flows, load, ratePps, seconds, hogOnS: hogOnMs / 1000, hogOffS: hogOffMs / 1000, balancedThreshold: BALANCED, sustainMs: SUSTAIN_MS,
   loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
+  summary: {
+    adaptiveImbalanceMaxOverMeanEluDuringHog: median(adaptive.map((r) => (r.phases[1] as { maxOverMeanEluSettled: number }).maxOverMeanEluSettled)),
+    staticImbalanceMaxOverMeanEluDuringHog: median(runs.filter((r) => r.mode === 'static').map((r) => (r.phases[1] as { maxOverMeanEluSettled: number }).maxOverMeanEluSettled)),
+    adaptiveSecondsToBalancedAfterHogOn: median(adaptive.map((r) => (r.shifts[0]!.msToBalanced ?? NaN) / 1000)),
+    adaptiveSecondsToBalancedAfterHogOff: median(adaptive.map((r) => (r.shifts[1]!.msToBalanced ?? NaN) / 1000)),
+  },
   adaptiveMsToBalanced: {
     hogOn: median(adaptive.map((r) => r.shifts[0]!.msToBalanced ?? NaN)),
     hogOff: median(adaptive.map((r) => r.shifts[1]!.msToBalanced ?? NaN)),
   },
   runs: runs.map((r) => ({
-    round: r.round, mode: r.mode, moves: r.moves, drops: r.drops, phases: r.phases, shifts: r.shifts,
+    round: r.round, mode: r.mode, quietBefore: r.quiet, moves: r.moves, drops: r.drops, phases: r.phases, shifts: r.shifts,
     hogOnS: (r.hogOnAt - r.clientStartMs) / 1000, hogOffS: (r.hogOffAt - r.clientStartMs) / 1000,
     client: { sent: r.client.sent, received: r.client.received, lost: r.client.lost, rtt: r.client.rtt, windows: r.client.windows },
     series: compactSeries(r.samples.map((s) => ({ ...s, tMs: s.tMs - r.clientStartMs }))),

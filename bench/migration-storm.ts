@@ -21,7 +21,7 @@ import dgram from 'node:dgram';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
 import { ROOT, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
-import { histogramQuantile, parseHistogram, percentile } from './lib/sampler.js';
+import { histogramQuantile, parseHistogram, percentile, waitForQuiet } from './lib/sampler.js';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -176,11 +176,14 @@ async function partB(): Promise<object> {
   }
 }
 
+const quietWaitMs = arg('quiet-wait', short ? 0 : 60) * 1000;
+const quietA = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
 const a = await partA() as any;
 console.log(`A. generator + echo, ${flows} flows, ${rate} pps for ${seconds} s, ${BUCKETS} buckets, ${concurrency} moves every ${periodMs} ms:`);
 console.log(`   sent ${a.sent}, received ${a.received}, lost ${a.lost}, reordered ${a.reordered}, duplicated ${a.duplicated}; moves requested ${a.moves.requested}, started ${a.moves.started}; ` +
   `migrations done ${a.migrations.completed}, timeouts ${a.migrations.timeouts}; duration p50 ${a.migrations.durationMs.p50.toFixed(2)} ms, p99 ${a.migrations.durationMs.p99.toFixed(2)} ms, max ${a.migrations.durationMs.max.toFixed(2)} ms ` +
   `(histogram p50 <= ${a.migrations.histogram.p50UpperBoundMs} ms, p99 <= ${a.migrations.histogram.p99UpperBoundMs} ms); with held packets ${a.migrations.withHeldPackets}, with handed-over packets ${a.migrations.withHandedOverPackets}`);
+const quietB = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
 const b = await partB() as any;
 console.log(`B. seq handler + client, same storm:`);
 console.log(`   sent ${b.sent}, received ${b.received}, lost ${b.lost}, reordered ${b.reordered}, duplicated ${b.duplicated}, handler count != sequence ${b.countMismatch}${b.mismatchExamples.length ? ` (${b.mismatchExamples.join('; ')})` : ''}; ` +
@@ -191,6 +194,6 @@ const ok = [a.lost, a.reordered, a.duplicated, b.lost, b.reordered, b.duplicated
 console.log(`   all of lost, reordered, duplicated, count mismatches and timeouts zero: ${ok ? 'yes' : 'NO'}`);
 const file = writeResult('migration-storm', {
   command: `node dist/bench/migration-storm.js ${process.argv.slice(2).join(' ')}`.trim(),
-  seconds, rate, flows, buckets: BUCKETS, workers: WORKERS, periodMs, concurrency, ok, generatorEcho: a, seqHandler: b,
+  seconds, rate, flows, buckets: BUCKETS, workers: WORKERS, periodMs, concurrency, ok, quietBefore: { a: quietA, b: quietB }, generatorEcho: a, seqHandler: b,
 });
 console.log(`   written ${file}`);

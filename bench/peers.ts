@@ -13,34 +13,41 @@
  * backend cost without anything in between. Targets are interleaved per round, so machine noise spreads over
  * all of them. Every peer missing from the machine is skipped with the reason; the benchmark still runs.
  *
- *   node dist/bench/peers.js [--short] [--rounds 2] [--trial-sec 2] [--latency-rate 5000] [--latency-sec 4]
+ *   node dist/bench/peers.js [--short] [--rounds 3] [--trial-sec 2] [--latency-rate 5000] [--latency-sec 4]
  *                            [--pingpong-sec 4] [--loss-pct 0.5] [--clients 8] [--max-trials 8] [--no-direct]
  *
- * Writes results/peers.json and results/peers.svg (bars: QPS and p99 by peer).
+ * Before each target's test, one idle second measures how many cores the rest of the machine keeps busy
+ * (recorded per run as backgroundBusyCores): on a shared machine that is where most of the noise comes from.
+ *
+ * Writes results/peers.json, results/peers.svg (bars: QPS and p99 by peer) and results/peers-flowlb-cpu.svg
+ * (flowlb's primary and workers' CPU over the first round's DNS test).
  */
 import os from 'node:os';
 import path from 'node:path';
-import { barChartSpec, renderChart, type BarRow } from './lib/chart.js';
+import { barChartSpec, lineChartSpec, renderChart, type BarRow, type LinePoint } from './lib/chart.js';
 import {
-  makeWorkDir, missingTools, peerSpecs, removeWorkDir, percentile, runDnsperf, runSockperf, startNsd, startSockperfServer, toolVersion,
+  backgroundBusyCores, flowlbBuild, makeWorkDir, missingTools, peerSpecs, removeWorkDir, percentile, runDnsperf, runSockperf, startNsd, startSockperfServer, toolVersion,
   type DnsperfResult, type Endpoint, type PlainBackend, type PeerSpec, type Proxy, type SockperfResult,
 } from './lib/peers.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
+import { Sampler, type Sample } from './lib/sampler.js';
 
 const short = process.argv.includes('--short');
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : def;
 }
-const rounds = arg('rounds', short ? 1 : 2);
+const rounds = arg('rounds', short ? 1 : 3);
 const trialSec = arg('trial-sec', short ? 1 : 2);
-const maxTrials = arg('max-trials', short ? 5 : 8);
+const maxTrials = arg('max-trials', short ? 4 : 8);
 const lossPct = arg('loss-pct', 0.5);
 const clients = arg('clients', 8);
 const latencyRate = arg('latency-rate', 5000);
-const latencySec = arg('latency-sec', short ? 2 : 4);
-const pingpongSec = arg('pingpong-sec', short ? 2 : 4);
+const latencySec = arg('latency-sec', short ? 1.5 : 4);
+const pingpongSec = arg('pingpong-sec', short ? 1.5 : 4);
 const withDirect = !process.argv.includes('--no-direct') && !short;
+/** The idle window before each test that measures the rest of the machine's load. */
+const BACKGROUND_MS = short ? 500 : 1000;
 /** Bisection stops when the passing and failing rates are this close (relative). */
 const PRECISION = 0.1;
 /** A fixed-rate trial passes when at least this share of the offered rate was answered. */
@@ -51,7 +58,7 @@ const DIRECT = 'direct (no proxy)';
 interface Target {
   readonly name: string;
   readonly label: string;
-  start(backends: readonly Endpoint[]): Promise<{ port: number; stop(): Promise<void>; extra?(): Promise<unknown> }>;
+  start(backends: readonly Endpoint[]): Promise<{ port: number; httpPort?: number; stop(): Promise<void>; extra?(): Promise<unknown> }>;
 }
 
 interface MaxQps {
@@ -99,7 +106,7 @@ function proxyTargets(specs: PeerSpec[], dns: boolean, dir: string): Target[] {
     start: async (backends) => {
       const p: Proxy = await s.start({ dir, backends, dns });
       return {
-        port: p.port, stop: () => p.stop(),
+        port: p.port, httpPort: p.httpPort, stop: () => p.stop(),
         extra: p.status ? async () => {
           const st = await p.status!();
           return { workers: st.workers.map((w: any) => ({ pid: w.pid, handled: w.handled, restarts: w.restarts, drops: w.drops })), dropped: st.dropped };
@@ -119,7 +126,13 @@ const dir = makeWorkDir('peers');
 console.log(`peers: ${available.map((s) => s.label).join(', ') || 'none'}; ${rounds} round(s); work dir ${dir}`);
 
 // ---------------------------------------------------------------- DNS
-interface DnsRun { round: number; target: string; maxQps: MaxQps; latency: ReturnType<typeof latencySummary>; backendQueries: (number | null)[]; extra?: unknown }
+interface DnsRun {
+  round: number; target: string; maxQps: MaxQps; latency: ReturnType<typeof latencySummary>; backendQueries: (number | null)[];
+  /** Cores busy on the machine in the second before the test, with none of the test's processes running. */
+  backgroundBusyCores: number;
+  extra?: unknown;
+}
+let flowlbSamples: Sample[] = [];
 const dnsRuns: DnsRun[] = [];
 const dnsSkipped: string | null = missingTools(['nsd', 'dnsperf']);
 if (dnsSkipped) console.log(`skipping the DNS test: ${dnsSkipped}`);
@@ -133,23 +146,33 @@ else {
   try {
     for (let r = 0; r < rounds; r++) {
       for (const t of targets) {
+        const background = await backgroundBusyCores(BACKGROUND_MS);
         const q0 = nsds.map((n) => n.queries());
         const p = await t.start(backends);
+        // flowlb's per-process CPU over the first round's search and latency run, for the line chart.
+        const sampler = r === 0 && t.name === 'flowlb' && p.httpPort ? new Sampler({ httpPort: p.httpPort, intervalMs: 500 }).start() : null;
         try {
           await sleep(300);
           const maxQps = await findMaxQps(p.port);
           await sleep(300);
           const lat = latencySummary(await runDnsperf({ port: p.port, seconds: latencySec, qps: latencyRate, clients, verbose: true }));
+          if (sampler) flowlbSamples = await sampler.stop();
           const extra = await p.extra?.();
           const q1 = nsds.map((n) => n.queries());
           const backendQueries = q1.map((q, i) => (q === null || q0[i] === null ? null : q - q0[i]!));
-          dnsRuns.push({ round: r, target: t.name, maxQps, latency: lat, backendQueries, ...(extra ? { extra } : {}) });
+          dnsRuns.push({ round: r, target: t.name, maxQps, latency: lat, backendQueries, backgroundBusyCores: background, ...(extra ? { extra } : {}) });
           console.log(`dns round ${r} ${t.label}: max ${maxQps.qps} qps (closed loop ${maxQps.closedLoop.qps}, ${maxQps.closedLoop.lostPct}% lost; ` +
-            `${maxQps.trials.length} trials); at ${latencyRate} qps p50 ${lat.p50Us} us p99 ${lat.p99Us} us, lost ${lat.lostPct}%; backends ${backendQueries.join('/')}`);
+            `${maxQps.trials.length} trials); at ${latencyRate} qps p50 ${lat.p50Us} us p99 ${lat.p99Us} us, lost ${lat.lostPct}%; backends ${backendQueries.join('/')}; ` +
+            `${background} cores busy before`);
         } catch (err) {
           console.log(`dns round ${r} ${t.label}: FAILED ${(err as Error).message}`);
-          dnsRuns.push({ round: r, target: t.name, maxQps: { qps: NaN, closedLoop: { qps: NaN, lostPct: NaN }, trials: [] }, latency: latencySummary({ latenciesUs: [] } as unknown as DnsperfResult), backendQueries: [], extra: { error: (err as Error).message } });
+          dnsRuns.push({
+            round: r, target: t.name, maxQps: { qps: NaN, closedLoop: { qps: NaN, lostPct: NaN }, trials: [] },
+            latency: latencySummary({ latenciesUs: [] } as unknown as DnsperfResult), backendQueries: [], backgroundBusyCores: background,
+            extra: { error: (err as Error).message },
+          });
         } finally {
+          if (sampler) await sampler.stop();
           await p.stop();
         }
       }
@@ -160,7 +183,7 @@ else {
 }
 
 // ---------------------------------------------------------------- UDP ping-pong
-interface PingRun { round: number; target: string; result: SockperfResult | null; error?: string }
+interface PingRun { round: number; target: string; result: SockperfResult | null; backgroundBusyCores: number; error?: string }
 const pingRuns: PingRun[] = [];
 const pingSkippedPeers: Record<string, string> = {};
 const pingSkipped: string | null = missingTools(['sockperf']);
@@ -179,14 +202,16 @@ else {
   try {
     for (let r = 0; r < rounds; r++) {
       for (const t of targets) {
+        const background = await backgroundBusyCores(BACKGROUND_MS);
         const p = await t.start(backends);
         try {
           await sleep(300);
           const result = await runSockperf({ port: p.port, seconds: pingpongSec });
-          pingRuns.push({ round: r, target: t.name, result });
-          console.log(`ping-pong round ${r} ${t.label}: RTT avg ${result.avgUs} us p50 ${result.p50Us} us p99 ${result.p99Us} us (${result.roundTrips} round trips, ${result.dropped} dropped)`);
+          pingRuns.push({ round: r, target: t.name, result, backgroundBusyCores: background });
+          console.log(`ping-pong round ${r} ${t.label}: RTT avg ${result.avgUs} us p50 ${result.p50Us} us p99 ${result.p99Us} us ` +
+            `(${result.roundTrips} round trips, ${result.dropped} dropped); ${background} cores busy before`);
         } catch (err) {
-          pingRuns.push({ round: r, target: t.name, result: null, error: (err as Error).message });
+          pingRuns.push({ round: r, target: t.name, result: null, backgroundBusyCores: background, error: (err as Error).message });
           console.log(`ping-pong round ${r} ${t.label}: FAILED ${(err as Error).message}`);
         } finally {
           await p.stop();
@@ -271,9 +296,26 @@ const chartTitle = {
   subtitle: `${available.map((s) => s.label).join(', ')}; DNS: 2 nsd, dnsperf -c ${clients}; ping-pong: 2 sockperf servers, sockperf --full-rtt`,
 };
 const svg = rows.length ? await renderChart(barChartSpec(chartTitle, rows), path.join(ROOT, 'results/peers.svg')) : null;
+let cpuSvg: string | null = null;
+if (flowlbSamples.length > 1) {
+  const points: LinePoint[] = [];
+  for (const smp of flowlbSamples) {
+    if (!Number.isFinite(smp.flowlbCpu)) continue;
+    const x = round(smp.tMs / 1000, 2);
+    const workersCpu = smp.workers.reduce((a, w) => a + w.procCpu, 0);
+    points.push({ x, y: round(smp.flowlbCpu - workersCpu, 3), series: 'primary' });
+    for (const w of smp.workers) points.push({ x, y: round(w.procCpu, 3), series: `worker ${w.id}` });
+    points.push({ x, y: round(smp.machineBusy, 3), series: 'whole machine' });
+  }
+  cpuSvg = await renderChart(lineChartSpec(
+    { text: 'flowlb during the DNS test (round 0): max-QPS search, then the latency run', subtitle: 'CPU per process from /proc, sampled every 500 ms; "whole machine" counts every process, ours and others\'' },
+    points, { x: 'seconds', y: 'CPU (cores)' },
+  ), path.join(ROOT, 'results/peers-flowlb-cpu.svg'));
+}
 
 const file = writeResult('peers', {
   short, rounds, trialSec, maxTrials, lossPct, clients, latencyRate, latencySec, pingpongSec, minAnsweredShare: MIN_ANSWERED_SHARE,
+  flowlb: flowlbBuild(),
   machine: { cpus: os.cpus().length, node: process.version, loadAvgBefore: loadBefore, loadAvgAfter: os.loadavg() },
   tools: {
     nginx: toolVersion('nginx', ['-v'], /nginx\/(\S+)/), dnsdist: toolVersion('dnsdist', ['--version'], /dnsdist (\S+)/),
@@ -283,7 +325,11 @@ const file = writeResult('peers', {
   skipped: { peers: skipped, dnsTest: dnsSkipped, pingpongTest: pingSkipped, pingpongPeers: pingSkippedPeers },
   dns, pingpong: ping, ratiosFlowlbOverPeer: ratios,
   runs: { dns: dnsRuns, pingpong: pingRuns },
+  flowlbCpuSeries: flowlbSamples.map((x) => ({
+    t: round(x.tMs / 1000, 2), machineBusy: x.machineBusy, flowlbCpu: x.flowlbCpu,
+    workers: x.workers.map((w) => ({ id: w.id, procCpu: w.procCpu, cpuUtil: w.cpuUtil, buckets: w.buckets, pps: w.pps })),
+  })),
   elapsedSec: Math.round((Date.now() - started) / 1000),
 });
 removeWorkDir(dir);
-console.log(`written ${file}${svg ? ` and ${svg}` : ''} in ${Math.round((Date.now() - started) / 1000)} s`);
+console.log(`written ${file}${svg ? `, ${svg}` : ''}${cpuSvg ? `, ${cpuSvg}` : ''} in ${Math.round((Date.now() - started) / 1000)} s`);

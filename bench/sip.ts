@@ -18,7 +18,7 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import {
-  freePort, makeWorkDir, missingTools, removeWorkDir, NGINX_STREAM_MODULE, readSippStats, runToolStatus, startFlowlbProxy, startNginx, startSippUas,
+  flowlbBuild, freePort, makeWorkDir, missingTools, removeWorkDir, NGINX_STREAM_MODULE, readSippStats, runToolStatus, startFlowlbProxy, startNginx, startSippUas,
   tail, toolVersion, type Proxy, type SippStats, type SippUas,
 } from './lib/peers.js';
 import { sleep, writeResult } from './lib/procs.js';
@@ -106,7 +106,7 @@ if (perBackend.some((n) => n === 0)) problems.push(`a backend got no calls (${pe
 const ok = problems.length === 0;
 
 const file = writeResult(via === 'flowlb' ? 'sip' : `sip-${via}`, {
-  short, via, calls, rate, holdMs, workers, maxSocket, ok, problems,
+  short, via, calls, rate, holdMs, workers, maxSocket, ok, problems, flowlbBuild: flowlbBuild(),
   sipp: toolVersion('sipp', ['-v'], /SIPp (v[\d.]+)/),
   command: `sipp ${uacArgs.join(' ')}`,
   uac, uacExitCode: uacCode, uas: uasStats, callsPerBackend: perBackend,
@@ -118,7 +118,8 @@ const file = writeResult(via === 'flowlb' ? 'sip' : `sip-${via}`, {
   ...(ok ? {} : { uacOutputTail: tail(uacOut) }),
 });
 console.log(`sip: ${ok ? 'OK' : 'FAILED'}: ${uac?.successful ?? 0}/${calls} calls successful, ${uac?.failed ?? '?'} failed; ` +
-  `per backend ${perBackend.join('/')}; INVITE->200 avg ${uac?.responseTime1Ms ?? '?'} ms, call length avg ${uac?.callLengthMs ?? '?'} ms` +
+  `per backend ${perBackend.join('/')}; INVITE->200 avg ${uac?.responseTime1Ms ?? '?'} ms, call length avg ${uac?.callLengthMs ?? '?'} ms; ` +
+  `${uac?.retransmissions ?? '?'} retransmissions, ${uasStats.reduce((a, s) => a + (s?.outOfCallMsgs ?? 0), 0)} out-of-call messages at the UAS` +
   `${ok ? '' : `; ${problems.join('; ')}`}`);
 console.log(`written ${file} in ${Math.round((Date.now() - started) / 1000)} s`);
 if (ok) removeWorkDir(dir);

@@ -3,10 +3,10 @@
  * (a per-packet CPU cost). Static hashing (--no-balance) against the adaptive balancer at the same offered
  * rate, ~85% of what the 2 workers measurably handle together on this machine.
  *
- *  1. capacity: flowlb (static, uniform flows) is offered more than the workers can burn through; the
- *     packets they handled per second over the saturated window is "what the 2 workers can do together"
- *     (measured, with the primary and the generator on the same 2 cores, so it is below 2e6 / costUs);
- *     the median of 2 (--short) or 3 saturated trials.
+ *  1. capacity, before every round: flowlb (static, uniform flows) is offered more than the workers can burn
+ *     through; the packets they handled per second over the saturated window is "what the 2 workers can do
+ *     together" (measured, with the primary and the generator on the same 2 cores, so it is below
+ *     2e6 / costUs); the median of the saturated ones of 2 trials.
  *  2. per round, static then adaptive, on the SAME UDP port and from the SAME client sockets, so both see
  *     exactly the same flow -> bucket mapping (the hash covers the 4-tuple): an A/B of the balancer alone.
  *     Each flowlb is warmed up first with other flows (JIT), then the skewed run starts; the balancer learns
@@ -17,7 +17,8 @@
  * the steady second half. The sampler records per-worker utilisation meanwhile.
  *
  *   node dist/bench/skew.js [--short] [--cost-us 200] [--flows 256] [--zipf 1.1] [--load 0.85]
- *                           [--seconds 30] [--rounds 2] [--interval-ms 250]
+ *                           [--seconds 30] [--rounds 3] [--interval-ms 250] [--quiet-wait 90]
+ * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
  * Writes results/skew.json and results/skew.svg.
  */
 import fs from 'node:fs';
@@ -28,7 +29,7 @@ import { runGenerator } from '../src/gen/run.js';
 import { renderChart, type TopLevelSpec } from './lib/chart.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
 import { startRttClient, type ClientResult } from './lib/rtt-client.js';
-import { compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, startOn, sumDrops, waitIdle, window, type Sample } from './lib/sampler.js';
+import { compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, startOn, sumDrops, waitForQuiet, waitIdle, window, type Sample } from './lib/sampler.js';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -38,8 +39,10 @@ function arg(name: string, def: number): number {
 async function parent(): Promise<void> {
   const short = process.argv.includes('--short');
   const costUs = arg('cost-us', 200), flows = arg('flows', 256), zipf = arg('zipf', 1.1), load = arg('load', 0.85);
-  const seconds = arg('seconds', short ? 10 : 30), rounds = arg('rounds', short ? 1 : 2), intervalMs = arg('interval-ms', 250);
-  const sizeBytes = 200, windowMs = 1000, drainMs = 3000;
+  const seconds = arg('seconds', short ? 10 : 30), rounds = arg('rounds', short ? 1 : 3), intervalMs = arg('interval-ms', 250);
+  const sizeBytes = 200, windowMs = 1000, drainMs = short ? 2000 : 3000;
+  // Full runs wait (bounded) for other work on the machine to stop before each measurement.
+  const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
   const durationMs = seconds * 1000, steadyFromMs = Math.floor(durationMs / 2);
   const dist = `zipf:${zipf}`;
   // Other people's work on the same 2 cores shows in every figure: the load average is kept with the results.
@@ -53,43 +56,51 @@ async function parent(): Promise<void> {
   // 1. Capacity: uniform flows, static. Offered more than the workers handle, the packets they handled per
   // second over the saturated window is the capacity at that point; offering far more than that would
   // spend the shared cores on the generator and the primary, so the offer is then lowered to 1.15x what was
-  // handled and measured again (a fresh flowlb each time: an overloaded one has seconds of backlog).
+  // handled and measured again (a fresh flowlb each time: an overloaded one has seconds of backlog). Measured
+  // again before every round: other work on the machine comes and goes, and 85% of a stale capacity is not 85%.
   const ideal = (2 * 1e6) / costUs;
-  const capacityTrials: { offeredPps: number; handledPps: number }[] = [];
-  let offered = ideal;
-  for (let i = 0; i < (short ? 2 : 3); i++) {
-    const lb = await startOn(0, [...baseArgs, '--no-balance']);
-    try {
-      await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 64, ratePps: 1000, durationMs: 1000, sizeBytes, procs: 1, drainMs: 300 });
-      await waitIdle(lb, 5000);
-      const satMs = short ? 3000 : 5000;
-      const gen = runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows, ratePps: offered, durationMs: satMs, sizeBytes, procs: 2, drainMs: 0, expectReplies: false, socketBufferBytes: 1 << 20 });
-      await sleep(1200);
-      const a = await lb.status(); const ta = performance.now();
-      await sleep(satMs - 1700);
-      const b = await lb.status(); const tb = performance.now();
-      await gen;
-      const handled = (st: any): number => st.workers.reduce((x: number, w: { handled: number }) => x + w.handled, 0);
-      const h = (handled(b) - handled(a)) / ((tb - ta) / 1000);
-      capacityTrials.push({ offeredPps: Math.round(offered), handledPps: Math.round(h) });
-      console.log(`capacity trial: offered ${Math.round(offered)} pps, handled ${Math.round(h)} pps`);
-      if (h > 0.95 * offered) { offered *= 1.3; continue; } // not saturated: offer more
-      offered = 1.15 * h;
-    } finally { await lb.stop(); }
-  }
-  const saturated = capacityTrials.filter((t) => t.handledPps <= 0.95 * t.offeredPps);
-  // Other work on the machine moves single trials by 10-20%: the median of the saturated ones.
-  const capacityPps = saturated.length ? median(saturated.map((t) => t.handledPps)) : Math.max(...capacityTrials.map((t) => t.handledPps));
-  const ratePps = Math.round(load * capacityPps);
-  console.log(`capacity (2 workers, burn ${costUs} us/packet, uniform, saturated): ${Math.round(capacityPps)} pps handled (ideal ${Math.round(ideal)}); offered rate ${ratePps} pps = ${load} x capacity`);
+  const measureCapacity = async (trials: number, firstOffer: number): Promise<{ capacityPps: number; trials: { offeredPps: number; handledPps: number }[] }> => {
+    const out: { offeredPps: number; handledPps: number }[] = [];
+    let offered = firstOffer;
+    for (let i = 0; i < trials; i++) {
+      if (quietWaitMs > 0) await waitForQuiet(quietWaitMs);
+      const lb = await startOn(0, [...baseArgs, '--no-balance']);
+      try {
+        await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 64, ratePps: 1000, durationMs: 1000, sizeBytes, procs: 1, drainMs: 300 });
+        await waitIdle(lb, 5000);
+        const satMs = short ? 3000 : 4000;
+        const gen = runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows, ratePps: offered, durationMs: satMs, sizeBytes, procs: 2, drainMs: 0, expectReplies: false, socketBufferBytes: 1 << 20 });
+        await sleep(1200);
+        const a = await lb.status(); const ta = performance.now();
+        await sleep(satMs - 1700);
+        const b = await lb.status(); const tb = performance.now();
+        await gen;
+        const handled = (st: any): number => st.workers.reduce((x: number, w: { handled: number }) => x + w.handled, 0);
+        const h = (handled(b) - handled(a)) / ((tb - ta) / 1000);
+        out.push({ offeredPps: Math.round(offered), handledPps: Math.round(h) });
+        console.log(`capacity trial: offered ${Math.round(offered)} pps, handled ${Math.round(h)} pps`);
+        offered = h > 0.95 * offered ? offered * 1.3 : 1.15 * h; // not saturated: offer more
+      } finally { await lb.stop(); }
+    }
+    const saturated = out.filter((t) => t.handledPps <= 0.95 * t.offeredPps);
+    return { capacityPps: saturated.length ? median(saturated.map((t) => t.handledPps)) : Math.max(...out.map((t) => t.handledPps)), trials: out };
+  };
 
-  interface RunOut { machineBusy: number; flowlbCpu: number; round: number; mode: string; client: ClientResult; samples: Sample[]; moves: number; drops: Record<string, number>; migrationTimeouts: number; steadyMaxOverMeanElu: number; steadyMaxOverMeanCpu: number; busiestPpsShare: number; migrationP50Ms: number | null; migrationP99Ms: number | null; idleBefore: boolean }
+  interface RunOut { capacityPps: number; ratePps: number; quiet: { quiet: boolean; waitedMs: number; busyCores: number } | null; machineBusy: number; flowlbCpu: number; round: number; mode: string; client: ClientResult; samples: Sample[]; moves: number; drops: Record<string, number>; migrationTimeouts: number; steadyMaxOverMeanElu: number; steadyMaxOverMeanCpu: number; busiestPpsShare: number; migrationP50Ms: number | null; migrationP99Ms: number | null; idleBefore: boolean }
   const runs: RunOut[] = [];
+  const capacities: { round: number; capacityPps: number; ratePps: number; trials: { offeredPps: number; handledPps: number }[] }[] = [];
+  let nextOffer = ideal;
   for (let round = 0; round < rounds; round++) {
+    const cap = await measureCapacity(2, nextOffer);
+    nextOffer = cap.capacityPps * 1.15;
+    const capacityPps = cap.capacityPps, ratePps = Math.round(load * capacityPps);
+    capacities.push({ round, capacityPps: Math.round(capacityPps), ratePps, trials: cap.trials });
+    console.log(`round ${round}: capacity (2 workers, burn ${costUs} us/packet, uniform, saturated) ${Math.round(capacityPps)} pps handled (ideal ${Math.round(ideal)}); offered rate ${ratePps} pps = ${load} x capacity`);
     const udpPort = await freeUdpPort();
     const client = await startRttClient({ weights: Array.from(flowWeights(flows, parseDistribution(dist))), sizeBytes });
     try {
       for (const mode of ['static', 'adaptive'] as const) {
+        const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
         const lb = await startOn(udpPort, [...baseArgs, ...(mode === 'static' ? ['--no-balance'] : [])]);
         try {
           // Warm-up with other flows (JIT in primary and workers); the balancer learns nothing about the measured flows.
@@ -107,7 +118,7 @@ async function parent(): Promise<void> {
           const pps0 = steady.reduce((a, s) => a + (s.workers[0]!.pps || 0), 0), ppsAll = steady.reduce((a, s) => a + s.workers.reduce((x, w) => x + (w.pps || 0), 0), 0);
           const recent = (s1.migrations.recent as { durationMs: number; at: string }[]).map((m) => m.durationMs).sort((a, b) => a - b);
           const out: RunOut = {
-            round, mode, client: res, samples, idleBefore,
+            round, mode, client: res, samples, idleBefore, quiet, capacityPps, ratePps,
             machineBusy: mean(window(samples, 0, durationMs).map((x) => x.machineBusy)), flowlbCpu: mean(window(samples, 0, durationMs).map((x) => x.flowlbCpu)),
             moves: s1.migrations.completed - s0.migrations.completed,
             migrationTimeouts: s1.migrations.timeouts - s0.migrations.timeouts,
@@ -146,7 +157,7 @@ async function parent(): Promise<void> {
   }]));
   const p99Ratio = summary.static!.rttP99Us / summary.adaptive!.rttP99Us;
   const steadyRatio = summary.static!.steadyP99Us / summary.adaptive!.steadyP99Us;
-  console.log(`\nmedians over ${rounds} round(s); ${flows} flows ${dist}, burn ${costUs} us, ${ratePps} pps offered for ${seconds} s:`);
+  console.log(`\nmedians over ${rounds} round(s); ${flows} flows ${dist}, burn ${costUs} us, offered ${load} x capacity (${capacities.map((c) => c.ratePps).join(', ')} pps) for ${seconds} s:`);
   console.log('  mode      | RTT p50 | RTT p99 | p99 2nd half | loss %  | replies/s | drops | moves | max/mean ELU (2nd half) | busiest worker share');
   for (const mode of ['static', 'adaptive']) {
     const s = summary[mode]!;
@@ -162,7 +173,7 @@ async function parent(): Promise<void> {
   }
   const spec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: `Skew: ${flows} flows ${dist}, burn ${costUs} us/packet, ${ratePps} pps (${load} x measured capacity), 2 workers`,
+    title: `Skew (round 0): ${flows} flows ${dist}, burn ${costUs} us/packet, ${capacities[0]!.ratePps} pps (${load} x measured capacity), 2 workers`,
     background: 'white',
     data: { values: rows },
     vconcat: [
@@ -194,11 +205,11 @@ async function parent(): Promise<void> {
   const svg = await renderChart(spec, path.join(ROOT, 'results/skew.svg'));
   const file = writeResult('skew', {
     command: `node dist/bench/skew.js ${process.argv.slice(2).join(' ')}`.trim(),
-    costUs, flows, distribution: dist, load, seconds, rounds, windowMs, steadyFromMs, capacityPps: Math.round(capacityPps), capacityTrials, idealPps: ideal, ratePps,
+    costUs, flows, distribution: dist, load, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
     loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     summary, p99Ratio, steadyP99Ratio: steadyRatio,
     runs: runs.map((r) => ({
-      round: r.round, mode: r.mode, idleBefore: r.idleBefore, machineBusyCores: r.machineBusy, flowlbCpuCores: r.flowlbCpu, moves: r.moves, migrationTimeouts: r.migrationTimeouts, drops: r.drops,
+      round: r.round, mode: r.mode, capacityPps: r.capacityPps, ratePps: r.ratePps, idleBefore: r.idleBefore, quietBefore: r.quiet, machineBusyCores: r.machineBusy, flowlbCpuCores: r.flowlbCpu, moves: r.moves, migrationTimeouts: r.migrationTimeouts, drops: r.drops,
       steadyMaxOverMeanElu: r.steadyMaxOverMeanElu, steadyMaxOverMeanCpu: r.steadyMaxOverMeanCpu, busiestPpsShare: r.busiestPpsShare,
       migrationP50Ms: r.migrationP50Ms, migrationMaxRecentMs: r.migrationP99Ms,
       client: { ...r.client, groups: undefined, perFlowSent: r.client.perFlowSent.slice(0, 8), perFlowReceived: r.client.perFlowReceived.slice(0, 8) },

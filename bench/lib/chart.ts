@@ -87,7 +87,7 @@ export interface LinePoint {
 
 /** Lines over a quantitative x, one per series (e.g. cpuUtil per worker over time). */
 export function lineChartSpec(
-  title: string,
+  title: string | { text: string; subtitle: string },
   points: readonly LinePoint[],
   axes: { x: string; y: string; yDomain?: [number, number] },
   opts: { width?: number; height?: number } = {},

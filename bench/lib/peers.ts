@@ -25,6 +25,18 @@ export const ZONE_NAME = 'bench.test';
 export const QUERY_FILE = path.join(FIXTURES, 'bench.test.queries');
 export const NGINX_STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
 const READY_TIMEOUT_MS = 15_000;
+/** What flowlb's primary asks for its front socket (src/control/primary.ts); the kernel caps it at rmem_max. */
+const FLOWLB_FRONT_RCVBUF_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The listening socket's receive buffer the peers get: the same as flowlb's front socket, so a burst that
+ * flowlb's buffer absorbs is not lost at a peer for want of the same setting (the default is ~208 KB).
+ */
+export function frontRcvbufBytes(): number {
+  let max = FLOWLB_FRONT_RCVBUF_BYTES;
+  try { max = Number(fs.readFileSync('/proc/sys/net/core/rmem_max', 'utf8').trim()); } catch { /* not Linux */ }
+  return Math.min(FLOWLB_FRONT_RCVBUF_BYTES, max);
+}
 const STOP_TIMEOUT_MS = 5_000;
 
 // ---------------------------------------------------------------- tools
@@ -54,6 +66,19 @@ export function toolVersion(cmd: string, args: string[], pattern: RegExp): strin
   const r = spawnSync(tool, args, { encoding: 'utf8', timeout: 5000 });
   const m = pattern.exec(`${r.stdout ?? ''}\n${r.stderr ?? ''}`);
   return m ? (m[1] ?? m[0]) : null;
+}
+
+/**
+ * Which flowlb was measured: the commit, and whether src/ had uncommitted changes (several people work in this
+ * tree and dist/ is rebuilt from whatever src/ holds).
+ */
+export function flowlbBuild(): { commit: string | null; srcChanged: string[] } {
+  const git = (args: string[]): string | null => {
+    const r = spawnSync('git', ['-C', ROOT, ...args], { encoding: 'utf8', timeout: 5000 });
+    return r.status === 0 ? r.stdout.trim() : null;
+  };
+  const changed = git(['status', '--porcelain', '--', 'src']);
+  return { commit: git(['rev-parse', '--short', 'HEAD']), srcChanged: changed ? changed.split('\n').map((l) => l.slice(3)) : [] };
 }
 
 export function makeWorkDir(prefix: string): string {
@@ -103,9 +128,17 @@ export interface Launched {
 }
 
 const live = new Set<ChildProcess>();
-process.on('exit', () => { for (const p of live) try { p.kill('SIGKILL'); } catch { /* gone */ } });
+/** Kills every process still running, children first found through /proc (nginx workers outlive a SIGKILLed master). */
+function killAll(): void {
+  for (const p of live) {
+    if (p.pid === undefined) continue;
+    for (const k of [...descendants(p.pid), p.pid]) try { process.kill(k, 'SIGKILL'); } catch { /* gone */ }
+  }
+  live.clear();
+}
+process.on('exit', killAll);
 for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
-  process.once(sig, () => { for (const p of live) try { p.kill('SIGKILL'); } catch { /* gone */ } process.exit(code); });
+  process.once(sig, () => { killAll(); process.exit(code); });
 }
 
 export interface LaunchOptions {
@@ -201,6 +234,34 @@ export async function waitUdpBound(port: number, who: Launched, timeoutMs = READ
 
 export function tail(s: string): string {
   return s.trim().split('\n').slice(-5).join(' | ') || '(no output)';
+}
+
+/** A reading of the whole machine's CPU counters (/proc/stat), to tell how busy it was over a run. */
+export interface MachineCpu { readonly busyTicks: number; readonly atMs: number }
+
+export function machineCpu(): MachineCpu {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return { busyTicks: total - f[3]! - f[4]!, atMs: performance.now() };
+}
+
+/**
+ * Cores busy on the whole machine since `from` (every process, ours and anyone else's): on a shared machine
+ * this says how much of the run's noise came from outside.
+ */
+export function busyCoresSince(from: MachineCpu): number {
+  const now = machineCpu();
+  return Math.round(((now.busyTicks - from.busyTicks) / 100 / ((now.atMs - from.atMs) / 1000)) * 100) / 100;
+}
+
+/**
+ * Cores the rest of the machine keeps busy over `ms` while the caller runs nothing: what other people's work
+ * takes of a shared machine just before a measurement.
+ */
+export async function backgroundBusyCores(ms = 1000): Promise<number> {
+  const m0 = machineCpu();
+  await sleep(ms);
+  return busyCoresSince(m0);
 }
 
 // ---------------------------------------------------------------- DNS probe
@@ -334,6 +395,11 @@ export interface SippStats {
   readonly current: number;
   /** Every "Failed...(C)" counter that is not 0. */
   readonly failures: Record<string, number>;
+  /** Messages sent again for want of an answer within T1 (500 ms, doubling): a lost or late datagram. */
+  readonly retransmissions: number;
+  /** Messages that matched no call (e.g. an ACK or BYE that reached the wrong UAS), and ones for a finished call. */
+  readonly outOfCallMsgs: number;
+  readonly deadCallMsgs: number;
   /** Cumulative averages, milliseconds (sipp prints HH:MM:SS:usec). */
   readonly responseTime1Ms: number | null;
   readonly callLengthMs: number | null;
@@ -353,6 +419,7 @@ export function readSippStats(file: string): SippStats | null {
   return {
     incoming: num('IncomingCall(C)'), outgoing: num('OutgoingCall(C)'), successful: num('SuccessfulCall(C)'),
     failed: num('FailedCall(C)'), current: num('CurrentCall'), failures,
+    retransmissions: num('Retransmissions(C)'), outOfCallMsgs: num('OutOfCallMsgs(C)'), deadCallMsgs: num('DeadCallMsgs(C)'),
     responseTime1Ms: sippDurationMs(get('ResponseTime1(C)')), callLengthMs: sippDurationMs(get('CallLength(C)')),
   };
 }
@@ -367,8 +434,9 @@ function sippDurationMs(v: string | undefined): number | null {
 
 export interface Proxy extends Launched {
   readonly port: number;
-  /** flowlb only: its /status JSON. */
+  /** flowlb only: its /status JSON, and the port it is served on. */
   status?(): Promise<any>;
+  readonly httpPort?: number;
 }
 
 export interface ProxyOptions {
@@ -395,6 +463,7 @@ export interface NginxOptions extends ProxyOptions {
 
 export function nginxConf(o: {
   dir: string; port: number; backends: readonly Endpoint[]; workers: number; reuseport: boolean; responses: number | null; timeoutSec: number;
+  rcvbufBytes: number;
 }): string {
   return `# written by bench/lib/peers.ts: nginx stream UDP proxy, round robin over the backends
 load_module ${NGINX_STREAM_MODULE};
@@ -411,7 +480,7 @@ stream {
 ${o.backends.map((b) => `    server ${b.host}:${b.port};`).join('\n')}
   }
   server {
-    listen ${HOST}:${o.port} udp${o.reuseport ? ' reuseport' : ''};
+    listen ${HOST}:${o.port} udp${o.reuseport ? ' reuseport' : ''} rcvbuf=${o.rcvbufBytes};
     proxy_pass backends;${o.responses === null ? '' : `\n    proxy_responses ${o.responses};`}
     proxy_timeout ${o.timeoutSec}s;
   }
@@ -426,7 +495,7 @@ export async function startNginx(o: NginxOptions): Promise<Proxy> {
   const conf = path.join(dir, 'nginx.conf');
   fs.writeFileSync(conf, nginxConf({
     dir, port, backends: o.backends, workers: o.workers ?? 2, reuseport: o.reuseport ?? true,
-    responses: o.responses === undefined ? 1 : o.responses, timeoutSec: o.timeoutSec ?? 2,
+    responses: o.responses === undefined ? 1 : o.responses, timeoutSec: o.timeoutSec ?? 2, rcvbufBytes: frontRcvbufBytes(),
   }));
   // -e: the compiled-in error log (/var/log/nginx) is opened before the config is read.
   // SIGQUIT is nginx's graceful stop; SIGTERM its fast one; either ends the workers with the master.
@@ -435,9 +504,11 @@ export async function startNginx(o: NginxOptions): Promise<Proxy> {
   return { ...l, port };
 }
 
-export function dnsdistConf(o: { port: number; backends: readonly Endpoint[] }): string {
+export function dnsdistConf(o: { port: number; backends: readonly Endpoint[]; rcvbufBytes: number }): string {
   return `-- written by bench/lib/peers.ts: no security polling, no console, round robin over the backends
 setSecurityPollSuffix("")
+-- the listening socket's receive buffer, as flowlb's front socket (send buffer: 0 = left as it is)
+setUDPSocketBufferSizes(${o.rcvbufBytes}, 0)
 setLocal("${HOST}:${o.port}")
 ${o.backends.map((b, i) => `newServer({address="${b.host}:${b.port}", name="backend-${i + 1}", checkName="${ZONE_NAME}.", checkType="SOA"})`).join('\n')}
 setServerPolicy(roundrobin)
@@ -450,7 +521,7 @@ export async function startDnsdist(o: ProxyOptions): Promise<Proxy> {
   fs.mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const conf = path.join(dir, 'dnsdist.conf');
-  fs.writeFileSync(conf, dnsdistConf({ port, backends: o.backends }));
+  fs.writeFileSync(conf, dnsdistConf({ port, backends: o.backends, rcvbufBytes: frontRcvbufBytes() }));
   const l = launch('dnsdist', 'dnsdist', ['--supervised', '--disable-syslog', '-C', conf], { cpus: o.cpus, cwd: dir });
   await waitDnsAnswers(port, l);
   return { ...l, port };
@@ -485,7 +556,7 @@ export async function startFlowlbProxy(o: FlowlbOptions): Promise<Proxy> {
   }
   if (o.dns) await waitDnsAnswers(port, l);
   return {
-    ...l, port,
+    ...l, port, httpPort,
     status: async () => (await fetch(`http://${HOST}:${httpPort}/status`)).json(),
   };
 }
@@ -551,8 +622,10 @@ export interface DnsperfOptions {
 }
 
 export function dnsperfArgs(o: DnsperfOptions): string[] {
+  // -a: bind the client sockets to 127.0.0.1, not the wildcard: a wildcard bind(0) collides with every port any
+  // other process holds on any 127.0.0.x, and fails with EADDRINUSE when generators spread over many of them.
   return [
-    '-s', HOST, '-p', String(o.port), '-d', o.queryFile ?? QUERY_FILE, '-l', String(o.seconds),
+    '-s', HOST, '-a', HOST, '-p', String(o.port), '-d', o.queryFile ?? QUERY_FILE, '-l', String(o.seconds),
     '-c', String(o.clients ?? 8), '-q', String(o.outstanding ?? 500), '-t', String(o.timeoutSec ?? 1),
     ...(o.qps !== undefined ? ['-Q', String(Math.round(o.qps))] : []), ...(o.verbose ? ['-v'] : []),
   ];
@@ -560,8 +633,14 @@ export function dnsperfArgs(o: DnsperfOptions): string[] {
 
 export async function runDnsperf(o: DnsperfOptions): Promise<DnsperfResult> {
   const args = dnsperfArgs(o);
-  const out = await runTool('dnsperf', args, o.cpus, (o.seconds + (o.timeoutSec ?? 1)) * 1000 + 15_000);
-  return parseDnsperf(out, o.verbose === true, `dnsperf ${args.join(' ')}`);
+  const timeoutMs = (o.seconds + (o.timeoutSec ?? 1)) * 1000 + 15_000;
+  for (let attempt = 1; ; attempt++) {
+    const { code, out } = await runToolStatus('dnsperf', args, { cpus: o.cpus, timeoutMs });
+    if (code === 0) return parseDnsperf(out, o.verbose === true, `dnsperf ${args.join(' ')}`);
+    // No free local port at that instant (other processes on a shared machine): worth another try.
+    if (attempt < 3 && /bind: Address already in use/.test(out)) { await sleep(500); continue; }
+    throw new Error(`dnsperf exited ${code}: ${tail(out)}`);
+  }
 }
 
 export function parseDnsperf(out: string, verbose: boolean, command: string): DnsperfResult {

@@ -329,3 +329,24 @@ export function diffDrops(a: Record<string, number>, b: Record<string, number>):
   return out;
 }
 
+
+/**
+ * Waits (at most `maxWaitMs`) until the whole machine has been nearly idle (busy below `busyCores`) for
+ * `forMs`: other people's benchmarks on the same 2 cores move every figure here. Returns what it saw;
+ * a benchmark that runs anyway after the wait records that it was not quiet.
+ */
+export async function waitForQuiet(maxWaitMs: number, busyCores = 0.4, forMs = 3000): Promise<{ quiet: boolean; waitedMs: number; busyCores: number }> {
+  const t0 = performance.now();
+  let quietSince = -1, last = machineTicks(), lastT = performance.now(), busy = NaN;
+  let told = false;
+  for (;;) {
+    await sleep(500);
+    const now = machineTicks(), t = performance.now();
+    busy = (now[0] - last[0]) / CLK_TCK / ((t - lastT) / 1000);
+    last = now; lastT = t;
+    if (busy < busyCores) { if (quietSince < 0) quietSince = t; } else quietSince = -1;
+    if (quietSince >= 0 && t - quietSince >= forMs) return { quiet: true, waitedMs: t - t0, busyCores: busy };
+    if (t - t0 >= maxWaitMs) return { quiet: false, waitedMs: t - t0, busyCores: busy };
+    if (!told && t - t0 > 2000) { told = true; console.log(`(waiting up to ${Math.round(maxWaitMs / 1000)} s for the machine to be quiet: ${busy.toFixed(2)} cores busy)`); }
+  }
+}
