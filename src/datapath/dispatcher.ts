@@ -25,16 +25,7 @@ export interface ChannelSink {
 const SLAB_BYTES = 1 << 20;
 /** A batch this large is flushed at once instead of waiting for the end of the loop turn. */
 const EAGER_FLUSH_BYTES = 256 * 1024;
-/**
- * libuv reads at most 32 datagrams per socket per loop turn. A turn that read that many means the kernel queue
- * was not drained: the primary is saturated. Then a pipe write per turn per worker costs as much as receiving
- * (the write wakes the worker: measured ~40% of the primary's CPU at 14 packets per batch), so batches are held
- * over a few turns, up to DEFER_MAX_BYTES or DEFER_MAX_MS. A turn with fewer packets flushes at once: below
- * saturation latency matters more than CPU.
- */
-const SATURATED_TURN_PACKETS = 32;
-const DEFER_MAX_BYTES = 48 * 1024;
-const DEFER_MAX_MS = 0.5;
+
 const HOLD_CHUNK_BYTES = 256 * 1024;
 
 export interface DispatcherOptions {
@@ -107,10 +98,7 @@ export class Dispatcher {
   private channelLimitBytes: number;
   private holdLimit: number;
   private flushScheduled = false;
-  private turnPackets = 0;
-  private readonly batchStartMs: Float64Array;
-  private deferTimer: NodeJS.Timeout | null = null;
-  private readonly deferredFlushBound: () => void;
+
   private readonly flushBound: () => void;
 
   constructor(opts: DispatcherOptions) {
@@ -142,9 +130,7 @@ export class Dispatcher {
     this.holdCount = new Int32Array(opts.maxHolds);
     this.holdBytes = new Float64Array(opts.maxHolds);
     this.holdInUse = new Uint8Array(opts.maxHolds);
-    this.flushBound = this.onTurnEnd.bind(this);
-    this.deferredFlushBound = this.onDeferTimer.bind(this);
-    this.batchStartMs = new Float64Array(w);
+    this.flushBound = this.flushAll.bind(this);
   }
 
   /** Reload: new limits apply from the next packet. */
@@ -225,14 +211,11 @@ export class Dispatcher {
     }
     if (end === this.batchStart[lane]) {
       // First packet of a batch: stamp it, once per batch, for dispatch latency.
-      const now = performance.now();
-      this.batchStartMs[lane] = now;
-      end = writeClockFrame(slab, end, performance.timeOrigin + now);
+      end = writeClockFrame(slab, end, performance.timeOrigin + performance.now());
     }
     end = writePacketFrame(slab, end, fam, listener, port, bucket, hash, a, msg);
     this.batchEnd[lane] = end;
     this.batchPackets[lane]!++;
-    this.turnPackets++;
     this.lanePackets[lane]!++;
     this.laneBytes[lane]! += len;
     this.bucketPackets[bucket]!++;
@@ -241,30 +224,12 @@ export class Dispatcher {
     else if (!this.flushScheduled) { this.flushScheduled = true; setImmediate(this.flushBound); }
   }
 
-  /** End of a loop turn that dispatched packets: flush, or hold batches over while saturated. */
-  private onTurnEnd(): void {
-    this.flushScheduled = false;
-    const saturated = this.turnPackets >= SATURATED_TURN_PACKETS;
-    this.turnPackets = 0;
-    if (!saturated) { this.flushAll(); return; }
-    const now = performance.now();
-    let deferred = false;
-    for (let lane = 0; lane < this.maxWorkers; lane++) {
-      const bytes = this.batchEnd[lane]! - this.batchStart[lane]!;
-      if (bytes === 0) continue;
-      if (bytes >= DEFER_MAX_BYTES || now - this.batchStartMs[lane]! >= DEFER_MAX_MS) this.flushLane(lane);
-      else deferred = true;
-    }
-    // If no further packets come, the timer flushes what was held.
-    if (deferred && this.deferTimer === null) this.deferTimer = setTimeout(this.deferredFlushBound, 1);
-  }
-
-  private onDeferTimer(): void {
-    this.deferTimer = null;
-    this.flushAll();
-  }
-
-  /** Writes every pending batch to its channel. */
+  /**
+   * Writes every pending batch to its channel. Runs once per loop turn that dispatched anything (setImmediate).
+   * Holding batches over several turns to save pipe writes was tried and removed: at 45 instead of 15 packets per
+   * batch the primary's CPU per packet did not drop measurably (bench/primary-cost), while a closed-loop client
+   * (a request waits for its reply) paid the hold as latency.
+   */
   flushAll(): void {
     this.flushScheduled = false;
     for (let lane = 0; lane < this.maxWorkers; lane++) {
