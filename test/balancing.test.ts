@@ -60,6 +60,28 @@ describe('balancing', () => {
     void metrics;
   });
 
+  it('treats queue drops as overload even when the total queue stays under the limit', async () => {
+    const file = configFile({
+      handler: path.join(FIXTURES, 'burn-handler.js'),
+      handlerOptions: { costUs: 20, slowWorker: 0, slowCostUs: 3000 },
+      queue: { flowQueueLimit: 4 },
+      balancer: { queueLimit: 100000, rebalanceInterval: '60s' },
+    });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    for (let i = 0; i < 32; i++) clients.push(await new Client(4).bind('127.0.0.1'));
+    const before = (await svc.status()).workers[0].buckets;
+    let done = false;
+    const load = traffic(clients, svc.udpPort, 400, 5, () => done);
+    const st = await waitFor(async () => {
+      const s = await svc.status();
+      return s.workers[0].buckets < before && s.overloadSpills > 0 ? s : null;
+    }, 15_000, 'buckets to leave the worker that drops');
+    done = true;
+    await load;
+    expect(st.workers[0].drops.flow_queue_full).toBeGreaterThan(0);
+  });
+
   it('shifts buckets by measured CPU: a worker with 4x the per-packet cost ends with fewer buckets', async () => {
     const file = configFile({
       handler: path.join(FIXTURES, 'burn-handler.js'),

@@ -14,7 +14,7 @@
 import type { FlowlbConfig } from '../config.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
 import type { Logger } from '../log.js';
-import { DROP_WORKER_DOWN } from '../datapath/counters.js';
+import { DROP_FLOW_QUEUE_FULL, DROP_QUEUE_FULL, DROP_WORKER_DOWN } from '../datapath/counters.js';
 import { computeIndexes, targetShares } from './imbalance.js';
 import { LoadModel } from './load-model.js';
 import type { Migrator } from './migrator.js';
@@ -51,6 +51,8 @@ export class Balancer {
   private readonly alive: Uint8Array;
   private timer: NodeJS.Timeout | null = null;
   private readonly lastSpillMs: Float64Array;
+  /** Per lane: queue drops (queue_full + flow_queue_full) in the last report, to see new ones. */
+  private readonly lastQueueDrops: Float64Array;
   private readonly homeOf: Uint16Array;
   /** bucket -> rebalance round in which it last moved. */
   private readonly movedRound: Float64Array;
@@ -75,6 +77,7 @@ export class Balancer {
     this.cooldown = new Uint8Array(n);
     this.alive = new Uint8Array(n);
     this.lastSpillMs = new Float64Array(n);
+    this.lastQueueDrops = new Float64Array(n);
     this.homeOf = initialAssignment(config.buckets, n);
     this.movedRound = new Float64Array(config.buckets).fill(-Infinity);
     this.pinned = new Uint8Array(config.buckets);
@@ -132,9 +135,15 @@ export class Balancer {
       bucketIds: ids, bucketPackets: pk, bucketBytes: by,
     });
     // Claim: a worker whose queue passed the set limit handles its work inefficiently; move work off it now.
+    // A worker that had to drop queued packets (a flow's queue or the whole queue full) is past its limit too,
+    // even if its total depth never reached queueLimit (per-flow caps drop first), and its CPU (capped at one
+    // core) cannot show how far past.
     const limit = this.config.balancer.queueLimit;
+    const queueDrops = (r.counters.drops[DROP_QUEUE_FULL] ?? 0) + (r.counters.drops[DROP_FLOW_QUEUE_FULL] ?? 0);
+    const newQueueDrops = queueDrops - this.lastQueueDrops[lane]!;
+    this.lastQueueDrops[lane] = queueDrops;
     if (this.config.balancer.mode === 'packet') this.updatePacketSpill(lane, r.queueDepth, limit);
-    if (this.enabled && r.queueDepth > limit) {
+    if (this.enabled && (r.queueDepth > limit || newQueueDrops > 0)) {
       const now = performance.now();
       if (now - this.lastSpillMs[lane]! >= OVERLOAD_COOLDOWN_MS) {
         this.lastSpillMs[lane] = now;
@@ -268,6 +277,7 @@ export class Balancer {
   }
 
   onWorkerExit(lane: number): void {
+    this.lastQueueDrops[lane] = 0;
     this.refreshAlive();
     this.model.resetWorker(lane);
     computeIndexes(this.model.workerLoads(this.alive), this.indexes);
