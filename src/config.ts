@@ -34,7 +34,11 @@ export const DEFAULT_FLOW_QUEUE_LIMIT = 1024;
 export const DEFAULT_QUANTUM_BYTES = 1500;
 /** Packets held for a migrating bucket in the primary; beyond it they are dropped (reason hold_overflow). */
 export const DEFAULT_HOLD_LIMIT = 4096;
-export const DEFAULT_MIGRATION_TIMEOUT_MS = 2_000;
+/**
+ * A migration whose old owner never answers ends after this; its flows' state is then lost. 2 s was measured too
+ * short for a worker releasing ~1000 flows on a CPU-starved machine (1.7 s seen on a quiet one).
+ */
+export const DEFAULT_MIGRATION_TIMEOUT_MS = 5_000;
 /** Bytes buffered towards one worker's channel beyond which packets are dropped (reason channel_full). */
 export const DEFAULT_CHANNEL_LIMIT_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_HANDLER = 'echo';

@@ -73,6 +73,8 @@ export class WorkerRuntime {
   readonly refs: (FlowRef | undefined)[];
   readonly owned: Uint8Array;
   readonly fronts: (dgram.Socket | null)[];
+  /** Bound port of each front socket, read once when its handle arrives (not a getsockname per flow). */
+  readonly frontPorts: number[] = [];
   readonly counters = new Float64Array(10);
   readonly drops = new Float64Array(DROP_REASON_COUNT);
   readonly latencyCounts = new Float64Array(LATENCY_BOUNDS_MS.length + 1);
@@ -158,8 +160,7 @@ export class WorkerRuntime {
     const addr = fam === 4 ? formatIPv4(t.addr, f * 16) : formatIPv6(t.addr, f * 16);
     const li = t.listener[f]!;
     const l = this.config.listen[li] ?? this.config.listen[0]!;
-    const front = this.fronts[li];
-    const localPort = front ? front.address().port : l.port;
+    const localPort = this.frontPorts[li] ?? l.port;
     const ref = new FlowRef(f, addr, t.port[f]!, fam, li, l.host, localPort, t.hash[f]!, t.bucket[f]!, this);
     this.refs[f] = ref;
     this.counters[C_FLOWS_CREATED]!++;
@@ -441,6 +442,7 @@ export async function runWorker(): Promise<void> {
         stopReading(s);
         s.on('error', (err) => log.warn('front socket error', { err }));
         rt.fronts[msg.listener] = s;
+        rt.frontPorts[msg.listener] = s.address().port;
         if (++fronts === config.listen.length) send({ t: 'ready', pid: process.pid });
         break;
       }

@@ -18,6 +18,8 @@ const NIL = -1;
  * small packets or one large one.
  */
 export const PACKET_COST_BYTES = 300;
+/** Ring entries looked at to find a new push-out candidate when the tracked one emptied. */
+const HEAVY_SCAN = 64;
 
 export type ServeFn = (flow: number, buf: Buffer, off: number, len: number) => void;
 
@@ -104,22 +106,18 @@ export class FairQueue {
     return result;
   }
 
-  /** The flow with the most packets queued (exact when the tracked candidate went stale: then it scans the ring). */
+  /**
+   * A flow with the most packets queued, to push out when the queue is full. O(1) while the tracked candidate
+   * (updated on every enqueue) still has packets; otherwise a bounded scan of HEAVY_SCAN ring entries from the
+   * head. Approximate by design: an exact answer would walk every active flow once per packet exactly when the
+   * worker is overloaded (measured: 16,000 active flows took a worker from 12k to 0.5k packets/s).
+   */
   private heaviest(): number {
     const h = this.heavy;
-    if (h !== NIL && this.qCount[h]! > 0) {
-      // The candidate may have been overtaken by a flow that grew while it was served; check the ring (bounded by active flows).
-      let best = h;
-      for (let i = 0, r = this.ringHead; i < this.ringLen; i++) {
-        const f = this.ring[r]!;
-        if (this.qCount[f]! > this.qCount[best]!) best = f;
-        r = r + 1 === this.ring.length ? 0 : r + 1;
-      }
-      this.heavy = best;
-      return best;
-    }
+    if (h !== NIL && this.qCount[h]! > 0) return h;
     let best = NIL;
-    for (let i = 0, r = this.ringHead; i < this.ringLen; i++) {
+    const n = Math.min(this.ringLen, HEAVY_SCAN);
+    for (let i = 0, r = this.ringHead; i < n; i++) {
       const f = this.ring[r]!;
       if (best === NIL || this.qCount[f]! > this.qCount[best]!) best = f;
       r = r + 1 === this.ring.length ? 0 : r + 1;

@@ -21,8 +21,14 @@ export interface Running {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/** Every service a test started: killed when the test process exits, however it exits, so none is orphaned. */
+const started = new Set<ChildProcess>();
+process.on('exit', () => { for (const p of started) try { p.kill('SIGKILL'); } catch { /* gone */ } });
+
 export async function startFlowlb(args: string[], timeoutMs = 20_000): Promise<Running> {
   const proc = spawn(process.execPath, [CLI, 'serve', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  started.add(proc);
+  proc.once('exit', () => started.delete(proc));
   let err = '';
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
