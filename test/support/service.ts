@@ -33,7 +33,10 @@ export async function startFlowlb(args: string[], timeoutMs = 20_000): Promise<R
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
   const listening = new Promise<{ udp: string; http: string }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`flowlb did not start in ${timeoutMs} ms:\n${err}\n${out}`)), timeoutMs);
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`flowlb did not start in ${timeoutMs} ms:\n${err}\n${out}`));
+    }, timeoutMs);
     proc.stdout!.on('data', () => {
       const m = /flowlb listening udp=(\S+) http=(\S+)/.exec(out);
       if (m) { clearTimeout(timer); resolve({ udp: m[1]!.split(',')[0]!, http: m[2]! }); }
