@@ -124,8 +124,11 @@ describe('migration', () => {
     await waitFor(() => onVictim.every((c) => c.replies.length >= 30), 10_000, 'victim flows served again');
     const st1 = await waitFor(async () => {
       const st = await svc.status();
-      return st.workers[0].ready && st.workers[0].pid !== victim.pid && st.workers[0].buckets > 0 ? st : null;
-    }, 10_000, 'replacement worker with buckets');
+      // The replacement gets its buckets back through migrations; wait until they have all landed.
+      const owned = st.workers.reduce((a: number, w: { buckets: number }) => a + w.buckets, 0);
+      return st.workers[0].ready && st.workers[0].pid !== victim.pid && st.workers[0].buckets > 0
+        && st.migrations.inFlight === 0 && owned === 256 ? st : null;
+    }, 15_000, 'replacement worker with buckets, every bucket owned');
     expect(st1.workers[0].restarts).toBe(1);
     expect(st1.workers.reduce((a: number, w: { buckets: number }) => a + w.buckets, 0)).toBe(256);
     const health = await fetch(`http://127.0.0.1:${svc.httpPort}/healthz`);
