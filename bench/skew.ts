@@ -15,8 +15,9 @@
  * reply by send time, so latency is reported per second (over time) as well as over the whole run and over
  * the steady second half. The sampler records per-worker utilisation meanwhile.
  *
- *   node dist/bench/skew.js [--short] [--cost-us 200] [--flows 256] [--zipf 1.1] [--load 0.85]
- *                           [--seconds 30] [--rounds 4] [--interval-ms 250] [--quiet-wait 90]
+ *   node dist/bench/skew.js [--short] [--cost-us 200] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15]
+ *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90]
+ * --loads: offered rates as fractions of the measured capacity (--short: 0.85 only).
  * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
  * Writes results/skew.json and results/skew.svg.
  */
@@ -37,8 +38,12 @@ function arg(name: string, def: number): number {
 
 async function parent(): Promise<void> {
   const short = process.argv.includes('--short');
-  const costUs = arg('cost-us', 200), flows = arg('flows', 256), zipf = arg('zipf', 1.1), load = arg('load', 0.85);
-  const seconds = arg('seconds', short ? 8 : 30), rounds = arg('rounds', short ? 1 : 4), intervalMs = arg('interval-ms', 250);
+  const costUs = arg('cost-us', 200), flows = arg('flows', 256), zipf = arg('zipf', 1.1);
+  // Offered load(s) as fractions of the measured capacity; the brief's point is 0.85, the others show where
+  // static hashing breaks on this machine.
+  const loadsArg = process.argv.indexOf('--loads') >= 0 ? process.argv[process.argv.indexOf('--loads') + 1]! : process.argv.indexOf('--load') >= 0 ? process.argv[process.argv.indexOf('--load') + 1]! : short ? '0.85' : '0.85,1,1.15';
+  const loads = loadsArg.split(',').map(Number);
+  const seconds = arg('seconds', short ? 8 : 20), rounds = arg('rounds', short ? 1 : 3), intervalMs = arg('interval-ms', 250);
   const sizeBytes = 200, windowMs = 1000, drainMs = short ? 2000 : 3000;
   // Full runs wait (bounded) for other work on the machine to stop before each measurement.
   const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
@@ -104,20 +109,21 @@ async function parent(): Promise<void> {
     return { saturatedPps, capacityPps: lo, trials };
   };
 
-  interface RunOut { capacityPps: number; ratePps: number; quiet: { quiet: boolean; waitedMs: number; busyCores: number } | null; machineBusy: number; flowlbCpu: number; round: number; mode: string; client: ClientResult; samples: Sample[]; moves: number; drops: Record<string, number>; migrationTimeouts: number; steadyMaxOverMeanElu: number; steadyMaxOverMeanCpu: number; busiestPpsShare: number; migrationP50Ms: number | null; migrationP99Ms: number | null; idleBefore: boolean }
+  interface RunOut { load: number; capacityPps: number; ratePps: number; quiet: { quiet: boolean; waitedMs: number; busyCores: number } | null; machineBusy: number; flowlbCpu: number; round: number; mode: string; client: ClientResult; samples: Sample[]; moves: number; drops: Record<string, number>; migrationTimeouts: number; steadyMaxOverMeanElu: number; steadyMaxOverMeanCpu: number; busiestPpsShare: number; migrationP50Ms: number | null; migrationP99Ms: number | null; idleBefore: boolean }
   const runs: RunOut[] = [];
-  const capacities: { round: number; saturatedPps: number; capacityPps: number; ratePps: number; trials: Trial[] }[] = [];
+  const capacities: { round: number; saturatedPps: number; capacityPps: number; trials: Trial[] }[] = [];
   let nextOffer = ideal;
   for (let round = 0; round < rounds; round++) {
     const cap = await measureCapacity(nextOffer);
     nextOffer = cap.saturatedPps * 1.15;
-    const capacityPps = cap.capacityPps, ratePps = Math.round(load * capacityPps);
-    capacities.push({ round, saturatedPps: Math.round(cap.saturatedPps), capacityPps: Math.round(capacityPps), ratePps, trials: cap.trials });
-    console.log(`round ${round}: capacity (2 workers, burn ${costUs} us/packet, uniform flows): ${Math.round(capacityPps)} pps sustained, ${Math.round(cap.saturatedPps)} pps handled when saturated (ideal ${Math.round(ideal)}); offered rate ${ratePps} pps = ${load} x sustained`);
+    const capacityPps = cap.capacityPps;
+    capacities.push({ round, saturatedPps: Math.round(cap.saturatedPps), capacityPps: Math.round(capacityPps), trials: cap.trials });
+    console.log(`round ${round}: capacity (2 workers, burn ${costUs} us/packet, uniform flows): ${Math.round(capacityPps)} pps sustained, ${Math.round(cap.saturatedPps)} pps handled when saturated (ideal ${Math.round(ideal)})`);
     const udpPort = await freeUdpPort();
     const client = await startRttClient({ weights: Array.from(flowWeights(flows, parseDistribution(dist))), sizeBytes });
     try {
-      for (const mode of ['static', 'adaptive'] as const) {
+      for (const load of loads) for (const mode of ['static', 'adaptive'] as const) {
+        const ratePps = Math.round(load * capacityPps);
         const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
         const lb = await startOn(udpPort, [...baseArgs, ...(mode === 'static' ? ['--no-balance'] : [])]);
         try {
@@ -136,7 +142,7 @@ async function parent(): Promise<void> {
           const pps0 = steady.reduce((a, s) => a + (s.workers[0]!.pps || 0), 0), ppsAll = steady.reduce((a, s) => a + s.workers.reduce((x, w) => x + (w.pps || 0), 0), 0);
           const recent = (s1.migrations.recent as { durationMs: number; at: string }[]).map((m) => m.durationMs).sort((a, b) => a - b);
           const out: RunOut = {
-            round, mode, client: res, samples, idleBefore, quiet, capacityPps, ratePps,
+            round, mode, load, client: res, samples, idleBefore, quiet, capacityPps, ratePps,
             machineBusy: mean(window(samples, 0, durationMs).map((x) => x.machineBusy)), flowlbCpu: mean(window(samples, 0, durationMs).map((x) => x.flowlbCpu)),
             moves: s1.migrations.completed - s0.migrations.completed,
             migrationTimeouts: s1.migrations.timeouts - s0.migrations.timeouts,
@@ -148,7 +154,7 @@ async function parent(): Promise<void> {
           };
           runs.push(out);
           const dropsTotal = Object.values(out.drops).reduce((a, b) => a + b, 0);
-          console.log(`round ${round} ${mode.padEnd(8)}: sent ${res.sent} (${Math.round(res.achievedPps)} pps), replies ${res.received}, lost ${res.lost}, dropped in flowlb ${dropsTotal} ${JSON.stringify(out.drops)}; ` +
+          console.log(`round ${round} load ${load} (${ratePps} pps) ${mode.padEnd(8)}: sent ${res.sent} (${Math.round(res.achievedPps)} pps), replies ${res.received}, lost ${res.lost}, dropped in flowlb ${dropsTotal} ${JSON.stringify(out.drops)}; ` +
             `RTT p50 ${us(res.rtt?.p50Us)} p99 ${us(res.rtt?.p99Us)}; steady (2nd half) p50 ${us(res.steady?.p50Us)} p99 ${us(res.steady?.p99Us)}; ` +
             `busiest worker ${(out.busiestPpsShare * 100).toFixed(1)}% of packets; max/mean ELU ${out.steadyMaxOverMeanElu.toFixed(3)}, CPU ${out.steadyMaxOverMeanCpu.toFixed(3)}; moves ${out.moves}; ` +
             `machine busy ${out.machineBusy.toFixed(2)} cores of which flowlb ${out.flowlbCpu.toFixed(2)}`);
@@ -159,44 +165,56 @@ async function parent(): Promise<void> {
     }
   }
 
-  const by = (mode: string): RunOut[] => runs.filter((r) => r.mode === mode);
-  const med = (mode: string, f: (r: RunOut) => number | null | undefined): number => median(by(mode).map((r) => f(r) ?? NaN));
-  const summary = Object.fromEntries(['static', 'adaptive'].map((mode) => [mode, {
-    rttP50Us: med(mode, (r) => r.client.rtt?.p50Us), rttP99Us: med(mode, (r) => r.client.rtt?.p99Us),
-    rttP999Us: med(mode, (r) => r.client.rtt?.p999Us),
-    steadyP50Us: med(mode, (r) => r.client.steady?.p50Us), steadyP99Us: med(mode, (r) => r.client.steady?.p99Us),
-    lossPct: med(mode, (r) => (100 * r.client.lost) / r.client.sent),
-    throughputPps: med(mode, (r) => r.client.received / seconds),
-    droppedInFlowlb: med(mode, (r) => Object.values(r.drops).reduce((a, b) => a + b, 0)),
-    moves: med(mode, (r) => r.moves),
-    steadyMaxOverMeanElu: med(mode, (r) => r.steadyMaxOverMeanElu),
-    steadyMaxOverMeanCpu: med(mode, (r) => r.steadyMaxOverMeanCpu),
-    busiestPpsShare: med(mode, (r) => r.busiestPpsShare),
-  }]));
-  const p99Ratio = summary.static!.rttP99Us / summary.adaptive!.rttP99Us;
-  const steadyRatio = summary.static!.steadyP99Us / summary.adaptive!.steadyP99Us;
-  console.log(`\nmedians over ${rounds} round(s); ${flows} flows ${dist}, burn ${costUs} us, offered ${load} x capacity (${capacities.map((c) => c.ratePps).join(', ')} pps) for ${seconds} s:`);
-  console.log('  mode      | RTT p50 | RTT p99 | p99 2nd half | loss %  | replies/s | drops | moves | max/mean ELU (2nd half) | busiest worker share');
-  for (const mode of ['static', 'adaptive']) {
-    const s = summary[mode]!;
-    console.log(`  ${mode.padEnd(9)} | ${us(s.rttP50Us).padStart(7)} | ${us(s.rttP99Us).padStart(7)} | ${us(s.steadyP99Us).padStart(12)} | ${s.lossPct.toFixed(2).padStart(7)} | ${Math.round(s.throughputPps).toString().padStart(9)} | ${String(s.droppedInFlowlb).padStart(5)} | ${String(s.moves).padStart(5)} | ${s.steadyMaxOverMeanElu.toFixed(3).padStart(23)} | ${(s.busiestPpsShare * 100).toFixed(1)}%`);
+  const summarise = (load: number): Record<string, any> => {
+    const by = (mode: string): RunOut[] => runs.filter((r) => r.mode === mode && r.load === load);
+    const med = (mode: string, f: (r: RunOut) => number | null | undefined): number => median(by(mode).map((r) => f(r) ?? NaN));
+    const sm: Record<string, any> = Object.fromEntries(['static', 'adaptive'].map((mode) => [mode, {
+      ratePps: med(mode, (r) => r.ratePps),
+      rttP50Us: med(mode, (r) => r.client.rtt?.p50Us), rttP99Us: med(mode, (r) => r.client.rtt?.p99Us),
+      rttP999Us: med(mode, (r) => r.client.rtt?.p999Us),
+      steadyP50Us: med(mode, (r) => r.client.steady?.p50Us), steadyP99Us: med(mode, (r) => r.client.steady?.p99Us),
+      lossPct: med(mode, (r) => (100 * r.client.lost) / r.client.sent),
+      throughputPps: med(mode, (r) => r.client.received / seconds),
+      droppedInFlowlb: med(mode, (r) => Object.values(r.drops).reduce((a, b) => a + b, 0)),
+      moves: med(mode, (r) => r.moves),
+      steadyMaxOverMeanElu: med(mode, (r) => r.steadyMaxOverMeanElu),
+      steadyMaxOverMeanCpu: med(mode, (r) => r.steadyMaxOverMeanCpu),
+      busiestPpsShare: med(mode, (r) => r.busiestPpsShare),
+    }]));
+    sm.p99Ratio = sm.static.rttP99Us / sm.adaptive.rttP99Us;
+    sm.steadyP99Ratio = sm.static.steadyP99Us / sm.adaptive.steadyP99Us;
+    // Per round, so a lucky or unlucky static split is visible rather than hidden in a median.
+    sm.rounds = [...new Set(runs.map((r) => r.round))].map((round) => {
+      const st = runs.find((r) => r.round === round && r.load === load && r.mode === 'static');
+      const ad = runs.find((r) => r.round === round && r.load === load && r.mode === 'adaptive');
+      return { round, staticBusiestShare: st?.busiestPpsShare, staticP99Us: st?.client.rtt?.p99Us, adaptiveP99Us: ad?.client.rtt?.p99Us, ratio: (st?.client.rtt?.p99Us ?? NaN) / (ad?.client.rtt?.p99Us ?? NaN) };
+    });
+    return sm;
+  };
+  const summaryByLoad = Object.fromEntries(loads.map((l) => [String(l), summarise(l)]));
+  for (const load of loads) {
+    const sm = summaryByLoad[String(load)]!;
+    console.log(`\nload ${load} x capacity, medians over ${rounds} round(s); ${flows} flows ${dist}, burn ${costUs} us, ${seconds} s per run:`);
+    console.log('  mode      |  pps | RTT p50 | RTT p99 | p99 2nd half | loss %  | replies/s | drops | moves | max/mean ELU (2nd half) | busiest worker share');
+    for (const mode of ['static', 'adaptive']) {
+      const x = sm[mode];
+      console.log(`  ${mode.padEnd(9)} | ${String(x.ratePps).padStart(4)} | ${us(x.rttP50Us).padStart(7)} | ${us(x.rttP99Us).padStart(7)} | ${us(x.steadyP99Us).padStart(12)} | ${x.lossPct.toFixed(2).padStart(7)} | ${Math.round(x.throughputPps).toString().padStart(9)} | ${String(x.droppedInFlowlb).padStart(5)} | ${String(x.moves).padStart(5)} | ${x.steadyMaxOverMeanElu.toFixed(3).padStart(23)} | ${(x.busiestPpsShare * 100).toFixed(1)}%`);
+    }
+    console.log(`  p99 static / adaptive: whole run ${sm.p99Ratio.toFixed(1)}x, second half ${sm.steadyP99Ratio.toFixed(1)}x (target >= 5x); per round: ` +
+      sm.rounds.map((r: any) => `static split ${(r.staticBusiestShare * 100).toFixed(0)}% -> ${r.ratio.toFixed(1)}x`).join(', '));
   }
-  console.log(`  p99 static / adaptive: whole run ${p99Ratio.toFixed(1)}x, second half ${steadyRatio.toFixed(1)}x (target >= 5x)`);
+  const summary = summaryByLoad[String(loads[0])]!;
 
   // Chart: per-worker utilisation (ELU as the balancer sees it) and client RTT p99 per second, static vs adaptive (round 0).
   const rows: object[] = [];
   for (const r of runs.filter((x) => x.round === 0)) {
-    for (const s of r.samples) for (const w of s.workers) rows.push({ mode: r.mode, t: s.tMs / 1000, series: `worker ${w.id}`, value: w.elu, panel: 'utilisation' });
-    for (const w of r.client.windows) if (w.p99Us !== null) rows.push({ mode: r.mode, t: w.t + 0.5, series: 'RTT p99', value: w.p99Us / 1000, panel: 'p99' });
+    for (const s of r.samples) for (const w of s.workers) rows.push({ load: r.load, mode: r.mode, t: s.tMs / 1000, series: `worker ${w.id}`, value: w.elu, panel: 'utilisation' });
+    for (const w of r.client.windows) if (w.p99Us !== null) rows.push({ load: r.load, mode: r.mode, t: w.t + 0.5, series: 'RTT p99', value: w.p99Us / 1000, panel: 'p99' });
   }
-  const spec = {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: `Skew (round 0): ${flows} flows ${dist}, burn ${costUs} us/packet, ${capacities[0]!.ratePps} pps (${load} x measured capacity), 2 workers`,
-    background: 'white',
-    data: { values: rows },
-    vconcat: [
+  const panels = (load: number): object[] => [
       {
-        transform: [{ filter: "datum.panel == 'utilisation'" }],
+        title: `${load} x capacity (${Math.round(load * capacities[0]!.capacityPps)} pps): worker utilisation`,
+        transform: [{ filter: `datum.panel == 'utilisation' && datum.load == ${load}` }],
         facet: { column: { field: 'mode', type: 'nominal', title: null, sort: ['static', 'adaptive'] } },
         spec: {
           width: 360, height: 180, mark: { type: 'line' },
@@ -208,7 +226,8 @@ async function parent(): Promise<void> {
         },
       },
       {
-        transform: [{ filter: "datum.panel == 'p99'" }],
+        title: `${load} x capacity: client RTT p99`,
+        transform: [{ filter: `datum.panel == 'p99' && datum.load == ${load}` }],
         facet: { column: { field: 'mode', type: 'nominal', title: null, sort: ['static', 'adaptive'] } },
         spec: {
           width: 360, height: 180, mark: { type: 'line', point: true, color: '#d62728' },
@@ -218,16 +237,22 @@ async function parent(): Promise<void> {
           },
         },
       },
-    ],
+  ];
+  const spec = {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: `Skew (round 0): ${flows} flows ${dist}, burn ${costUs} us/packet, 2 workers; static vs adaptive`,
+    background: 'white',
+    data: { values: rows },
+    vconcat: loads.flatMap(panels),
   } as unknown as TopLevelSpec;
   const svg = await renderChart(spec, path.join(ROOT, 'results/skew.svg'));
   const file = writeResult('skew', {
     command: `node dist/bench/skew.js ${process.argv.slice(2).join(' ')}`.trim(),
-    costUs, flows, distribution: dist, load, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
+    costUs, flows, distribution: dist, loads, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
     loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
-    summary, p99Ratio, steadyP99Ratio: steadyRatio,
+    summary, p99Ratio: summary.p99Ratio, steadyP99Ratio: summary.steadyP99Ratio, summaryByLoad,
     runs: runs.map((r) => ({
-      round: r.round, mode: r.mode, capacityPps: r.capacityPps, ratePps: r.ratePps, idleBefore: r.idleBefore, quietBefore: r.quiet, machineBusyCores: r.machineBusy, flowlbCpuCores: r.flowlbCpu, moves: r.moves, migrationTimeouts: r.migrationTimeouts, drops: r.drops,
+      round: r.round, load: r.load, mode: r.mode, capacityPps: r.capacityPps, ratePps: r.ratePps, idleBefore: r.idleBefore, quietBefore: r.quiet, machineBusyCores: r.machineBusy, flowlbCpuCores: r.flowlbCpu, moves: r.moves, migrationTimeouts: r.migrationTimeouts, drops: r.drops,
       steadyMaxOverMeanElu: r.steadyMaxOverMeanElu, steadyMaxOverMeanCpu: r.steadyMaxOverMeanCpu, busiestPpsShare: r.busiestPpsShare,
       migrationP50Ms: r.migrationP50Ms, migrationMaxRecentMs: r.migrationP99Ms,
       client: { ...r.client, groups: undefined, perFlowSent: r.client.perFlowSent.slice(0, 8), perFlowReceived: r.client.perFlowReceived.slice(0, 8) },
