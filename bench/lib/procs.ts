@@ -22,8 +22,9 @@ export interface Flowlb {
   stop(): Promise<void>;
 }
 
-export async function startFlowlb(args: string[]): Promise<Flowlb> {
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli.js'), 'serve', '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--log-level', 'warn', ...args], {
+/** Starts `flowlb serve` on 127.0.0.1:udpPort (0: any free port) with a free status port. */
+export async function startFlowlb(args: string[], udpPort = 0): Promise<Flowlb> {
+  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli.js'), 'serve', '--listen', `127.0.0.1:${udpPort}`, '--http', '127.0.0.1:0', '--log-level', 'warn', ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   let out = '';
@@ -40,7 +41,12 @@ export async function startFlowlb(args: string[]): Promise<Flowlb> {
   return {
     proc, port: Number(m[1]), httpPort,
     status: async () => (await fetch(`http://127.0.0.1:${httpPort}/status`)).json(),
-    stop: () => new Promise((resolve) => { proc.once('exit', () => resolve()); proc.kill('SIGTERM'); }),
+    stop: () => new Promise((resolve) => {
+      if (proc.exitCode !== null || proc.signalCode !== null) { resolve(); return; }
+      const kill = setTimeout(() => proc.kill('SIGKILL'), 8000);
+      proc.once('exit', () => { clearTimeout(kill); resolve(); });
+      proc.kill('SIGTERM');
+    }),
   };
 }
 

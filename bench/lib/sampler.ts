@@ -8,11 +8,10 @@
  * ~90% after ~1.3 s; `procCpu` and `pps` are raw per-interval figures. Bounded: stop() ends it, and a poll
  * that takes longer than the interval delays the next one instead of piling up.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
-import path from 'node:path';
-import { ROOT, sleep } from './procs.js';
+import { sleep, startFlowlb } from './procs.js';
 
 const CLK_TCK = 100;
 
@@ -268,32 +267,9 @@ export function compactSeries(samples: readonly Sample[]): unknown[] {
 
 export interface Lb { proc: ChildProcess; port: number; httpPort: number; status(): Promise<any>; stop(): Promise<void> }
 
-/** flowlb on a given UDP port (procs.startFlowlb always listens on port 0). */
-export async function startOn(udpPort: number, args: string[]): Promise<Lb> {
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli.js'), 'serve', '--listen', `127.0.0.1:${udpPort}`, '--http', '127.0.0.1:0', '--log-level', 'warn', ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  const m = await new Promise<RegExpExecArray>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('flowlb did not start')), 20_000);
-    proc.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const r = /udp=\S+:(\d+) http=\S+:(\d+)/.exec(out);
-      if (r) { clearTimeout(timer); resolve(r); }
-    });
-    proc.on('exit', (c) => { clearTimeout(timer); reject(new Error(`flowlb exited ${c}`)); });
-  });
-  const httpPort = Number(m[2]);
-  return {
-    proc, port: Number(m[1]), httpPort,
-    status: async () => (await fetch(`http://127.0.0.1:${httpPort}/status`)).json(),
-    stop: () => new Promise((resolve) => {
-      if (proc.exitCode !== null) { resolve(); return; }
-      const kill = setTimeout(() => proc.kill('SIGKILL'), 8000);
-      proc.once('exit', () => { clearTimeout(kill); resolve(); });
-      proc.kill('SIGTERM');
-    }),
-  };
+/** flowlb on a given UDP port (so a second run keeps the clients' 4-tuples). */
+export function startOn(udpPort: number, args: string[]): Promise<Lb> {
+  return startFlowlb(args, udpPort);
 }
 
 export async function freeUdpPort(): Promise<number> {
