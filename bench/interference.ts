@@ -26,7 +26,7 @@ import { renderChart, type TopLevelSpec } from './lib/chart.js';
 import { median, ROOT, writeResult } from './lib/procs.js';
 import { startRttClient, type ClientResult } from './lib/rtt-client.js';
 import {
-  compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, startOn, sumDrops, waitForQuiet, waitIdle, window, type Sample,
+  compactSeries, diffDrops, freeUdpPort, killLb, maxOverMean, mean, Sampler, startOn, sumDrops, waitForQuiet, waitIdle, window, type Sample,
 } from './lib/sampler.js';
 
 function arg(name: string, def: number): number {
@@ -164,7 +164,7 @@ for (let round = 0; round < rounds; round++) {
         }
       } finally {
         (hog as ChildProcess | null)?.kill('SIGKILL');
-        await lb.stop();
+        await killLb(lb);
       }
     }
   } finally {

@@ -29,7 +29,7 @@ import { runGenerator } from '../src/gen/run.js';
 import { renderChart, type TopLevelSpec } from './lib/chart.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
 import { startRttClient, type ClientResult } from './lib/rtt-client.js';
-import { compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, startOn, sumDrops, waitForQuiet, waitIdle, window, type Lb, type Sample } from './lib/sampler.js';
+import { compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, killLb, startOn, sumDrops, waitForQuiet, waitIdle, window, type Lb, type Sample } from './lib/sampler.js';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -74,8 +74,7 @@ async function parent(): Promise<void> {
       await waitIdle(lb, 5000);
       return await fn(lb);
     } finally {
-      lb.proc.kill('SIGKILL');
-      await new Promise((r) => (lb.proc.exitCode !== null ? r(null) : lb.proc.once('exit', r)));
+      await killLb(lb);
     }
   };
   const trialMs = short ? 2500 : 4000;
@@ -158,7 +157,7 @@ async function parent(): Promise<void> {
             `RTT p50 ${us(res.rtt?.p50Us)} p99 ${us(res.rtt?.p99Us)}; steady (2nd half) p50 ${us(res.steady?.p50Us)} p99 ${us(res.steady?.p99Us)}; ` +
             `busiest worker ${(out.busiestPpsShare * 100).toFixed(1)}% of packets; max/mean ELU ${out.steadyMaxOverMeanElu.toFixed(3)}, CPU ${out.steadyMaxOverMeanCpu.toFixed(3)}; moves ${out.moves}; ` +
             `machine busy ${out.machineBusy.toFixed(2)} cores of which flowlb ${out.flowlbCpu.toFixed(2)}`);
-        } finally { await lb.stop(); }
+        } finally { await killLb(lb); }
       }
     } finally {
       await client.close();

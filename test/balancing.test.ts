@@ -56,8 +56,6 @@ describe('balancing', () => {
     done = true;
     await load;
     expect(st.workers[1].buckets).toBeGreaterThan(32);
-    const metrics = await svc.metrics();
-    void metrics;
   });
 
   it('treats queue drops as overload even when the total queue stays under the limit', async () => {
@@ -92,11 +90,14 @@ describe('balancing', () => {
     running.push(svc);
     for (let i = 0; i < 64; i++) clients.push(await new Client(4).bind('127.0.0.1'));
     let done = false;
-    const load = traffic(clients, svc.udpPort, 2000, 10, () => done);
-    // Worker 1's packets cost 4x: its CPU per bucket is higher, so the balancer hands its buckets to worker 0.
+    // ~2,500 packets/s: about 0.15 + 0.6 cores of handler work, below what 2 shared cores can give, so CPU
+    // measures demand (a saturated machine would cap both workers' CPU and hide the difference).
+    const load = traffic(clients, svc.udpPort, 1000, 25, () => done);
+    // Worker 1's packets cost 4x: its CPU per bucket is higher, so the balancer hands its buckets to worker 0
+    // (equal CPU would be ~13 buckets on worker 1; flows are not spread evenly over buckets, so allow slack).
     const st = await waitFor(async () => {
       const s = await svc.status();
-      return s.workers[1].buckets < 24 ? s : null;
+      return s.workers[1].buckets <= 26 ? s : null;
     }, 20_000, 'worker 1 to lose buckets', 200);
     done = true;
     await load;

@@ -2,7 +2,6 @@
  * The core service end to end, as a user runs it: the compiled CLI, real processes, real UDP on 127.0.0.1
  * and ::1. Every wait has a deadline.
  */
-import { execFileSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -139,4 +138,3 @@ describe('shutdown', () => {
   });
 });
 
-void execFileSync;

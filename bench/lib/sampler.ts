@@ -326,3 +326,20 @@ export async function waitForQuiet(maxWaitMs: number, busyCores = 0.4, forMs = 3
     if (!told && t - t0 > 2000) { told = true; console.log(`(waiting up to ${Math.round(maxWaitMs / 1000)} s for the machine to be quiet: ${busy.toFixed(2)} cores busy)`); }
   }
 }
+
+/**
+ * Stops a flowlb at once: SIGKILL to its workers and its primary. After an overloaded run a SIGTERM would have
+ * it serve seconds of backlog first (up to shutdownTimeout), and a killed primary alone leaves workers that
+ * drain their queues on the shared cores while the next measurement runs.
+ */
+export async function killLb(lb: Lb): Promise<void> {
+  try {
+    const st = await Promise.race([lb.status(), sleep(1000).then(() => null)]);
+    for (const w of (st?.workers ?? []) as { pid: number }[]) { try { process.kill(w.pid, 'SIGKILL'); } catch { /* gone */ } }
+  } catch { /* not answering: the primary's kill below still ends it */ }
+  if (lb.proc.exitCode === null && lb.proc.signalCode === null) {
+    const exited = new Promise((r) => lb.proc.once('exit', r));
+    lb.proc.kill('SIGKILL');
+    await exited;
+  }
+}

@@ -9,7 +9,6 @@ import type net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { reloadConfig, type Endpoint, type FlowlbConfig } from '../config.js';
 import { Dispatcher } from '../datapath/dispatcher.js';
-import { UNASSIGNED } from '../datapath/bucket-table.js';
 import { addressBytes, loadHasher } from '../datapath/tuple.js';
 import { BindError, FlowlbError, HandlerLoadError } from '../errors.js';
 import { instantiateHandler, loadHandlerFactory } from '../handlers/load.js';
@@ -331,4 +330,3 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   return { udp, http: httpEndpoint, close };
 }
 
-export { UNASSIGNED };

@@ -15,7 +15,7 @@ import { ENQ_FLOW_FULL, ENQ_FULL, ENQ_PUSHED_OUT, FairQueue } from '../datapath/
 import { FlowTable } from '../datapath/flow-table.js';
 import {
   FRAME_CLOCK, FRAME_HEADER_BYTES, FRAME_PACKET, FRAME_RELEASE, FrameReader, frameBucket, frameClockMs, frameEpoch,
-  frameKind, frameLength,
+  frameKind,
 } from '../datapath/frame.js';
 import { formatIPv4, formatIPv6 } from '../datapath/tuple.js';
 import { instantiateHandler, loadHandlerFactory } from '../handlers/load.js';
@@ -151,7 +151,6 @@ export class WorkerRuntime {
     } else {
       this.drops[DROP_MALFORMED]!++;
     }
-    void frameLength;
   }
 
   private startFlow(f: number, imported: ExportedFlow | undefined): FlowRef {
