@@ -8,7 +8,8 @@
  *   light only          50 x r                                    (the light flows' baseline)
  *   + heavy 10x         50 x r + 10 r, ~0.9 of the worker's capacity
  *   + heavy overload    50 x r + H r, H set so the total is ~1.25x capacity: the heavy flow alone overloads
- *   ... and the two heavy runs again with the DRR quantum at 2^31-1 bytes ("exhaustive"): a flow's turn then
+ *   ... and the two heavy runs again (--short: only the overload one) with the DRR quantum at 2^31-1 bytes
+ *   ("exhaustive"): a flow's turn then
  *   lasts until its queue is empty, so a light packet waits behind the heavy flow's whole backlog, as in a
  *   FIFO. That contrast is the DRR effect.
  * Capacity: the packets one worker handled per second while offered more than it could (uniform flows).

@@ -174,7 +174,7 @@ async function activeRun(lb: Flowlb, n: number, ratePps: number, steadyMs: numbe
 async function main(): Promise<void> {
   const short = process.argv.includes('--short');
   const rate = arg('rate', short ? 10_000 : 20_000), satRate = arg('sat-rate', 80_000), maxFlows = arg('max-flows', 600_000);
-  const populateRate = arg('populate-rate', 12_000), steadyMs = short ? 3000 : 6000;
+  const populateRate = arg('populate-rate', 12_000), steadyMs = short ? 2000 : 6000;
   const counts = short ? [1_000, 10_000] : [1_000, 10_000, 100_000];
   const with1M = !short && !process.argv.includes('--no-1m');
   const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
@@ -193,7 +193,7 @@ async function main(): Promise<void> {
   out.prealloc = { maxFlows, rssSmallBytes: rssSmall, rssLargeBytes: rssLarge, bytesPerSlot: preallocPerSlot };
 
   // Memory: one flowlb, idle flows added in steps; RSS after each step.
-  const ladder = short ? [1_000, 10_000, 100_000] : with1M ? [1_000, 10_000, 100_000, 1_000_000] : [1_000, 10_000, 100_000];
+  const ladder = short ? [1_000, 10_000, 50_000] : with1M ? [1_000, 10_000, 100_000, 1_000_000] : [1_000, 10_000, 100_000];
   const memory: Record<string, unknown>[] = [];
   {
     out.quietBeforeMemory = await quiet();

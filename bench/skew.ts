@@ -43,8 +43,8 @@ async function parent(): Promise<void> {
   // static hashing breaks on this machine.
   const loadsArg = process.argv.indexOf('--loads') >= 0 ? process.argv[process.argv.indexOf('--loads') + 1]! : process.argv.indexOf('--load') >= 0 ? process.argv[process.argv.indexOf('--load') + 1]! : short ? '0.85' : '0.85,1,1.15';
   const loads = loadsArg.split(',').map(Number);
-  const seconds = arg('seconds', short ? 8 : 20), rounds = arg('rounds', short ? 1 : 3), intervalMs = arg('interval-ms', 250);
-  const sizeBytes = 200, windowMs = 1000, drainMs = short ? 2000 : 3000;
+  const seconds = arg('seconds', short ? 6 : 20), rounds = arg('rounds', short ? 1 : 3), intervalMs = arg('interval-ms', 250);
+  const sizeBytes = 200, windowMs = 1000, drainMs = short ? 1500 : 3000;
   // Full runs wait (bounded) for other work on the machine to stop before each measurement.
   const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
   const durationMs = seconds * 1000, steadyFromMs = Math.floor(durationMs / 2);
