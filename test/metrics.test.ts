@@ -4,12 +4,11 @@
  * processes), and against a real running cluster: the conservation identity holds in every scrape and every
  * worker's counters rise with real UDP traffic. Needs `npx tsc -p .` first (the service runs from dist/).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { defaultConfig, type FlowlbConfig } from '../src/config.js';
@@ -23,10 +22,9 @@ import { loadHasher } from '../src/datapath/tuple.js';
 import { createLogger } from '../src/log.js';
 import type { ServiceView } from '../src/metrics/http.js';
 import { createMetrics, METRIC_DEFS } from '../src/metrics/registry.js';
+import { CLI, LOOPBACK, ROOT, startFlowlb, waitFor } from './support/service.js';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
-const CLI = path.join(REPO, 'dist/src/cli.js');
-const DOCS = path.join(REPO, 'docs/metrics.md');
+const DOCS = path.join(ROOT, 'docs/metrics.md');
 
 // ---- the text exposition format, strictly ----
 
@@ -315,44 +313,6 @@ describe('metrics from the primary\'s objects', () => {
 
 // ---- integration: a real cluster over loopback ----
 
-interface Flowlb { proc: ChildProcess; udpPort: number; httpUrl: string; output: () => string; stop: () => Promise<void> }
-
-async function waitFor<T>(what: string, deadlineMs: number, probe: () => Promise<T | undefined | null | false>): Promise<T> {
-  const end = Date.now() + deadlineMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined && v !== null && v !== false) return v;
-    } catch (err) { last = err; }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function startFlowlb(args: string[]): Promise<Flowlb> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--log-level', 'warn', ...args], {
-    cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stdout!.setEncoding('utf8').on('data', (c: string) => { out += c; });
-  proc.stderr!.setEncoding('utf8').on('data', (c: string) => { out += c; });
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const line = await waitFor('the listening line', 20_000, async () => {
-    if (proc.exitCode !== null) throw new Error(`flowlb exited: ${out}`);
-    return /^flowlb listening udp=127\.0\.0\.1:(\d+) http=(\S+)/m.exec(out);
-  });
-  return {
-    proc, udpPort: Number(line[1]), httpUrl: `http://${line[2]}`, output: () => out,
-    stop: async () => {
-      if (proc.exitCode === null) proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 8000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-}
-
 interface Traffic { sent: () => number; stop: () => Promise<void> }
 
 /** `flows` client sockets (distinct source ports, so both workers get flows) each sending a datagram per tick. */
@@ -387,7 +347,7 @@ async function scrape(url: string): Promise<Exposition> {
 }
 
 describe('metrics of a running cluster', () => {
-  const cleanups: (() => Promise<void>)[] = [];
+  const cleanups: (() => Promise<unknown>)[] = [];
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'flowlb-metrics-'));
 
   beforeAll(() => {
@@ -399,23 +359,23 @@ describe('metrics of a running cluster', () => {
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
   it('keeps the conservation identity in every scrape and every worker\'s counters rise', async () => {
-    const svc = await startFlowlb(['--workers', '2']);
+    const svc = await startFlowlb([...LOOPBACK, '--workers', '2']);
     cleanups.push(svc.stop);
     const traffic = await startTraffic(svc.udpPort);
     cleanups.push(traffic.stop);
 
     // Reports arrive every 200 ms: wait until both workers have handled packets.
-    const first = await waitFor('both workers to report handled packets', 15_000, async () => {
+    const first = await waitFor(async () => {
       const e = await scrape(svc.httpUrl);
       const handled = byWorker(e, 'flowlb_handled_packets_total');
       return handled.size === 2 && [...handled.values()].every((x) => x > 0) ? e : null;
-    });
+    }, 15_000, 'both workers to report handled packets', 100);
     expect(conservationGap(first)).toBe(0);
 
     // Scrapes while traffic flows: the identity is exact in each of them.
     for (let i = 0; i < 5; i++) expect(conservationGap(await scrape(svc.httpUrl))).toBe(0);
 
-    const second = await waitFor('every worker counter to rise', 15_000, async () => {
+    const second = await waitFor(async () => {
       const e = await scrape(svc.httpUrl);
       const rose = (name: string): boolean => {
         const a = byWorker(first, name), b = byWorker(e, name);
@@ -424,7 +384,7 @@ describe('metrics of a running cluster', () => {
       const names = ['flowlb_dispatched_packets_total', 'flowlb_dispatched_bytes_total', 'flowlb_batches_total',
         'flowlb_worker_received_packets_total', 'flowlb_handled_packets_total', 'flowlb_replied_packets_total', 'flowlb_replied_bytes_total'];
       return names.every(rose) ? e : null;
-    });
+    }, 15_000, 'every worker counter to rise', 100);
     expect(conservationGap(second)).toBe(0);
     expect(value(second, 'flowlb_received_packets_total')).toBeGreaterThan(value(first, 'flowlb_received_packets_total'));
     expect(total(second, 'flowlb_dropped_packets_total')).toBe(0);
@@ -440,10 +400,10 @@ describe('metrics of a running cluster', () => {
     // After the traffic stops, every datagram sent was received and every one dispatched was handled.
     await traffic.stop();
     const sent = traffic.sent();
-    const settled = await waitFor('the last packets to be handled and reported', 10_000, async () => {
+    const settled = await waitFor(async () => {
       const e = await scrape(svc.httpUrl);
       return value(e, 'flowlb_received_packets_total') === sent && total(e, 'flowlb_handled_packets_total') === sent ? e : null;
-    });
+    }, 10_000, 'the last packets to be handled and reported', 100);
     expect(conservationGap(settled)).toBe(0);
   });
 
@@ -451,7 +411,7 @@ describe('metrics of a running cluster', () => {
     // The proxy handler wrapped with the counters() shape docs/metrics.md asks handlers for.
     const handlerFile = path.join(tmp, 'proxy-with-counters.js');
     writeFileSync(handlerFile, `
-import { createProxyHandler } from ${JSON.stringify(pathToFileURL(path.join(REPO, 'dist/src/handlers/proxy.js')).href)};
+import { createProxyHandler } from ${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist/src/handlers/proxy.js')).href)};
 export default async function (ctx) {
   const handler = await createProxyHandler(ctx);
   handler.counters = () => {
@@ -479,17 +439,17 @@ export default async function (ctx) {
     const live = `127.0.0.1:${backend.address().port}`;
     const dead = `127.0.0.1:${closedPort}`;
 
-    const svc = await startFlowlb(['--workers', '2', '--handler', handlerFile, '--backend', live, '--backend', dead]);
+    const svc = await startFlowlb([...LOOPBACK, '--workers', '2', '--handler', handlerFile, '--backend', live, '--backend', dead]);
     cleanups.push(svc.stop);
     const traffic = await startTraffic(svc.udpPort, 32, 50);
     cleanups.push(traffic.stop);
 
-    const e = await waitFor('backend counters of both backends', 15_000, async () => {
+    const e = await waitFor(async () => {
       const x = await scrape(svc.httpUrl);
       const ok = value(x, 'flowlb_backend_responses_total', { backend: live }) > 0
         && value(x, 'flowlb_backend_errors_total', { backend: dead, kind: 'refused' }) > 0;
       return ok ? x : null;
-    });
+    }, 15_000, 'backend counters of both backends', 100);
     expect(value(e, 'flowlb_backend_requests_total', { backend: live })).toBeGreaterThan(0);
     expect(value(e, 'flowlb_backend_requests_total', { backend: dead })).toBeGreaterThan(0);
     expect(value(e, 'flowlb_backend_up', { backend: live })).toBe(1);

@@ -14,27 +14,13 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
-const CLI = path.join(REPO, 'dist/src/cli.js');
-const ALERTS = path.join(REPO, 'deploy/alerts.yml');
-const PROM_CONFIG = path.join(REPO, 'deploy/prometheus.yml');
-const WORKERS = 2;
+import { CLI, LOOPBACK, ROOT, startFlowlb, waitFor } from './support/service.js';
 
-async function waitFor<T>(what: string, deadlineMs: number, probe: () => Promise<T | undefined | null | false>): Promise<T> {
-  const end = Date.now() + deadlineMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined && v !== null && v !== false) return v;
-    } catch (err) { last = err; }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const ALERTS = path.join(ROOT, 'deploy/alerts.yml');
+const PROM_CONFIG = path.join(ROOT, 'deploy/prometheus.yml');
+const WORKERS = 2;
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -55,7 +41,7 @@ function promtool(args: string[], input?: string): { code: number | null; out: s
 interface Child { proc: ChildProcess; output: () => string; stop: () => Promise<void> }
 
 function startChild(cmd: string, args: string[]): Child {
-  const proc = spawn(cmd, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.setEncoding('utf8').on('data', (c: string) => { out += c; });
   proc.stderr!.setEncoding('utf8').on('data', (c: string) => { out += c; });
@@ -82,7 +68,7 @@ async function query(promUrl: string, expr: string): Promise<PromVectorSample[]>
 
 describe('flowlb under Prometheus', () => {
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'flowlb-prom-'));
-  const stops: (() => Promise<void> | void)[] = [];
+  const stops: (() => Promise<unknown> | void)[] = [];
   let flowlbHttp = '';
   let promUrl = '';
   let prom: Child;
@@ -94,14 +80,10 @@ describe('flowlb under Prometheus', () => {
       if (r.error || r.status !== 0) throw new Error(`${tool} is required and was not found: run scripts/install-prometheus.sh`);
     }
 
-    const flowlb = startChild(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', String(WORKERS), '--log-level', 'warn']);
+    const flowlb = await startFlowlb([...LOOPBACK, '--workers', String(WORKERS)]);
     stops.push(flowlb.stop);
-    const line = await waitFor('flowlb to listen', 20_000, async () => {
-      if (flowlb.proc.exitCode !== null) throw new Error(`flowlb exited: ${flowlb.output()}`);
-      return /^flowlb listening udp=127\.0\.0\.1:(\d+) http=(\S+)/m.exec(flowlb.output());
-    });
-    const udpPort = Number(line[1]);
-    flowlbHttp = line[2]!;
+    const udpPort = flowlb.udpPort;
+    flowlbHttp = `127.0.0.1:${flowlb.httpPort}`;
 
     // Traffic from 32 source ports (so both workers get flows), ~640 datagrams/s, for the whole test.
     const sockets = await Promise.all(Array.from({ length: 32 }, () => new Promise<dgram.Socket>((resolve) => {
@@ -134,10 +116,10 @@ describe('flowlb under Prometheus', () => {
       '--log.level=warn',
     ]);
     stops.push(prom.stop);
-    await waitFor('Prometheus to be ready', 20_000, async () => {
+    await waitFor(async () => {
       if (prom.proc.exitCode !== null) throw new Error(`prometheus exited: ${prom.output()}`);
       return (await fetch(`${promUrl}/-/ready`)).status === 200;
-    });
+    }, 20_000, 'Prometheus to be ready', 200);
   });
 
   afterAll(async () => {
@@ -146,11 +128,11 @@ describe('flowlb under Prometheus', () => {
   });
 
   it('scrapes every worker\'s rising counters and keeps the identity in PromQL', async () => {
-    const rising = await waitFor('an increase of flowlb_handled_packets_total for every worker', 20_000, async () => {
+    const rising = await waitFor(async () => {
       const r = await query(promUrl, 'increase(flowlb_handled_packets_total{job="flowlb"}[10s])');
       const workers = r.filter((s) => Number(s.value[1]) > 0).map((s) => s.metric.worker).sort();
       return workers.length === WORKERS ? r : null;
-    });
+    }, 20_000, 'an increase of flowlb_handled_packets_total for every worker', 200);
     expect(rising.map((s) => s.metric.worker).sort()).toEqual(['0', '1']);
 
     const up = await query(promUrl, 'up{job="flowlb"}');
@@ -166,12 +148,12 @@ describe('flowlb under Prometheus', () => {
   });
 
   it('evaluates every alert rule against live data without error, none firing', async () => {
-    const groups = await waitFor('every rule to be evaluated', 15_000, async () => {
+    const groups = await waitFor(async () => {
       const res = await fetch(`${promUrl}/api/v1/rules`);
       const body = (await res.json()) as { data: { groups: { name: string; rules: { name: string; health: string; lastError?: string; state?: string }[] }[] } };
       const rules = body.data.groups.flatMap((g) => g.rules);
       return rules.length > 0 && rules.every((r) => r.health !== 'unknown') ? body.data.groups : null;
-    });
+    }, 15_000, 'every rule to be evaluated', 200);
     const rules = groups.flatMap((g) => g.rules);
     expect(rules.map((r) => r.name).sort()).toEqual([
       'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbMigrationTimeouts', 'FlowlbPacketsDropped',

@@ -4,19 +4,16 @@
  * giving the terminal back, and fails with one line when the URL cannot be reached. Needs `npx tsc -p .` and
  * tmux (`apt-get install -y tmux`); without tmux the test fails, it is not skipped.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { statusUrl } from '../src/commands/top.js';
 import { bar, formatCount, parseStatus, renderTop, type TopSample, type TopStatus, type TopWorker } from '../src/metrics/top-view.js';
+import { CLI, LOOPBACK, startFlowlb } from './support/service.js';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
-const CLI = path.join(REPO, 'dist/src/cli.js');
 
 // ---- the view ----
 
@@ -141,31 +138,6 @@ async function waitFor<T>(what: string, deadlineMs: number, probe: () => T | und
   }
 }
 
-interface Flowlb { proc: ChildProcess; udpPort: number; http: string; stop: () => Promise<void> }
-
-async function startFlowlb(workers: number): Promise<Flowlb> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', String(workers), '--log-level', 'warn'], {
-    cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stdout!.setEncoding('utf8').on('data', (c: string) => { out += c; });
-  proc.stderr!.setEncoding('utf8').on('data', (c: string) => { out += c; });
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const m = await waitFor('the listening line', 20_000, () => {
-    if (proc.exitCode !== null) throw new Error(`flowlb exited: ${out}`);
-    return /^flowlb listening udp=127\.0\.0\.1:(\d+) http=(\S+)/m.exec(out);
-  });
-  return {
-    proc, udpPort: Number(m[1]), http: `http://${m[2]}`,
-    stop: async () => {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 8000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-}
-
 /** A tmux server of our own (-L), so nothing of the user's tmux is touched. */
 const TMUX_SOCKET = `flowlb-top-test-${process.pid}`;
 const SESSION = 'top';
@@ -187,7 +159,7 @@ function startTopInTmux(url: string): void {
 }
 
 describe('flowlb top in a terminal', () => {
-  const cleanups: (() => Promise<void> | void)[] = [];
+  const cleanups: (() => Promise<unknown> | void)[] = [];
 
   beforeAll(() => {
     if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (npx tsc -p .)`);
@@ -203,7 +175,7 @@ describe('flowlb top in a terminal', () => {
   afterAll(() => { tmux('kill-server'); });
 
   it('shows a row per worker, marks a lost service DISCONNECTED, quits on q and restores the terminal', async () => {
-    const svc = await startFlowlb(2);
+    const svc = await startFlowlb([...LOOPBACK, '--workers', '2']);
     cleanups.push(svc.stop);
     // Some traffic so the rows have numbers.
     const client = dgram.createSocket('udp4');
@@ -211,7 +183,7 @@ describe('flowlb top in a terminal', () => {
     const timer = setInterval(() => { for (let i = 0; i < 5; i++) client.send('top test', svc.udpPort, '127.0.0.1'); }, 50);
     cleanups.push(() => { clearInterval(timer); client.close(); });
 
-    startTopInTmux(svc.http);
+    startTopInTmux(svc.httpUrl);
     const screen = await waitFor('worker rows on screen', 15_000, () => {
       const s = capture();
       return /^\s+0 \s*\d+\s+\[/m.test(s) && /^\s+1 \s*\d+\s+\[/m.test(s) && s.includes('workers 2/2 up') ? s : null;
@@ -238,9 +210,9 @@ describe('flowlb top in a terminal', () => {
   });
 
   it('quits on Ctrl-C with exit code 0', async () => {
-    const svc = await startFlowlb(1);
+    const svc = await startFlowlb([...LOOPBACK, '--workers', '1']);
     cleanups.push(svc.stop);
-    startTopInTmux(svc.http);
+    startTopInTmux(svc.httpUrl);
     await waitFor('the worker row', 15_000, () => /^\s+0 \s*\d+\s+\[/m.test(capture()), capture);
     tmux('send-keys', '-t', SESSION, 'C-c');
     const after = await waitFor('top to exit', 10_000, () => {
@@ -251,10 +223,10 @@ describe('flowlb top in a terminal', () => {
   });
 
   it('prints one view and exits with --once (for pipes and scripts)', async () => {
-    const svc = await startFlowlb(1);
+    const svc = await startFlowlb([...LOOPBACK, '--workers', '1']);
     cleanups.push(svc.stop);
     const out = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
-      const p = spawn(process.execPath, [CLI, 'top', '--once', '--interval', '200ms', '--url', svc.http], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const p = spawn(process.execPath, [CLI, 'top', '--once', '--interval', '200ms', '--url', svc.httpUrl], { stdio: ['ignore', 'pipe', 'inherit'] });
       let stdout = '';
       p.stdout!.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
       p.once('exit', (code) => resolve({ code, stdout }));

@@ -10,11 +10,16 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const CLI = path.join(ROOT, 'dist/src/cli.js');
 export const FIXTURES = path.join(ROOT, 'test/fixtures');
 
+/** Both listeners on loopback ports of the system's choosing, and only warnings logged: the usual test service. */
+export const LOOPBACK = ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--log-level', 'warn'];
+
 export interface Running {
   readonly proc: ChildProcess;
   readonly udpPort: number;
   readonly udpHost: string;
   readonly httpPort: number;
+  /** `http://127.0.0.1:<httpPort>`, the base of /status and /metrics. */
+  readonly httpUrl: string;
   readonly stderr: () => string;
   status(): Promise<any>;
   metrics(): Promise<string>;
@@ -53,6 +58,7 @@ export async function startFlowlb(args: string[], timeoutMs = 20_000): Promise<R
     udpHost: m[1]!,
     udpPort: Number(m[2]),
     httpPort,
+    httpUrl: base,
     stderr: () => err,
     status: async () => (await fetch(`${base}/status`)).json(),
     metrics: async () => (await fetch(`${base}/metrics`)).text(),
@@ -65,13 +71,16 @@ export async function startFlowlb(args: string[], timeoutMs = 20_000): Promise<R
   };
 }
 
-export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs: number, what: string, everyMs = 20): Promise<T> {
+/** Polls `check` every `everyMs` until it returns a truthy value (errors it throws count as not yet) and returns it. */
+type Falsy = undefined | null | false | 0 | '';
+
+export async function waitFor<T>(check: () => T | Falsy | Promise<T | Falsy>, timeoutMs: number, what: string, everyMs = 20): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
       const v = await check();
-      if (v) return v;
+      if (v) return v as T;
       last = v;
     } catch (e) { last = e; }
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
