@@ -58,18 +58,18 @@ describe('loadHandlerFactory', () => {
   });
 
   it('loads a fixture module exporting a factory as default, by path and by file URL', async () => {
-    for (const spec of [fixture('counter-handler.js'), pathToFileURL(fixture('counter-handler.js')).href]) {
+    for (const spec of [fixture('seq-handler.js'), pathToFileURL(fixture('seq-handler.js')).href]) {
       const handler = await instantiateHandler(await loadHandlerFactory(spec), ctx);
       const flow = recordingFlow();
       handler.onFlowStart?.(flow);
       handler.onPacket(Buffer.from('a'), flow);
       handler.onPacket(Buffer.from('b'), flow);
-      expect(flow.replies).toEqual([`3 ${process.pid} 1`, `3 ${process.pid} 2`]);
+      expect(flow.replies).toEqual([`3 ${process.pid} 1 a`, `3 ${process.pid} 2 b`]);
       // State moves with exportFlow/importFlow and the count continues.
       const moved = recordingFlow();
       handler.importFlow?.(moved, handler.exportFlow!(flow));
       handler.onPacket(Buffer.from('c'), moved);
-      expect(moved.replies).toEqual([`3 ${process.pid} 3`]);
+      expect(moved.replies).toEqual([`3 ${process.pid} 3 c`]);
     }
   });
 
