@@ -105,6 +105,31 @@ describe('balancing', () => {
     expect(st.migrations.timeouts).toBe(0);
   });
 
+  it('balances a saturated machine by demand: the worker whose packets cost 4x sheds buckets although both CPUs are capped', async () => {
+    const file = configFile({
+      handler: path.join(FIXTURES, 'burn-handler.js'),
+      handlerOptions: { costUs: 600, slowWorker: 1, slowCostUs: 2400 },
+      // No overload path: only the periodic balancer and its demand estimate may move buckets.
+      balancer: { rebalanceInterval: '300ms', queueLimit: 1000000 },
+      queue: { flowQueueLimit: 100000 },
+    });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    for (let i = 0; i < 64; i++) clients.push(await new Client(4).bind('127.0.0.1'));
+    let done = false;
+    // ~4,000 packets/s: ~1.2 cores of work for worker 0 and ~4.8 for worker 1 at 32 buckets each, more than
+    // the 2 shared cores give. Both workers' CPU caps near a core, so CPU alone reads them as equally
+    // busy; its queue grows, and arrivals x CPU per processed packet shows its demand.
+    const load = traffic(clients, svc.udpPort, 2000, 10, () => done);
+    const st = await waitFor(async () => {
+      const s = await svc.status();
+      return s.workers[1].buckets <= 22 ? s : null;
+    }, 25_000, 'worker 1 to lose buckets', 200).finally(() => { done = true; });
+    await load;
+    expect(st.workers[0].buckets + st.workers[1].buckets + st.migrations.inFlight).toBe(64);
+    expect(st.overloadSpills).toBe(0);
+  });
+
   it('packet mode: an overloaded worker\'s new and queued packets go to the least-loaded worker', async () => {
     const file = configFile({
       handler: path.join(FIXTURES, 'burn-handler.js'),

@@ -6,10 +6,11 @@ function report(
   cpuUtil: number,
   elu: number,
   buckets: Record<number, number>,
-  opts: { queueDepth?: number; intervalMs?: number; bytesPerPacket?: number } = {},
+  opts: { queueDepth?: number; intervalMs?: number; bytesPerPacket?: number; handled?: number } = {},
 ): WorkerReport {
   const ids = Object.keys(buckets).map(Number);
   return {
+    handledPackets: opts.handled,
     cpuUtil,
     elu,
     queueDepth: opts.queueDepth ?? 0,
@@ -67,6 +68,32 @@ describe('LoadModel', () => {
     // Worker 1 is starved (elu 1, cpu 0.2), but its bucket costs what it costs: 0.2 of a core.
     expect(loads[2]).toBeCloseTo(0.2, 12);
     expect(loads[3]).toBe(0);
+  });
+
+  it('counts a saturated worker by its demand: arrivals x CPU per processed packet', () => {
+    // Worker 0 gets 1000 packets per 200 ms but processes 500 on a full core: it demands 2 cores.
+    // Worker 1 keeps up: 400 packets in, 400 processed on 0.4 of a core.
+    const m = new LoadModel(2, 8, 1);
+    m.ingestReport(0, report(1, 1, { 0: 750, 2: 250 }, { handled: 500 }));
+    m.ingestReport(1, report(0.4, 0.4, { 1: 400 }, { handled: 400 }));
+    const loads = m.bucketLoads();
+    expect(loads[0]).toBeCloseTo(1.5, 9);
+    expect(loads[2]).toBeCloseTo(0.5, 9);
+    expect(loads[1]).toBeCloseTo(0.4, 9);
+    // A worker draining a backlog (processes more than arrives) demands less than the CPU it burns now.
+    m.ingestReport(1, report(0.8, 0.8, { 1: 400 }, { handled: 800 }));
+    expect(m.bucketLoads()[1]).toBeCloseTo(0.4, 9);
+    // A worker that processes next to nothing is capped at MAX_DEMAND_RATIO x its CPU, not infinite.
+    m.ingestReport(0, report(0.5, 1, { 0: 1000 }, { handled: 0 }));
+    expect(m.bucketLoads()[0]).toBeCloseTo(0.5 * 8, 9);
+    // Without a handled figure (older workers, tests) the arrivals stand in: loads add up to the CPU.
+    const m2 = new LoadModel(1, 4, 1);
+    m2.ingestReport(0, report(0.6, 0.6, { 0: 300, 1: 100 }));
+    const l2 = m2.bucketLoads();
+    expect(l2[0]! + l2[1]!).toBeCloseTo(0.6, 9);
+    // A reset forgets the processed rate too.
+    m.resetWorker(0);
+    expect(m.handledPerSec[0]).toBe(-1);
   });
 
   it('decays a bucket its worker stops reporting', () => {

@@ -53,6 +53,8 @@ export class Balancer {
   private readonly lastSpillMs: Float64Array;
   /** Per lane: queue drops (queue_full + flow_queue_full) in the last report, to see new ones. */
   private readonly lastQueueDrops: Float64Array;
+  /** Per lane: the handled counter of the last report (cumulative per worker process), -1 before the first. */
+  private readonly lastHandled: Float64Array;
   private readonly homeOf: Uint16Array;
   /** bucket -> rebalance round in which it last moved. */
   private readonly movedRound: Float64Array;
@@ -78,6 +80,7 @@ export class Balancer {
     this.alive = new Uint8Array(n);
     this.lastSpillMs = new Float64Array(n);
     this.lastQueueDrops = new Float64Array(n);
+    this.lastHandled = new Float64Array(n).fill(-1);
     this.homeOf = initialAssignment(config.buckets, n);
     this.movedRound = new Float64Array(config.buckets).fill(-Infinity);
     this.pinned = new Uint8Array(config.buckets);
@@ -130,9 +133,14 @@ export class Balancer {
       ids.push(b); pk.push(d.bucketPackets[b]!); by.push(d.bucketBytes[b]!);
       d.bucketPackets[b] = 0; d.bucketBytes[b] = 0;
     }
+    // Packets processed since the last report: with the arrivals above, what the worker's demand is when it
+    // cannot keep up (see load-model.ts). A new process starts its counter from 0.
+    const handledNow = r.counters.handled, before = this.lastHandled[lane]!;
+    const handled = before < 0 ? undefined : handledNow >= before ? handledNow - before : handledNow;
+    this.lastHandled[lane] = handledNow;
     this.model.ingestReport(lane, {
       cpuUtil: r.cpuUtil, elu: r.elu, queueDepth: r.queueDepth, intervalMs: r.intervalMs,
-      bucketIds: ids, bucketPackets: pk, bucketBytes: by,
+      bucketIds: ids, bucketPackets: pk, bucketBytes: by, handledPackets: handled,
     });
     // Claim: a worker whose queue passed the set limit handles its work inefficiently; move work off it now.
     // A worker that had to drop queued packets (a flow's queue or the whole queue full) is past its limit too,
@@ -278,6 +286,7 @@ export class Balancer {
 
   onWorkerExit(lane: number): void {
     this.lastQueueDrops[lane] = 0;
+    this.lastHandled[lane] = -1;
     this.refreshAlive();
     this.model.resetWorker(lane);
     computeIndexes(this.model.workerLoads(this.alive), this.indexes);

@@ -11,12 +11,19 @@
  *   queueDepth       packets queued inside the worker at report time.
  *   packetsPerSec    packets handled per second of wall time (sum over the worker's reported buckets).
  *   bucket rates     packets/s and bytes/s per bucket.
- *   bucket load      "fraction of a core": the CPU one bucket's traffic costs, estimated as
- *                    cpuUtil(w) * bucketPps(b) / sum of bucketPps over w's buckets, w being the worker
- *                    that last reported b. CPU time per packet is a property of the traffic, not of how
+ *   handledPerSec    packets the worker's handler processed per second (what its CPU was spent on).
+ *   bucket load      "fraction of a core": the CPU one bucket's traffic DEMANDS, estimated as
+ *                    bucketPps(b) * costPerPacket(w), with costPerPacket(w) = cpuUtil(w) / handledPerSec(w),
+ *                    w being the worker that last reported b. bucketPps counts packets dispatched to the
+ *                    bucket (arrivals, counted by the primary), so for a worker that keeps up the loads add
+ *                    up to its cpuUtil; for a saturated worker (arrivals > handled, its queue grows) they add
+ *                    up to more than the core it has: its true demand, which CPU alone cannot show (CPU caps
+ *                    at what the worker gets). CPU time per packet is a property of the traffic, not of how
  *                    much CPU the worker gets, so this stays right when a worker is starved by another
  *                    process on its core. A worker's baseline cost (timers, GC) is spread over its buckets
- *                    in proportion to their packets; with no packets it is attributed to nobody.
+ *                    in proportion to their packets; with no packets it is attributed to nobody. Demand is
+ *                    capped at MAX_DEMAND_RATIO x cpuUtil (a worker that handles next to nothing, e.g.
+ *                    blocked, would otherwise read as infinitely loaded).
  *
  * Bucket rates stay with the bucket, not the worker: when a bucket moves, the new owner's reports continue
  * its average (its flows are the same flows). A bucket not in a report from the worker that last reported
@@ -30,6 +37,9 @@ export type { WorkerLoad };
 
 /** `bucketReporter` value of a bucket no live report covers (never seen, or its worker was reset). */
 export const NO_REPORTER = 0xffff;
+
+/** A worker's demand (arrivals x cost per packet) is counted as at most this many times its CPU. */
+export const MAX_DEMAND_RATIO = 8;
 
 /** The per-report input: what a worker measured over the last `intervalMs` of wall time. */
 export interface WorkerReport {
@@ -47,6 +57,11 @@ export interface WorkerReport {
   readonly bucketPackets: ArrayLike<number>;
   /** Bytes per bucket since the last report. */
   readonly bucketBytes: ArrayLike<number>;
+  /**
+   * Packets the worker's handler processed since the last report. Absent: taken as equal to the bucket
+   * packets (arrivals), i.e. the worker keeps up.
+   */
+  readonly handledPackets?: number;
 }
 
 function finiteOrZero(x: number): number {
@@ -69,6 +84,8 @@ export class LoadModel {
   readonly lastQueueDepth: Float64Array;
   /** Per worker: EWMA of packets/s. */
   readonly packetsPerSec: Float64Array;
+  /** Per worker: EWMA of packets processed per second (-1: never reported, arrivals stand in). */
+  readonly handledPerSec: Float64Array;
   /** Per worker: reports ingested since construction or the last reset. */
   readonly reports: Uint32Array;
 
@@ -87,6 +104,8 @@ export class LoadModel {
   private stamp = 0;
   /** Scratch for `bucketLoads`: per worker, the sum of its buckets' packet rates. */
   private readonly sumPps: Float64Array;
+  /** Scratch for `bucketLoads`: per worker, CPU per processed packet (core-seconds). */
+  private readonly costPerPacket: Float64Array;
 
   constructor(workers: number, buckets: number, alpha: number) {
     if (!Number.isInteger(workers) || workers < 1 || workers >= NO_REPORTER) {
@@ -104,12 +123,14 @@ export class LoadModel {
     this.queueDepth = new Float64Array(workers);
     this.lastQueueDepth = new Float64Array(workers);
     this.packetsPerSec = new Float64Array(workers);
+    this.handledPerSec = new Float64Array(workers).fill(-1);
     this.reports = new Uint32Array(workers);
     this.bucketPacketsPerSec = new Float64Array(buckets);
     this.bucketBytesPerSec = new Float64Array(buckets);
     this.bucketReporter = new Uint16Array(buckets).fill(NO_REPORTER);
     this.bucketStamp = new Uint32Array(buckets);
     this.sumPps = new Float64Array(workers);
+    this.costPerPacket = new Float64Array(workers);
   }
 
   /**
@@ -165,6 +186,10 @@ export class LoadModel {
       }
     }
     this.packetsPerSec[worker] = take * packets * perSec + keep * this.packetsPerSec[worker]!;
+    const h = r.handledPackets;
+    if (h !== undefined && Number.isFinite(h) && h >= 0) {
+      this.handledPerSec[worker] = this.handledPerSec[worker]! < 0 ? h * perSec : take * h * perSec + keep * this.handledPerSec[worker]!;
+    }
     this.reports[worker]!++;
     return true;
   }
@@ -181,6 +206,7 @@ export class LoadModel {
     this.queueDepth[worker] = 0;
     this.lastQueueDepth[worker] = 0;
     this.packetsPerSec[worker] = 0;
+    this.handledPerSec[worker] = -1;
     this.reports[worker] = 0;
     for (let b = 0; b < this.buckets; b++) {
       if (this.bucketReporter[b] === worker) {
@@ -197,18 +223,23 @@ export class LoadModel {
    */
   bucketLoads(out: Float64Array = new Float64Array(this.buckets)): Float64Array {
     if (out.length < this.buckets) throw new RangeError(`out has ${out.length} slots, need ${this.buckets}`);
-    // Cost per packet of each worker = cpu / (sum of its buckets' packet rates), so a worker's bucket loads
-    // add up to its cpuUtil exactly.
-    const sumPps = this.sumPps;
+    // Cost per packet of each worker = cpu / packets it processed; a bucket's load = its arrivals x that cost.
+    // Without a handled figure the arrivals stand in (then a worker's bucket loads add up to its cpuUtil).
+    const sumPps = this.sumPps, cost = this.costPerPacket;
     sumPps.fill(0);
     for (let b = 0; b < this.buckets; b++) {
       const w = this.bucketReporter[b]!;
       if (w !== NO_REPORTER) sumPps[w]! += this.bucketPacketsPerSec[b]!;
     }
+    for (let w = 0; w < this.workers; w++) {
+      const arrivals = sumPps[w]!, handled = this.handledPerSec[w]!;
+      // Processed rate, never below arrivals / MAX_DEMAND_RATIO (caps the demand at that multiple of the CPU).
+      const served = handled < 0 ? arrivals : Math.max(handled, arrivals / MAX_DEMAND_RATIO);
+      cost[w] = served > 0 ? this.cpuUtil[w]! / served : 0;
+    }
     for (let b = 0; b < this.buckets; b++) {
       const w = this.bucketReporter[b]!;
-      const total = w === NO_REPORTER ? 0 : sumPps[w]!;
-      out[b] = total > 0 ? (this.cpuUtil[w]! * this.bucketPacketsPerSec[b]!) / total : 0;
+      out[b] = w === NO_REPORTER ? 0 : cost[w]! * this.bucketPacketsPerSec[b]!;
     }
     return out;
   }
