@@ -43,15 +43,7 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
-POLICY=/usr/sbin/policy-rc.d
-ADDED_POLICY=0
-if [ ! -e "$POLICY" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
-  $SUDO chmod 755 "$POLICY"
-  ADDED_POLICY=1
-fi
-cleanup() { if [ "$ADDED_POLICY" -eq 1 ]; then $SUDO rm -f "$POLICY"; fi; }
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/lib/no-service-start.sh"
 
 echo "install-peers: installing ${need[*]}"
 $SUDO apt-get update -qq

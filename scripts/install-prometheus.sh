@@ -25,17 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # policy-rc.d exit 101 tells invoke-rc.d (used by the package's postinst) not to start the service.
-POLICY=/usr/sbin/policy-rc.d
-ADDED_POLICY=0
-if [ ! -e "$POLICY" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
-  $SUDO chmod 755 "$POLICY"
-  ADDED_POLICY=1
-fi
-cleanup() {
-  if [ "$ADDED_POLICY" -eq 1 ]; then $SUDO rm -f "$POLICY"; fi
-}
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/lib/no-service-start.sh"
 
 $SUDO apt-get update
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
