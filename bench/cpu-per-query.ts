@@ -26,13 +26,9 @@ import {
   backgroundBusyCores, busyCoresSince, flowlbBuild, machineCpu, makeWorkDir, missingTools, peerSpecs, removeWorkDir, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion,
   type Endpoint, type PeerSpec, type Proxy,
 } from './lib/peers.js';
-import { median, ROOT, sleep, writeResult } from './lib/procs.js';
+import { arg, median, ROOT, sleep, writeResult } from './lib/procs.js';
 
 const short = process.argv.includes('--short');
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 const rate = arg('rate', 5000);
 const seconds = arg('seconds', short ? 3 : 10);
 const rounds = arg('rounds', short ? 1 : 3);

@@ -6,12 +6,8 @@
  *   node dist/bench/echo.js [--flows 64] [--size 200] [--rtt-rate 5000] [--trial-ms 1500] [--rounds 2]
  */
 import { findMaxRate, runGenerator, type GenResult } from '../src/gen/run.js';
-import { median, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
+import { arg, median, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 const flows = arg('flows', 64), size = arg('size', 200), rttRate = arg('rtt-rate', 5000), trialMs = arg('trial-ms', 1500);
 const rounds = arg('rounds', 2), procs = arg('procs', 2);
 

@@ -22,14 +22,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
 import { barChartSpec, renderChart, type BarRow } from './lib/chart.js';
-import { ROOT, sleep, writeResult } from './lib/procs.js';
+import { arg, ROOT, sleep, writeResult } from './lib/procs.js';
 import { startRttClient, type GroupResult } from './lib/rtt-client.js';
 import { diffDrops, freeUdpPort, killLb, startOn, sumDrops, waitForQuiet, waitIdle } from './lib/sampler.js';
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 
 const short = process.argv.includes('--short');
 const costUs = arg('cost-us', 200), seconds = arg('seconds', short ? 4 : 12), light = arg('light', 50), heavyX = arg('heavy-x', 10);

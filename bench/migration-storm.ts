@@ -20,13 +20,9 @@
 import dgram from 'node:dgram';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
-import { ROOT, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
+import { arg, ROOT, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
 import { histogramQuantile, parseHistogram, percentile, waitForQuiet } from './lib/sampler.js';
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 
 const short = process.argv.includes('--short');
 const seconds = arg('seconds', short ? 8 : 20), rate = arg('rate', 4000), flows = arg('flows', 128);

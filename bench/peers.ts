@@ -29,14 +29,10 @@ import {
   backgroundBusyCores, flowlbBuild, makeWorkDir, missingTools, peerSpecs, removeWorkDir, percentile, runDnsperf, runSockperf, startNsd, startSockperfServer, toolVersion,
   type DnsperfResult, type Endpoint, type PlainBackend, type PeerSpec, type Proxy, type SockperfResult,
 } from './lib/peers.js';
-import { median, ROOT, sleep, writeResult } from './lib/procs.js';
+import { arg, median, ROOT, sleep, writeResult } from './lib/procs.js';
 import { Sampler, type Sample } from './lib/sampler.js';
 
 const short = process.argv.includes('--short');
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 const rounds = arg('rounds', short ? 1 : 3);
 const trialSec = arg('trial-sec', short ? 1 : 2);
 const maxTrials = arg('max-trials', short ? 4 : 8);

@@ -9,12 +9,8 @@
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
-import { cpuSeconds, median, ROOT, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
+import { arg, cpuSeconds, median, ROOT, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 
 const rate = arg('rate', 60_000), seconds = arg('seconds', 4), trials = arg('trials', 3), size = arg('size', 200);
 const flows = arg('flows', 256);

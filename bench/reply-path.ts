@@ -13,7 +13,7 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { stopReading } from '../src/control/socket-handle.js';
 import { runGenerator } from '../src/gen/run.js';
-import { cpuSeconds, median, writeResult } from './lib/procs.js';
+import { arg, cpuSeconds, median, writeResult } from './lib/procs.js';
 
 // Frame: u16 len, u16 port, u8 addr-len, addr bytes (ASCII), payload.
 function encode(buf: Buffer, off: number, msg: Buffer, port: number, address: string): number {
@@ -105,7 +105,6 @@ if (process.argv[2] === 'worker') {
     process.on('disconnect', () => { child.kill(); process.exit(0); });
   });
 } else {
-  const arg = (n: string, d: number): number => { const i = process.argv.indexOf(`--${n}`); return i > 0 ? Number(process.argv[i + 1]) : d; };
   const rate = arg('rate', 30_000), seconds = arg('seconds', 3), rounds = arg('rounds', 2);
   const self = fileURLToPath(import.meta.url);
   const out: Record<string, { frontUs: number[]; workerUs: number[]; p50: number[]; p99: number[]; loss: number[] }> = {};

@@ -21,13 +21,9 @@ import {
   flowlbBuild, freePort, makeWorkDir, missingTools, removeWorkDir, NGINX_STREAM_MODULE, readSippStats, runToolStatus, startFlowlbProxy, startNginx, startSippUas,
   tail, toolVersion, type Proxy, type SippStats, type SippUas,
 } from './lib/peers.js';
-import { sleep, writeResult } from './lib/procs.js';
+import { arg, sleep, writeResult } from './lib/procs.js';
 
 const short = process.argv.includes('--short');
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 const calls = arg('calls', short ? 60 : 200);
 const rate = arg('rate', 20);
 const holdMs = arg('hold-ms', short ? 500 : 1000);
