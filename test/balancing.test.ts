@@ -6,16 +6,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Client, FIXTURES, startFlowlb, waitFor, type Running } from './support/service.js';
+import { Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
-let running: Running[] = [];
-let clients: Client[] = [];
+const running: Running[] = [];
+const clients: Client[] = [];
 let tmp: string[] = [];
 afterEach(async () => {
-  for (const c of clients) c.close();
-  clients = [];
-  await Promise.all(running.map((r) => r.stop('SIGKILL')));
-  running = [];
+  await stopAll(running, clients);
   for (const d of tmp) fs.rmSync(d, { recursive: true, force: true });
   tmp = [];
 });

@@ -6,19 +6,14 @@
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { hashTupleStrings, loadHasher, type RawHasher } from '../src/datapath/tuple.js';
-import { Client, FIXTURES, startFlowlb, waitFor, type Running } from './support/service.js';
+import { Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
 let hasher: RawHasher;
 beforeAll(async () => { hasher = await loadHasher(); });
 
-let running: Running[] = [];
-let clients: Client[] = [];
-afterEach(async () => {
-  for (const c of clients) c.close();
-  clients = [];
-  await Promise.all(running.map((r) => r.stop('SIGKILL')));
-  running = [];
-});
+const running: Running[] = [];
+const clients: Client[] = [];
+afterEach(() => stopAll(running, clients));
 
 async function move(svc: Running, bucket: number, to: number): Promise<boolean> {
   const res = await fetch(`http://127.0.0.1:${svc.httpPort}/admin/move?bucket=${bucket}&to=${to}`, { method: 'POST' });

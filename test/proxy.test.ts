@@ -5,7 +5,7 @@
 import dgram from 'node:dgram';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { hashTupleStrings, loadHasher, type RawHasher } from '../src/datapath/tuple.js';
-import { Client, startFlowlb, waitFor, type Running } from './support/service.js';
+import { Client, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
 interface Backend {
   readonly socket: dgram.Socket;
@@ -36,13 +36,12 @@ async function backend(id: string, family: 4 | 6 = 4): Promise<Backend> {
 let hasher: RawHasher;
 beforeAll(async () => { hasher = await loadHasher(); });
 
-let running: Running[] = [];
+const running: Running[] = [];
 let closers: (() => void)[] = [];
 afterEach(async () => {
   for (const c of closers) c();
   closers = [];
-  await Promise.all(running.map((r) => r.stop('SIGKILL')));
-  running = [];
+  await stopAll(running);
 });
 
 describe('proxy', () => {

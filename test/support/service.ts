@@ -71,9 +71,15 @@ export async function startFlowlb(args: string[], timeoutMs = 20_000): Promise<R
   };
 }
 
-/** Polls `check` every `everyMs` until it returns a truthy value (errors it throws count as not yet) and returns it. */
+/** For afterEach: closes the clients and kills (SIGKILL) the services a test started, emptying both lists. */
+export async function stopAll(running: Running[], clients: Client[] = []): Promise<void> {
+  for (const c of clients.splice(0)) c.close();
+  await Promise.all(running.splice(0).map((r) => r.stop('SIGKILL')));
+}
+
 type Falsy = undefined | null | false | 0 | '';
 
+/** Polls `check` every `everyMs` until it returns a truthy value (errors it throws count as not yet) and returns it. */
 export async function waitFor<T>(check: () => T | Falsy | Promise<T | Falsy>, timeoutMs: number, what: string, everyMs = 20): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
