@@ -32,15 +32,20 @@ function writeConfig(content: unknown): string {
   return file;
 }
 
+/** Checks that `err` is a one-line ConfigError and returns it. */
+function expectConfigError(err: unknown): ConfigError {
+  expect(err).toBeInstanceOf(ConfigError);
+  expect((err as ConfigError).code).toBe('ERR_CONFIG');
+  expect((err as ConfigError).message).not.toContain('\n');
+  return err as ConfigError;
+}
+
 /** Runs `fn` and returns the ConfigError it throws; fails the test if it throws anything else or nothing. */
 function configError(fn: () => unknown): ConfigError {
   try {
     fn();
   } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    expect((err as ConfigError).code).toBe('ERR_CONFIG');
-    expect((err as ConfigError).message).not.toContain('\n');
-    return err as ConfigError;
+    return expectConfigError(err);
   }
   throw new Error('expected a ConfigError, nothing was thrown');
 }
@@ -49,10 +54,7 @@ async function asyncConfigError(promise: Promise<unknown>): Promise<ConfigError>
   try {
     await promise;
   } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    expect((err as ConfigError).code).toBe('ERR_CONFIG');
-    expect((err as ConfigError).message).not.toContain('\n');
-    return err as ConfigError;
+    return expectConfigError(err);
   }
   throw new Error('expected a ConfigError, the promise resolved');
 }

@@ -158,6 +158,14 @@ function startTopInTmux(url: string): void {
   if (r.code !== 0) throw new Error(`tmux new-session failed: ${r.out}`);
 }
 
+/** Waits for the shell in the pane to report top's exit, and returns the screen then. */
+function topExited(): Promise<string> {
+  return waitFor('top to exit', 10_000, () => {
+    const s = capture();
+    return s.includes('top exited with') ? s : null;
+  }, capture);
+}
+
 describe('flowlb top in a terminal', () => {
   const cleanups: (() => Promise<unknown> | void)[] = [];
 
@@ -199,10 +207,7 @@ describe('flowlb top in a terminal', () => {
     expect(capture()).toMatch(/^\s+0 \s*\d+\s+\[/m);
 
     tmux('send-keys', '-t', SESSION, 'q');
-    const after = await waitFor('top to exit', 10_000, () => {
-      const s = capture();
-      return s.includes('top exited with') ? s : null;
-    }, capture);
+    const after = await topExited();
     expect(after).toContain('top exited with 0');
     // Back on the normal screen: the view (drawn on the alternate screen) is gone.
     expect(after).not.toContain('DISCONNECTED');
@@ -215,10 +220,7 @@ describe('flowlb top in a terminal', () => {
     startTopInTmux(svc.httpUrl);
     await waitFor('the worker row', 15_000, () => /^\s+0 \s*\d+\s+\[/m.test(capture()), capture);
     tmux('send-keys', '-t', SESSION, 'C-c');
-    const after = await waitFor('top to exit', 10_000, () => {
-      const s = capture();
-      return s.includes('top exited with') ? s : null;
-    }, capture);
+    const after = await topExited();
     expect(after).toContain('top exited with 0');
   });
 
