@@ -14,6 +14,7 @@ import { startBackend } from '../src/gen/backend.js';
 import type { BackendHandle } from '../src/gen/backend.js';
 import { encodeIdentityTrailer, parseIdentityTrailer, readProbe } from '../src/gen/packet.js';
 import { runGenerator } from '../src/gen/run.js';
+import { waitFor as poll } from './support/service.js';
 
 const backends: BackendHandle[] = [];
 const sockets: dgram.Socket[] = [];
@@ -38,13 +39,7 @@ async function client(family: 4 | 6): Promise<{ sock: dgram.Socket; replies: Buf
 }
 
 /** Polls `cond` every 5 ms until it holds or `timeoutMs` passes (then fails with `what`). */
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const end = performance.now() + timeoutMs;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const waitFor = (cond: () => boolean, what: string, timeoutMs = 5000): Promise<true> => poll(cond, timeoutMs, what, 5);
 
 describe('echo backend', () => {
   it.each([

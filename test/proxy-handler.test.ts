@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import xxhash from 'xxhash-wasm';
 import { ProxyHandler, backendKey, createProxyHandler } from '../src/handlers/proxy.js';
 import type { Flow, HandlerContext } from '../src/handlers/types.js';
+import { waitFor as poll } from './support/service.js';
 
 const { h32 } = await xxhash();
 const fixtures = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
@@ -20,13 +21,7 @@ const LOOPBACK: Record<Family, string> = { 4: '127.0.0.1', 6: '::1' };
 const SOCKET_TYPE: Record<Family, 'udp4' | 'udp6'> = { 4: 'udp4', 6: 'udp6' };
 
 /** Polls `cond` every 5 ms until it holds or `timeoutMs` passes (then fails naming `what`). */
-async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
+const waitFor = (cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<true> => poll(cond, timeoutMs, what, 5);
 
 const openSockets = new Set<dgram.Socket>();
 const handlers = new Set<ProxyHandler>();
