@@ -51,21 +51,36 @@ function eluSpread(s: Sample): number {
 }
 
 /**
+ * max/mean of the workers' UNSMOOTHED ELU (each worker's last reports, averaged over the samples of the
+ * trailing RAW_WINDOW_MS): what the workers did, without the balancer's EWMA lag in the measurement.
+ */
+const RAW_WINDOW_MS = 500;
+function rawSpreads(samples: readonly Sample[]): Map<Sample, number> {
+  const out = new Map<Sample, number>();
+  for (let i = 0; i < samples.length; i++) {
+    const s = samples[i]!;
+    const win = samples.slice(0, i + 1).filter((x) => x.tMs > s.tMs - RAW_WINDOW_MS);
+    out.set(s, maxOverMean(s.workers.map((_, k) => mean(win.map((x) => x.workers[k]!.eluLast)))));
+  }
+  return out;
+}
+
+/**
  * Time from `shiftMs` until max/mean ELU is <= BALANCED for SUSTAIN_MS, counted from the worst sample in
  * the 3 s after the shift (the smoothed ELU needs a moment to show the shift at all). 0 if it never left
  * the band; null if it did not come back before `endMs`.
  */
-function timeToBalance(samples: readonly Sample[], shiftMs: number, endMs: number): { peak: number; ms: number | null } {
+function timeToBalance(samples: readonly Sample[], shiftMs: number, endMs: number, spread: (s: Sample) => number = eluSpread): { peak: number; ms: number | null } {
   const after = window(samples, shiftMs, endMs);
   const early = window(after, shiftMs, shiftMs + 3000);
   let peak = 0, peakAt = shiftMs;
-  for (const s of early) { const v = eluSpread(s); if (v > peak) { peak = v; peakAt = s.tMs; } }
+  for (const s of early) { const v = spread(s); if (v > peak) { peak = v; peakAt = s.tMs; } }
   if (!(peak > BALANCED)) return { peak, ms: 0 };
   for (const s of after) {
     if (s.tMs < peakAt) continue;
     const span = window(after, s.tMs, s.tMs + SUSTAIN_MS);
     if (s.tMs + SUSTAIN_MS > endMs) break;
-    if (span.every((x) => eluSpread(x) <= BALANCED)) return { peak, ms: s.tMs - shiftMs };
+    if (span.every((x) => spread(x) <= BALANCED)) return { peak, ms: s.tMs - shiftMs };
   }
   return { peak, ms: null };
 }
@@ -77,6 +92,9 @@ const durationMs = seconds * 1000, hogOnMs = Math.round(durationMs * 0.3), hogOf
 const ratePps = Math.round((load * 2e6) / costUs), sizeBytes = 200;
 const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
 const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
+// --compare "ARGS": a third run, adaptive with these extra flowlb arguments (e.g. other intervals), side by side.
+const compareArgs = process.argv.indexOf('--compare') >= 0 ? process.argv[process.argv.indexOf('--compare') + 1]!.split(/\s+/).filter(Boolean) : [];
+const modes: string[] = ['static', 'adaptive', ...(compareArgs.length ? [`adaptive ${compareArgs.join(' ')}`] : [])];
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-interference-'));
 const cfg = path.join(tmp, 'flowlb.json');
@@ -91,7 +109,8 @@ const phases: Phase[] = [
 
 interface RunOut {
   quiet: { quiet: boolean; waitedMs: number; busyCores: number } | null; round: number; mode: string; samples: Sample[]; client: ClientResult; clientStartMs: number; hogOnAt: number; hogOffAt: number;
-  moves: number; drops: Record<string, number>; phases: unknown[]; shifts: { shift: string; peakMaxOverMean: number; msToBalanced: number | null }[];
+  moves: number; drops: Record<string, number>; phases: unknown[];
+  shifts: { shift: string; peakMaxOverMean: number; msToBalanced: number | null; rawPeakMaxOverMean: number; rawMsToBalanced: number | null }[];
 }
 const runs: RunOut[] = [];
 console.log(`interference: ${flows} uniform flows, burn ${costUs} us/packet, ${ratePps} pps (${load} x ${Math.round(2e6 / costUs)} ideal), ` +
@@ -100,9 +119,9 @@ for (let round = 0; round < rounds; round++) {
   const udpPort = await freeUdpPort();
   const client = await startRttClient({ weights: new Array<number>(flows).fill(1), sizeBytes });
   try {
-    for (const mode of ['static', 'adaptive'] as const) {
+    for (const mode of modes) {
       const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
-      const lb = await startOn(udpPort, ['--config', cfg, '--workers', '2', ...(mode === 'static' ? ['--no-balance'] : [])]);
+      const lb = await startOn(udpPort, ['--config', cfg, '--workers', '2', ...(mode === 'static' ? ['--no-balance'] : mode === 'adaptive' ? [] : compareArgs)]);
       let hog: ChildProcess | null = null;
       try {
         const st = await lb.status();
@@ -143,10 +162,11 @@ for (let round = 0; round < rounds; round++) {
             rttP99UsWorstSecond: Math.max(...rttWin.map((x) => x.p99Us!)),
           };
         });
+        const raw = rawSpreads(samples), rawSpread = (x: Sample): number => raw.get(x) ?? NaN;
         const shifts = [
-          { shift: 'hog on', ...timeToBalance(samples, hogOnAt, hogOffAt) },
-          { shift: 'hog off', ...timeToBalance(samples, hogOffAt, clientStartMs + durationMs) },
-        ].map((x) => ({ shift: x.shift, peakMaxOverMean: x.peak, msToBalanced: x.ms }));
+          { shift: 'hog on', s: timeToBalance(samples, hogOnAt, hogOffAt), r: timeToBalance(samples, hogOnAt, hogOffAt, rawSpread) },
+          { shift: 'hog off', s: timeToBalance(samples, hogOffAt, clientStartMs + durationMs), r: timeToBalance(samples, hogOffAt, clientStartMs + durationMs, rawSpread) },
+        ].map((x) => ({ shift: x.shift, peakMaxOverMean: x.s.peak, msToBalanced: x.s.ms, rawPeakMaxOverMean: x.r.peak, rawMsToBalanced: x.r.ms }));
         const out: RunOut = {
           quiet, round, mode, samples, client: res, clientStartMs, hogOnAt, hogOffAt, phases: ph, shifts,
           moves: s1.migrations.completed - s0.migrations.completed, drops: diffDrops(sumDrops(s0), sumDrops(s1)),
@@ -160,7 +180,8 @@ for (let round = 0; round < rounds; round++) {
             ` | ${(p.rttP99UsMedianOfSeconds / 1000).toFixed(1)} ms, ${(p.rttP99UsWorstSecond / 1000).toFixed(1)} ms`);
         }
         for (const s of shifts) {
-          console.log(`  after ${s.shift}: worst max/mean ELU ${s.peakMaxOverMean.toFixed(3)}; back to <= ${BALANCED} (for ${SUSTAIN_MS / 1000} s) after ${s.msToBalanced === null ? 'never (in the phase)' : `${(s.msToBalanced / 1000).toFixed(2)} s`}`);
+          const secs = (ms: number | null): string => ms === null ? 'never (in the phase)' : `${(ms / 1000).toFixed(2)} s`;
+          console.log(`  after ${s.shift}: worst max/mean ELU smoothed ${s.peakMaxOverMean.toFixed(3)} / raw ${s.rawPeakMaxOverMean.toFixed(3)}; back to <= ${BALANCED} (for ${SUSTAIN_MS / 1000} s) after ${secs(s.msToBalanced)} smoothed, ${secs(s.rawMsToBalanced)} raw`);
         }
       } finally {
         (hog as ChildProcess | null)?.kill('SIGKILL');

@@ -15,7 +15,7 @@
  * reply by send time, so latency is reported per second (over time) as well as over the whole run and over
  * the steady second half. The sampler records per-worker utilisation meanwhile.
  *
- *   node dist/bench/skew.js [--short] [--cost-us 200] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15]
+ *   node dist/bench/skew.js [--short] [--cost-us 1000] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15] [--arrivals poisson|paced]
  *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90]
  * --loads: offered rates as fractions of the measured capacity (--short: 0.85 only).
  * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
@@ -38,7 +38,12 @@ function arg(name: string, def: number): number {
 
 async function parent(): Promise<void> {
   const short = process.argv.includes('--short');
-  const costUs = arg('cost-us', 200), flows = arg('flows', 256), zipf = arg('zipf', 1.1);
+  const costUs = arg('cost-us', 1000), flows = arg('flows', 256), zipf = arg('zipf', 1.1);
+  // Arrivals of the measured runs: Poisson (the aggregate of many independent sources: bursts, as real traffic
+  // has) or evenly paced. Capacity is measured with the paced generator either way.
+  const arrivalsIdx = process.argv.indexOf('--arrivals');
+  const arrivals = arrivalsIdx >= 0 ? process.argv[arrivalsIdx + 1]! : 'poisson';
+  if (arrivals !== 'poisson' && arrivals !== 'paced') throw new Error(`--arrivals must be poisson or paced, got ${arrivals}`);
   // Offered load(s) as fractions of the measured capacity; the brief's point is 0.85, the others show where
   // static hashing breaks on this machine.
   const loadsArg = process.argv.indexOf('--loads') >= 0 ? process.argv[process.argv.indexOf('--loads') + 1]! : process.argv.indexOf('--load') >= 0 ? process.argv[process.argv.indexOf('--load') + 1]! : short ? '0.85' : '0.85,1,1.15';
@@ -131,7 +136,7 @@ async function parent(): Promise<void> {
           const idleBefore = await waitIdle(lb, 5000);
           const s0 = await lb.status();
           const sampler = new Sampler({ httpPort: lb.httpPort, intervalMs }).start();
-          const res = await client.run({ port: udpPort, ratePps, durationMs, windowMs, drainMs, steadyFromMs, seed: 1 + round });
+          const res = await client.run({ port: udpPort, ratePps, durationMs, windowMs, drainMs, steadyFromMs, seed: 1 + round, poisson: arrivals === 'poisson' });
           const samples = await sampler.stop();
           const s1 = await lb.status();
           // Client time 0 is ~50 ms after the sampler's; close enough for 250 ms samples and a steady window of seconds.
@@ -247,7 +252,7 @@ async function parent(): Promise<void> {
   const svg = await renderChart(spec, path.join(ROOT, 'results/skew.svg'));
   const file = writeResult('skew', {
     command: `node dist/bench/skew.js ${process.argv.slice(2).join(' ')}`.trim(),
-    costUs, flows, distribution: dist, loads, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
+    costUs, flows, distribution: dist, arrivals, loads, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
     loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     summary, p99Ratio: summary.p99Ratio, steadyP99Ratio: summary.steadyP99Ratio, summaryByLoad,
     runs: runs.map((r) => ({

@@ -3,6 +3,8 @@
  * and ::1. Every wait has a deadline.
  */
 import dgram from 'node:dgram';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
@@ -125,6 +127,27 @@ describe('shutdown', () => {
     expect(code).toBe(0);
     expect(Date.now() - t0).toBeLessThan(6000);
     await waitFor(() => pids.every((p) => !isAlive(p)), 3000, 'workers gone');
+  });
+
+  it('a worker whose primary is SIGKILLed exits within seconds even with a deep queue of expensive packets', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
+    const file = path.join(dir, 'flowlb.json');
+    // 5 ms per packet and 3,000 queued: 15 s of work that a stopping worker must not insist on finishing.
+    fs.writeFileSync(file, JSON.stringify({
+      handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 5000 },
+      queue: { flowQueueLimit: 100000 }, balancer: { queueLimit: 1000000 },
+    }));
+    try {
+      const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1']);
+      const c = await client();
+      for (let i = 0; i < 3000; i++) c.socket.send('x', svc.udpPort, '127.0.0.1');
+      await waitFor(async () => ((await svc.status()).workers[0].queueDepth > 500), 10_000, 'a deep queue');
+      const pid: number = (await svc.status()).workers[0].pid;
+      await svc.stop('SIGKILL');
+      await waitFor(() => !isAlive(pid), 5000, 'the orphaned worker to exit');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('exits 0 on SIGINT', async () => {

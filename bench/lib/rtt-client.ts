@@ -37,6 +37,8 @@ export interface RunOptions {
   /** Windows from this time on make up the "steady" figures. Default: the second half. */
   readonly steadyFromMs?: number;
   readonly seed?: number;
+  /** Poisson arrivals (exponential gaps, the aggregate of many independent sources) instead of even pacing. */
+  readonly poisson?: boolean;
   /** This run's relative rates per flow instead of the ones given at start (0 = the flow stays silent). */
   readonly weights?: readonly number[];
 }
@@ -141,6 +143,10 @@ async function childMain(): Promise<void> {
     const startUs = usNow() + 50_000;
     const windowUs = windowMs * 1000, slotUs = 1e6 / c.ratePps;
     let sent = 0, connected = 0;
+    // Poisson arrivals: exponential gaps with mean slotUs (the aggregate of many independent sources);
+    // otherwise evenly spaced.
+    let nextUs = 0;
+    const gapUs = (): number => (c.poisson ? -Math.log(1 - rng()) * slotUs : slotUs);
     onReply = (m) => {
       if (m.length < HEADER_BYTES) return;
       const f = m.readUInt32BE(0);
@@ -155,9 +161,9 @@ async function childMain(): Promise<void> {
     const turn = (): void => {
       const now = usNow() - startUs;
       if (now >= c.durationMs * 1000) { setTimeout(finish, drainMs); return; }
-      let due = Math.floor(now / slotUs) + 1 - sent;
-      const behind = due > 128;
-      if (behind) due = 128;
+      let due = 0;
+      while (nextUs <= now && due < 128) { due++; nextUs += gapUs(); }
+      const behind = nextUs <= now;
       for (let i = 0; i < due; i++) {
         const f = pick.pick(rng());
         const buf = Buffer.alloc(sizeBytes);

@@ -22,6 +22,8 @@ export interface WorkerSample {
   readonly cpuUtil: number;
   /** Balancer's smoothed event-loop utilisation, 0..1. */
   readonly elu: number;
+  /** Event-loop utilisation of the worker's last report (one report interval, unsmoothed). */
+  readonly eluLast: number;
   /** CPU of the worker process over the last interval, from /proc (1 = one core); NaN on the first sample. */
   readonly procCpu: number;
   readonly buckets: number;
@@ -181,7 +183,7 @@ export class Sampler {
       dispatched.push(w.dispatchedPackets);
       const prevCpu = prev?.cpu.get(w.pid);
       workers.push({
-        id: w.id, pid: w.pid, cpuUtil: w.cpuUtil, elu: w.elu,
+        id: w.id, pid: w.pid, cpuUtil: w.cpuUtil, elu: w.elu, eluLast: w.eluLast ?? NaN,
         procCpu: prev && prevCpu !== undefined && dt > 0 ? (c - prevCpu) / dt : NaN,
         buckets: w.buckets, targetShare: w.targetShare, index: w.index, queueDepth: w.queueDepth,
         pps: prev && dt > 0 && prev.dispatched[w.id] !== undefined ? (w.dispatchedPackets - prev.dispatched[w.id]!) / dt : NaN,

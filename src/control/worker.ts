@@ -32,6 +32,8 @@ import { startReading, stopReading } from './socket-handle.js';
  * milliseconds even behind an expensive handler) and DRR has a queue to order.
  */
 const DRAIN_BUDGET = 256;
+/** A stopping worker serves its queue for at most this long. */
+const SHUTDOWN_DRAIN_MS = 1000;
 const DRAIN_SLICE = 16;
 const DRAIN_TIME_MS = 2;
 /** The sweep visits every owned bucket at least this often relative to the idle timeout. */
@@ -374,9 +376,11 @@ export class WorkerRuntime {
   async shutdown(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    // Serve what is queued, end every flow, close the handler.
-    let guard = 0;
-    while (this.queue.depth > 0 && guard++ < 10_000) this.queue.serve(DRAIN_BUDGET, this.serveBound);
+    // Serve what is queued (for at most SHUTDOWN_DRAIN_MS: a deep queue of expensive packets would otherwise keep
+    // a stopping worker busy for minutes, an orphan if the primary is gone), end every flow, close the handler.
+    const until = performance.now() + SHUTDOWN_DRAIN_MS;
+    while (this.queue.depth > 0 && performance.now() < until) this.queue.serve(DRAIN_BUDGET, this.serveBound);
+    if (this.queue.depth > 0) this.log.warn('stopping with packets still queued: not served', { packets: this.queue.depth });
     const t = this.flows;
     for (let b = 0; b < this.config.buckets; b++) {
       let f = t.bucketHead[b]!;

@@ -57,6 +57,9 @@ export function buildStatus(v: ServiceView): unknown {
       restarts: v.workers.restarts(lane),
       cpuUtil: v.balancer.model.cpuUtil[lane],
       elu: v.balancer.model.elu[lane],
+      // The last report's figures, unsmoothed (the two above are the balancer's EWMAs).
+      cpuLast: r?.cpuUtil ?? 0,
+      eluLast: r?.elu ?? 0,
       index: v.balancer.indexes[lane],
       targetShare: v.balancer.shares[lane],
       buckets: counts[lane],
