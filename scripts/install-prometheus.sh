@@ -2,7 +2,7 @@
 # Installs Prometheus and promtool from Debian's `prometheus` package if either is missing, for the metrics
 # tests (test/prometheus.test.ts) and for trying deploy/prometheus.yml locally.
 #
-# The package ships a service that would listen on :9090 (flowlb's default status port) and :9100; it is
+# The package ships a service that would listen on :9090 and :9100 (node exporter); it is
 # stopped and disabled afterwards. Without systemd running (containers, CI) there is nothing to stop: the
 # package's own scripts start nothing then, and the stop/disable steps below are allowed to fail.
 #

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { ConfigError } from './errors.js';
 
 export const DEFAULT_LISTEN = '127.0.0.1:5300';
-export const DEFAULT_HTTP = '127.0.0.1:9090';
+export const DEFAULT_HTTP = '127.0.0.1:9464';
 export const DEFAULT_BUCKETS = 1024;
 export const MAX_BUCKETS = 65536;
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;

@@ -165,7 +165,7 @@ describe('resolveConfig: defaults and flags', () => {
     const config = await resolveConfig({});
     expect(config).toEqual(defaultConfig());
     expect(config.listen).toEqual([{ host: '127.0.0.1', port: 5300, family: 4 }]);
-    expect(config.http).toEqual({ host: '127.0.0.1', port: 9090, family: 4 });
+    expect(config.http).toEqual({ host: '127.0.0.1', port: 9464, family: 4 });
     expect(config.workers).toBe(defaultWorkers());
     expect(config.buckets).toBe(DEFAULT_BUCKETS);
     expect(config.handler).toBe('echo');

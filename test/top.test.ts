@@ -33,7 +33,7 @@ function status(over: Partial<TopStatus> = {}): TopStatus {
 }
 
 const at = (s: TopStatus, atMs: number): TopSample => ({ status: s, atMs });
-const opts = { url: 'http://127.0.0.1:9090' };
+const opts = { url: 'http://127.0.0.1:9464' };
 
 function rowOf(lines: string[], id: number): string {
   const row = lines.find((l) => new RegExp(`^\\s+${id} `).test(l));
@@ -119,8 +119,8 @@ describe('top view', () => {
   });
 
   it('accepts host:port, a base URL or the /status URL', () => {
-    expect(statusUrl('127.0.0.1:9090').href).toBe('http://127.0.0.1:9090/status');
-    expect(statusUrl('http://127.0.0.1:9090/').href).toBe('http://127.0.0.1:9090/status');
+    expect(statusUrl('127.0.0.1:9464').href).toBe('http://127.0.0.1:9464/status');
+    expect(statusUrl('http://127.0.0.1:9464/').href).toBe('http://127.0.0.1:9464/status');
     expect(statusUrl('http://[::1]:9/status').href).toBe('http://[::1]:9/status');
     expect(() => statusUrl('ftp://x')).toThrow(/--url/);
   });

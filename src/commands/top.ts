@@ -45,7 +45,7 @@ export const TOP_OPTIONS = {
   once: { type: 'boolean', describe: 'Print one view (rates over one interval) and exit', defaultDescription: 'false' },
 } satisfies Record<string, Options>;
 
-/** `127.0.0.1:9090`, `http://host:port/` or `http://host:port/status` -> the /status URL. */
+/** `127.0.0.1:9464`, `http://host:port/` or `http://host:port/status` -> the /status URL. */
 export function statusUrl(text: string): URL {
   const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `http://${text}`;
   let url: URL;

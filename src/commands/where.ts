@@ -16,7 +16,7 @@ export const whereCommand: CommandModule<object, WhereFlags> = {
   builder: {
     src: { type: 'string', demandOption: true, describe: 'Client address and port, IP:PORT or [IPv6]:PORT' },
     dst: { type: 'string', describe: 'flowlb address the client sends to', defaultDescription: `${DEFAULT_LISTEN} (or the instance's first listener)` },
-    url: { type: 'string', describe: 'Ask a running instance (its status address), e.g. http://127.0.0.1:9090' },
+    url: { type: 'string', describe: 'Ask a running instance (its status address), e.g. http://127.0.0.1:9464' },
     buckets: { type: 'number', describe: 'Offline: bucket count', default: DEFAULT_BUCKETS },
     backend: { type: 'array', string: true, describe: 'Offline: proxy backends HOST:PORT[@WEIGHT], to see which one Maglev picks' },
   },
