@@ -116,7 +116,7 @@ function counters(over: Partial<WorkerCounters> = {}): WorkerCounters {
 function report(c: WorkerCounters, extra: Partial<WorkerReportMsg> = {}): WorkerReportMsg {
   return {
     t: 'report', seq: 1, intervalMs: 200, cpuUtil: 0.5, elu: 0.4, queueDepth: 7, peakQueueDepth: 9, activeQueues: 2,
-    counters: c, memRss: 50_000_000, ...extra,
+    counters: c, memRss: 50_000_000, cpuUs: 0, ...extra,
   };
 }
 
