@@ -11,13 +11,13 @@ import {
   DROP_FLOW_QUEUE_FULL, DROP_FLOW_TABLE_FULL, DROP_HANDLER_ERROR, DROP_MALFORMED, DROP_NO_BACKEND, DROP_QUEUE_FULL,
   DROP_REASON_COUNT,
 } from '../datapath/counters.js';
+import { AddressText } from '../datapath/address-text.js';
 import { ENQ_FLOW_FULL, ENQ_FULL, ENQ_PUSHED_OUT, FairQueue } from '../datapath/fair-queue.js';
 import { FlowTable } from '../datapath/flow-table.js';
 import {
   FRAME_CLOCK, FRAME_HEADER_BYTES, FRAME_PACKET, FRAME_RELEASE, FrameReader, frameBucket, frameClockMs, frameEpoch,
   frameKind,
 } from '../datapath/frame.js';
-import { formatIPv4, formatIPv6 } from '../datapath/tuple.js';
 import { instantiateHandler, loadHandlerFactory } from '../handlers/load.js';
 import type { ExportedFlow, Flow, FlowHandler, HandlerContext } from '../handlers/types.js';
 import { createLogger, type Logger } from '../log.js';
@@ -39,40 +39,82 @@ const DRAIN_TIME_MS = 2;
 /** The sweep visits every owned bucket at least this often relative to the idle timeout. */
 const SWEEP_SLICES = 8;
 
-class FlowRef implements Flow {
-  state: unknown = undefined;
-  private keyText: string | null = null;
-  constructor(
-    readonly id: number,
-    readonly remoteAddress: string,
-    readonly remotePort: number,
-    readonly family: 4 | 6,
-    readonly listener: number,
-    readonly localAddress: string,
-    readonly localPort: number,
-    readonly hash: number,
-    readonly bucket: number,
-    private readonly rt: WorkerRuntime,
-  ) {}
+/**
+ * What a handler sees of a flow: the flow's number and getters over the worker's flow table, so a flow costs no
+ * copies of its address, port or hash on the heap. Once the flow ends (or moves away) its fields are copied into
+ * the object (`detach`), so a handler that keeps the Flow past onFlowEnd (a late upstream reply) still sees the
+ * flow it had, not whichever flow reuses the table slot.
+ */
+abstract class FlowFields implements Flow {
+  abstract state: unknown;
+  abstract readonly key: string;
+  protected ended: EndedFlow | null = null;
+  constructor(public id: number, protected readonly rt: WorkerRuntime) {}
+  get remoteAddress(): string { return this.ended !== null ? this.ended.remoteAddress : this.rt.remoteAddressOf(this.id); }
+  get remotePort(): number { return this.ended !== null ? this.ended.remotePort : this.rt.flows.port[this.id]!; }
+  get family(): 4 | 6 { return this.ended !== null ? this.ended.family : this.rt.flows.family[this.id] === 4 ? 4 : 6; }
+  get listener(): number { return this.ended !== null ? this.ended.listener : this.rt.flows.listener[this.id]!; }
+  get localAddress(): string { return this.rt.localAddressOf(this.listener); }
+  get localPort(): number { return this.rt.localPortOf(this.listener); }
+  get hash(): number { return this.ended !== null ? this.ended.hash : this.rt.flows.hash[this.id]!; }
+  get bucket(): number { return this.ended !== null ? this.ended.bucket : this.rt.flows.bucket[this.id]!; }
 
-  get key(): string {
-    if (this.keyText === null) {
-      const r = this.family === 6 ? `[${this.remoteAddress}]` : this.remoteAddress;
-      const l = this.family === 6 ? `[${this.localAddress}]` : this.localAddress;
-      this.keyText = `${r}:${this.remotePort}>${l}:${this.localPort}`;
-    }
-    return this.keyText;
+  protected keyText(): string {
+    const v6 = this.family === 6;
+    const r = v6 ? `[${this.remoteAddress}]` : this.remoteAddress;
+    const l = v6 ? `[${this.localAddress}]` : this.localAddress;
+    return `${r}:${this.remotePort}>${l}:${this.localPort}`;
   }
 
   reply(payload: Uint8Array): void {
-    this.rt.reply(this, payload);
+    if (this.ended === null) this.rt.reply(this.id, payload);
+    else this.rt.replyTo(this.ended.listener, this.ended.remotePort, this.ended.remoteAddress, payload);
   }
+}
+
+interface EndedFlow { remoteAddress: string; remotePort: number; family: 4 | 6; listener: number; hash: number; bucket: number }
+
+/** A flow's own object: made on first use (flow start when the handler has onFlowStart, else its first packet). */
+class FlowRef extends FlowFields {
+  state: unknown = undefined;
+  private keyCache: string | null = null;
+
+  get key(): string {
+    if (this.keyCache === null) this.keyCache = this.keyText();
+    return this.keyCache;
+  }
+
+  /** The table slot is about to be freed: keep this flow's fields in the object. */
+  detach(): void {
+    if (this.ended !== null) return;
+    this.ended = {
+      remoteAddress: this.remoteAddress, remotePort: this.remotePort, family: this.family, listener: this.listener,
+      hash: this.hash, bucket: this.bucket,
+    };
+  }
+}
+
+/**
+ * The one Flow a worker hands a handler that declared `statelessFlows`: re-aimed at each call's flow, valid only
+ * during the call, with no per-flow state.
+ */
+class FlowView extends FlowFields {
+  get state(): unknown { return undefined; }
+  set state(_value: unknown) {
+    throw new Error('flow.state set by a handler that declared statelessFlows (flows are views, not objects)');
+  }
+
+  get key(): string { return this.keyText(); }
 }
 
 export class WorkerRuntime {
   readonly flows: FlowTable;
   readonly queue: FairQueue;
+  /** Flow objects of a handler that keeps per-flow state, made on first use; unused with `statelessFlows`. */
   readonly refs: (FlowRef | undefined)[];
+  /** The re-aimed Flow of a `statelessFlows` handler, else null. */
+  private readonly view: FlowView | null;
+  private readonly addressText = new AddressText();
   readonly owned: Uint8Array;
   readonly fronts: (dgram.Socket | null)[];
   /** Bound port of each front socket, read once when its handle arrives (not a getsockname per flow). */
@@ -112,7 +154,8 @@ export class WorkerRuntime {
     // past the capacity the worker itself sheds the heaviest flows' packets.
     const queueCapacity = Math.max(1024, config.balancer.queueLimit * 4);
     this.queue = new FairQueue(queueCapacity, cap, config.queue.flowQueueLimit, config.queue.quantumBytes);
-    this.refs = new Array<FlowRef | undefined>(cap).fill(undefined);
+    this.view = handler.statelessFlows === true ? new FlowView(-1, this) : null;
+    this.refs = this.view !== null ? [] : new Array<FlowRef | undefined>(cap).fill(undefined);
     this.owned = new Uint8Array(config.buckets);
     this.fronts = new Array<dgram.Socket | null>(config.listen.length).fill(null);
     this.reader = new FrameReader(this.onFrame.bind(this));
@@ -155,23 +198,37 @@ export class WorkerRuntime {
     }
   }
 
-  private startFlow(f: number, imported: ExportedFlow | undefined): FlowRef {
-    const t = this.flows;
-    const fam = t.family[f] === 4 ? 4 : 6;
-    const addr = fam === 4 ? formatIPv4(t.addr, f * 16) : formatIPv6(t.addr, f * 16);
-    const li = t.listener[f]!;
-    const l = this.config.listen[li] ?? this.config.listen[0]!;
-    const localPort = this.frontPorts[li] ?? l.port;
-    const ref = new FlowRef(f, addr, t.port[f]!, fam, li, l.host, localPort, t.hash[f]!, t.bucket[f]!, this);
-    this.refs[f] = ref;
+  private startFlow(f: number, imported: ExportedFlow | undefined): void {
     this.counters[C_FLOWS_CREATED]!++;
+    const h = this.handler;
     try {
-      if (imported !== undefined) this.handler.importFlow?.(ref, imported);
-      else this.handler.onFlowStart?.(ref);
+      if (imported !== undefined) { if (h.importFlow) h.importFlow(this.flowOf(f), imported); }
+      else if (h.onFlowStart) h.onFlowStart(this.flowOf(f));
     } catch {
       this.drops[DROP_HANDLER_ERROR]!++;
     }
+  }
+
+  /** The Flow to pass the handler for flow `f`: the view re-aimed at it, or the flow's own object (made now if new). */
+  private flowOf(f: number): FlowFields {
+    const v = this.view;
+    if (v !== null) { v.id = f; return v; }
+    let ref = this.refs[f];
+    if (ref === undefined) { ref = new FlowRef(f, this); this.refs[f] = ref; }
     return ref;
+  }
+
+  remoteAddressOf(f: number): string {
+    const t = this.flows;
+    return this.addressText.of(t.addr, f * 16, t.family[f]!);
+  }
+
+  localAddressOf(listener: number): string {
+    return (this.config.listen[listener] ?? this.config.listen[0]!).host;
+  }
+
+  localPortOf(listener: number): number {
+    return this.frontPorts[listener] ?? (this.config.listen[listener] ?? this.config.listen[0]!).port;
   }
 
   private drain(): void {
@@ -203,24 +260,29 @@ export class WorkerRuntime {
   }
 
   private servePacket(f: number, buf: Buffer, off: number, len: number): void {
-    const ref = this.refs[f]!;
     const t = this.flows;
     t.lastSeenMs[f] = this.nowMs;
     t.packets[f]!++;
     this.counters[C_HANDLED]!++;
     try {
-      this.handler.onPacket(buf.subarray(off, off + len), ref);
+      this.handler.onPacket(buf.subarray(off, off + len), this.flowOf(f));
     } catch {
       this.drops[DROP_HANDLER_ERROR]!++;
     }
   }
 
-  reply(flow: FlowRef, payload: Uint8Array): void {
-    const s = this.fronts[flow.listener];
+  /** Sends `payload` to flow `f`'s client from the front socket it came in on. */
+  reply(f: number, payload: Uint8Array): void {
+    const t = this.flows;
+    this.replyTo(t.listener[f]!, t.port[f]!, this.remoteAddressOf(f), payload);
+  }
+
+  replyTo(listener: number, port: number, address: string, payload: Uint8Array): void {
+    const s = this.fronts[listener];
     if (!s) { this.counters[C_REPLY_ERRORS]!++; return; }
     this.counters[C_REPLIES]!++;
     this.counters[C_REPLY_BYTES]! += payload.length;
-    s.send(payload, flow.remotePort, flow.remoteAddress, this.onReplySent);
+    s.send(payload, port, address, this.onReplySent);
   }
 
   private readonly onReplySent = (err: Error | null): void => {
@@ -249,12 +311,21 @@ export class WorkerRuntime {
   }
 
   private endFlow(f: number, reason: 'idle' | 'shutdown' | 'evicted'): void {
-    const ref = this.refs[f];
+    this.counters[C_FLOWS_EXPIRED]!++;
+    const h = this.handler;
+    if (this.view !== null) {
+      // The view reads the table: call before the slot is freed.
+      if (h.onFlowEnd) { try { h.onFlowEnd(this.flowOf(f), reason); } catch { this.drops[DROP_HANDLER_ERROR]!++; } }
+      this.flows.remove(f);
+      return;
+    }
+    let ref = this.refs[f];
+    if (ref === undefined && h.onFlowEnd) ref = this.flowOf(f) as FlowRef;
+    ref?.detach();
     this.refs[f] = undefined;
     this.flows.remove(f);
-    this.counters[C_FLOWS_EXPIRED]!++;
-    if (ref) {
-      try { this.handler.onFlowEnd?.(ref, reason); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
+    if (ref !== undefined && h.onFlowEnd) {
+      try { h.onFlowEnd(ref, reason); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
     }
   }
 
@@ -275,10 +346,9 @@ export class WorkerRuntime {
     while (f >= 0) {
       const next = t.nextInBucket(f);
       this.queue.drainFlow(f, this.collectBound);
-      const ref = this.refs[f];
       let exported: ExportedFlow | undefined;
-      if (ref && this.handler.exportFlow) {
-        try { exported = this.handler.exportFlow(ref); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
+      if (this.handler.exportFlow) {
+        try { exported = this.handler.exportFlow(this.flowOf(f)); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
       }
       let socketIndex = -1;
       if (exported?.socket) {
@@ -291,7 +361,7 @@ export class WorkerRuntime {
         addr: Buffer.from(t.addressOf(f)).toString('base64'), packets: t.packets[f]!,
         data: exported?.data ?? null, socket: socketIndex,
       });
-      this.refs[f] = undefined;
+      if (this.view === null) { this.refs[f]?.detach(); this.refs[f] = undefined; }
       t.remove(f);
       f = next;
     }

@@ -6,6 +6,8 @@ import type { Flow, FlowHandler, HandlerContext } from './types.js';
 
 const echoHandler: FlowHandler = {
   name: 'echo',
+  // Nothing per flow: the worker keeps no Flow object for echo's flows (memory per idle flow, GC).
+  statelessFlows: true,
   onPacket(payload: Buffer, flow: Flow): void {
     flow.reply(payload);
   },

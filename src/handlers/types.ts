@@ -56,6 +56,14 @@ export interface ExportedFlow {
 
 export interface FlowHandler {
   readonly name?: string;
+  /**
+   * The handler keeps nothing per flow: it never sets `flow.state` and never keeps a Flow after the call it
+   * was given in (echo, a stateless request/response server). flowlb then passes one reused Flow, re-aimed at
+   * each call's flow, instead of an object per flow, so an idle flow costs no heap object at all. Setting
+   * `flow.state` then throws (counted as a handler error). Without it, each flow gets its own Flow object,
+   * made on first use.
+   */
+  readonly statelessFlows?: boolean;
   /** Called once per worker before any packet. May be async. */
   init?(ctx: HandlerContext): void | Promise<void>;
   /** A new flow: set up `flow.state`. */
