@@ -212,6 +212,8 @@ async function childMain(): Promise<void> {
     else if (m.cmd === 'run') void run(m).then((r) => process.send!(r));
     else { for (const s of sockets) s.close(); process.disconnect(); }
   });
+  // The benchmark that forked this client went away (killed, crashed): stop sending and exit, no orphan.
+  process.on('disconnect', () => process.exit(0));
 }
 
 if (process.argv[1] === HERE && process.argv.includes('--rtt-client')) await childMain();
