@@ -178,7 +178,7 @@ describe('flow table', () => {
       // Bucket lists hold exactly the flows of each bucket.
       let listed = 0;
       for (let b = 0; b < 16; b++) {
-        for (let f = t.bucketHead[b]!; f >= 0; f = t.nextInBucket(f)) { expect(t.bucket[f]).toBe(b); listed++; }
+        for (let f = t.bucketHead[b]!; f >= 0; f = t.nextInBucket(f)) { expect(t.bucketOf(f)).toBe(b); listed++; }
         expect(t.bucketCount[b]).toBe([...model.keys()].filter((k) => (k & 15) === b).length);
       }
       expect(listed).toBe(model.size);

@@ -51,13 +51,13 @@ abstract class FlowFields implements Flow {
   protected ended: EndedFlow | null = null;
   constructor(public id: number, protected readonly rt: WorkerRuntime) {}
   get remoteAddress(): string { return this.ended !== null ? this.ended.remoteAddress : this.rt.remoteAddressOf(this.id); }
-  get remotePort(): number { return this.ended !== null ? this.ended.remotePort : this.rt.flows.port[this.id]!; }
-  get family(): 4 | 6 { return this.ended !== null ? this.ended.family : this.rt.flows.family[this.id] === 4 ? 4 : 6; }
-  get listener(): number { return this.ended !== null ? this.ended.listener : this.rt.flows.listener[this.id]!; }
+  get remotePort(): number { return this.ended !== null ? this.ended.remotePort : this.rt.flows.portOf(this.id); }
+  get family(): 4 | 6 { return this.ended !== null ? this.ended.family : this.rt.flows.familyOf(this.id) === 4 ? 4 : 6; }
+  get listener(): number { return this.ended !== null ? this.ended.listener : this.rt.flows.listenerOf(this.id); }
   get localAddress(): string { return this.rt.localAddressOf(this.listener); }
   get localPort(): number { return this.rt.localPortOf(this.listener); }
-  get hash(): number { return this.ended !== null ? this.ended.hash : this.rt.flows.hash[this.id]!; }
-  get bucket(): number { return this.ended !== null ? this.ended.bucket : this.rt.flows.bucket[this.id]!; }
+  get hash(): number { return this.ended !== null ? this.ended.hash : this.rt.flows.hashOf(this.id); }
+  get bucket(): number { return this.ended !== null ? this.ended.bucket : this.rt.flows.bucketOf(this.id); }
 
   protected keyText(): string {
     const v6 = this.family === 6;
@@ -220,7 +220,7 @@ export class WorkerRuntime {
 
   remoteAddressOf(f: number): string {
     const t = this.flows;
-    return this.addressText.of(t.addr, f * 16, t.family[f]!);
+    return this.addressText.of(t.bytes, t.addrOffset(f), t.familyOf(f));
   }
 
   localAddressOf(listener: number): string {
@@ -261,8 +261,7 @@ export class WorkerRuntime {
 
   private servePacket(f: number, buf: Buffer, off: number, len: number): void {
     const t = this.flows;
-    t.lastSeenMs[f] = this.nowMs;
-    t.packets[f]!++;
+    t.touch(f, this.nowMs);
     this.counters[C_HANDLED]!++;
     try {
       this.handler.onPacket(buf.subarray(off, off + len), this.flowOf(f));
@@ -274,7 +273,7 @@ export class WorkerRuntime {
   /** Sends `payload` to flow `f`'s client from the front socket it came in on. */
   reply(f: number, payload: Uint8Array): void {
     const t = this.flows;
-    this.replyTo(t.listener[f]!, t.port[f]!, this.remoteAddressOf(f), payload);
+    this.replyTo(t.listenerOf(f), t.portOf(f), this.remoteAddressOf(f), payload);
   }
 
   replyTo(listener: number, port: number, address: string, payload: Uint8Array): void {
@@ -304,7 +303,7 @@ export class WorkerRuntime {
       let f = t.bucketHead[b]!;
       while (f >= 0) {
         const next = t.nextInBucket(f);
-        if (this.nowMs - t.lastSeenMs[f]! >= idle && this.queue.qCount[f] === 0) this.endFlow(f, 'idle');
+        if (this.nowMs - t.lastSeenOf(f) >= idle && this.queue.queued(f) === 0) this.endFlow(f, 'idle');
         f = next;
       }
     }
@@ -357,8 +356,8 @@ export class WorkerRuntime {
         sockets.push(exported.socket);
       }
       transfers.push({
-        hash: t.hash[f]!, port: t.port[f]!, family: t.family[f]!, listener: t.listener[f]!,
-        addr: Buffer.from(t.addressOf(f)).toString('base64'), packets: t.packets[f]!,
+        hash: t.hashOf(f), port: t.portOf(f), family: t.familyOf(f), listener: t.listenerOf(f),
+        addr: Buffer.from(t.addressOf(f)).toString('base64'), packets: t.packetsOf(f),
         data: exported?.data ?? null, socket: socketIndex,
       });
       if (this.view === null) { this.refs[f]?.detach(); this.refs[f] = undefined; }
@@ -404,7 +403,7 @@ export class WorkerRuntime {
       const f = t.insertKey(x.hash, x.port, x.family, x.listener, addr, p.bucket, this.nowMs);
       const socket = x.socket >= 0 ? p.sockets[x.socket] ?? undefined : undefined;
       if (f < 0) { this.drops[DROP_FLOW_TABLE_FULL]!++; try { socket?.close(); } catch { /* ignore */ } continue; }
-      t.packets[f] = x.packets;
+      t.setPackets(f, x.packets);
       if (socket) startReading(socket);
       this.startFlow(f, { data: x.data, socket });
       this.counters[C_FLOWS_CREATED]!--; // moved, not created

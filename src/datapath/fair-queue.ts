@@ -11,6 +11,10 @@
 
 const NIL = -1;
 
+/** A flow's record in FairQueue.q: packets queued, FIFO head and tail descriptors, DRR deficit, in the ring, turn open. */
+const QS = 8;
+const Q_COUNT = 0, Q_HEAD = 1, Q_TAIL = 2, Q_DEFICIT = 3, Q_IN_RING = 4, Q_TURN_OPEN = 5;
+
 /**
  * What a packet costs in DRR, in bytes: its length plus a fixed charge. Handling a UDP datagram costs mostly
  * per packet, not per byte (the reply send alone is several microseconds), so pure byte accounting would let a
@@ -44,12 +48,8 @@ export class FairQueue {
   private readonly pNext: Int32Array;
   private freeHead: number;
 
-  readonly qCount: Int32Array;
-  private readonly qHead: Int32Array;
-  private readonly qTail: Int32Array;
-  private readonly deficit: Int32Array;
-  private readonly inRing: Uint8Array;
-  private readonly turnOpen: Uint8Array;
+  /** Per flow, one 32-byte record (see Q_*): the fields a packet touches share a cache line. */
+  private readonly q: Int32Array;
   private readonly ring: Int32Array;
   private ringHead = 0;
   private ringLen = 0;
@@ -65,22 +65,19 @@ export class FairQueue {
     this.pNext = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) this.pNext[i] = i + 1 < capacity ? i + 1 : NIL;
     this.freeHead = capacity > 0 ? 0 : NIL;
-    this.qCount = new Int32Array(maxFlows);
-    this.qHead = new Int32Array(maxFlows).fill(NIL);
-    this.qTail = new Int32Array(maxFlows).fill(NIL);
-    this.deficit = new Int32Array(maxFlows);
-    this.inRing = new Uint8Array(maxFlows);
-    this.turnOpen = new Uint8Array(maxFlows);
+    this.q = new Int32Array(maxFlows * QS);
+    for (let f = 0; f < maxFlows; f++) { this.q[f * QS + Q_HEAD] = NIL; this.q[f * QS + Q_TAIL] = NIL; }
     this.ring = new Int32Array(maxFlows);
   }
 
   /** Queues a packet of `flow`. Returns ENQ_* (ENQ_FLOW_FULL and ENQ_FULL mean this packet was dropped). */
   enqueue(flow: number, buf: Buffer, off: number, len: number): number {
-    if (this.qCount[flow]! >= this.flowLimit) return ENQ_FLOW_FULL;
+    const q = this.q, r = flow * QS;
+    if (q[r + Q_COUNT]! >= this.flowLimit) return ENQ_FLOW_FULL;
     let result = ENQ_OK;
     if (this.freeHead === NIL) {
       const victim = this.heaviest();
-      if (victim === NIL || victim === flow && this.qCount[flow]! === 0 || this.qCount[victim]! <= this.qCount[flow]!) return ENQ_FULL;
+      if (victim === NIL || victim === flow && q[r + Q_COUNT]! === 0 || this.q[victim * QS + Q_COUNT]! <= q[r + Q_COUNT]!) return ENQ_FULL;
       this.dropHead(victim);
       result = ENQ_PUSHED_OUT;
     }
@@ -90,16 +87,16 @@ export class FairQueue {
     this.pOff[p] = off;
     this.pLen[p] = len;
     this.pNext[p] = NIL;
-    const tail = this.qTail[flow]!;
-    if (tail === NIL) this.qHead[flow] = p; else this.pNext[tail] = p;
-    this.qTail[flow] = p;
-    const c = ++this.qCount[flow]!;
-    if (this.heavy === NIL || c > this.qCount[this.heavy]!) this.heavy = flow;
+    const tail = q[r + Q_TAIL]!;
+    if (tail === NIL) q[r + Q_HEAD] = p; else this.pNext[tail] = p;
+    q[r + Q_TAIL] = p;
+    const c = ++q[r + Q_COUNT]!;
+    if (this.heavy === NIL || c > this.q[this.heavy * QS + Q_COUNT]!) this.heavy = flow;
     if (++this.depth > this.peakDepth) this.peakDepth = this.depth;
-    if (this.inRing[flow] === 0) {
-      this.inRing[flow] = 1;
-      this.turnOpen[flow] = 0;
-      this.deficit[flow] = 0;
+    if (q[r + Q_IN_RING] === 0) {
+      q[r + Q_IN_RING] = 1;
+      q[r + Q_TURN_OPEN] = 0;
+      q[r + Q_DEFICIT] = 0;
       this.ring[(this.ringHead + this.ringLen) % this.ring.length] = flow;
       this.ringLen++;
     }
@@ -114,12 +111,12 @@ export class FairQueue {
    */
   private heaviest(): number {
     const h = this.heavy;
-    if (h !== NIL && this.qCount[h]! > 0) return h;
+    if (h !== NIL && this.q[h * QS + Q_COUNT]! > 0) return h;
     let best = NIL;
     const n = Math.min(this.ringLen, HEAVY_SCAN);
     for (let i = 0, r = this.ringHead; i < n; i++) {
       const f = this.ring[r]!;
-      if (best === NIL || this.qCount[f]! > this.qCount[best]!) best = f;
+      if (best === NIL || this.q[f * QS + Q_COUNT]! > this.q[best * QS + Q_COUNT]!) best = f;
       r = r + 1 === this.ring.length ? 0 : r + 1;
     }
     this.heavy = best;
@@ -127,11 +124,12 @@ export class FairQueue {
   }
 
   private dropHead(flow: number): void {
-    const p = this.qHead[flow]!;
-    this.qHead[flow] = this.pNext[p]!;
-    if (this.qHead[flow] === NIL) this.qTail[flow] = NIL;
+    const q = this.q, r = flow * QS;
+    const p = q[r + Q_HEAD]!;
+    q[r + Q_HEAD] = this.pNext[p]!;
+    if (q[r + Q_HEAD] === NIL) q[r + Q_TAIL] = NIL;
     this.releaseDescriptor(p);
-    this.qCount[flow]!--;
+    q[r + Q_COUNT]!--;
     this.depth--;
   }
 
@@ -147,35 +145,35 @@ export class FairQueue {
    */
   serve(budget: number, fn: ServeFn): number {
     let served = 0;
-    const ring = this.ring, size = ring.length;
+    const ring = this.ring, size = ring.length, q = this.q;
     while (served < budget && this.ringLen > 0) {
-      const f = ring[this.ringHead]!;
-      if (this.turnOpen[f] === 0) { this.turnOpen[f] = 1; this.deficit[f]! += this.quantum; }
-      while (this.qCount[f]! > 0 && served < budget) {
-        const p = this.qHead[f]!;
+      const f = ring[this.ringHead]!, r = f * QS;
+      if (q[r + Q_TURN_OPEN] === 0) { q[r + Q_TURN_OPEN] = 1; q[r + Q_DEFICIT]! += this.quantum; }
+      while (q[r + Q_COUNT]! > 0 && served < budget) {
+        const p = q[r + Q_HEAD]!;
         const len = this.pLen[p]!;
         const cost = len + PACKET_COST_BYTES;
-        if (cost > this.deficit[f]!) break;
-        this.deficit[f]! -= cost;
+        if (cost > q[r + Q_DEFICIT]!) break;
+        q[r + Q_DEFICIT]! -= cost;
         const buf = this.pBuf[p]!, off = this.pOff[p]!;
-        this.qHead[f] = this.pNext[p]!;
-        if (this.qHead[f] === NIL) this.qTail[f] = NIL;
+        q[r + Q_HEAD] = this.pNext[p]!;
+        if (q[r + Q_HEAD] === NIL) q[r + Q_TAIL] = NIL;
         this.releaseDescriptor(p);
-        this.qCount[f]!--;
+        q[r + Q_COUNT]!--;
         this.depth--;
         served++;
         fn(f, buf, off, len);
       }
-      if (this.qCount[f] === 0) {
-        this.inRing[f] = 0; this.turnOpen[f] = 0; this.deficit[f] = 0;
+      if (q[r + Q_COUNT] === 0) {
+        q[r + Q_IN_RING] = 0; q[r + Q_TURN_OPEN] = 0; q[r + Q_DEFICIT] = 0;
         this.ringHead = this.ringHead + 1 === size ? 0 : this.ringHead + 1;
         this.ringLen--;
-      } else if (served >= budget && this.qHead[f] !== NIL && this.pLen[this.qHead[f]!]! + PACKET_COST_BYTES <= this.deficit[f]!) {
+      } else if (served >= budget && q[r + Q_HEAD] !== NIL && this.pLen[q[r + Q_HEAD]!]! + PACKET_COST_BYTES <= q[r + Q_DEFICIT]!) {
         // Budget ran out mid-turn: the flow keeps its turn and remaining deficit.
         break;
       } else {
         // Turn over: to the back of the ring.
-        this.turnOpen[f] = 0;
+        q[r + Q_TURN_OPEN] = 0;
         this.ringHead = this.ringHead + 1 === size ? 0 : this.ringHead + 1;
         ring[(this.ringHead + this.ringLen - 1) % size] = f;
       }
@@ -188,8 +186,9 @@ export class FairQueue {
    * The flow leaves the ring.
    */
   drainFlow(flow: number, fn: ServeFn): number {
+    const q = this.q, r = flow * QS;
     let n = 0;
-    let p = this.qHead[flow]!;
+    let p = q[r + Q_HEAD]!;
     while (p !== NIL) {
       const next = this.pNext[p]!;
       const buf = this.pBuf[p]!, off = this.pOff[p]!, len = this.pLen[p]!;
@@ -199,9 +198,9 @@ export class FairQueue {
       fn(flow, buf, off, len);
       p = next;
     }
-    this.qHead[flow] = this.qTail[flow] = NIL;
-    this.qCount[flow] = 0;
-    if (this.inRing[flow] === 1) this.removeFromRing(flow);
+    q[r + Q_HEAD] = q[r + Q_TAIL] = NIL;
+    q[r + Q_COUNT] = 0;
+    if (q[r + Q_IN_RING] === 1) this.removeFromRing(flow);
     return n;
   }
 
@@ -213,12 +212,17 @@ export class FairQueue {
       if (f !== flow) this.ring[(this.ringHead + w++) % size] = f;
     }
     this.ringLen = w;
-    this.inRing[flow] = 0; this.turnOpen[flow] = 0; this.deficit[flow] = 0;
+    this.q[flow * QS + Q_IN_RING] = 0; this.q[flow * QS + Q_TURN_OPEN] = 0; this.q[flow * QS + Q_DEFICIT] = 0;
   }
 
   /** The flow with the most packets queued, or -1 when empty. */
   heaviestFlow(): number {
     return this.ringLen === 0 ? NIL : this.heaviest();
+  }
+
+  /** Packets queued for `flow`. */
+  queued(flow: number): number {
+    return this.q[flow * QS + Q_COUNT]!;
   }
 
   activeFlows(): number {
