@@ -21,8 +21,8 @@ export const MAX_DATAGRAM_BYTES = 65_507;
 /** Largest UDP payload at all (IPv6 without jumbograms: 65535 - 8); the default --max-datagram. */
 export const MAX_UDP_PAYLOAD_BYTES = 65_527;
 export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 5_000;
-export const DEFAULT_REPORT_INTERVAL_MS = 200;
-export const DEFAULT_REBALANCE_INTERVAL_MS = 500;
+export const DEFAULT_REPORT_INTERVAL_MS = 100;
+export const DEFAULT_REBALANCE_INTERVAL_MS = 250;
 /** Workers within this fraction of their target share are left alone. */
 export const DEFAULT_DEAD_BAND = 0.05;
 export const DEFAULT_MAX_MOVES_PER_ROUND = 16;

@@ -4,8 +4,8 @@
  * figures measured here without smoothing (CPU from /proc/PID/stat, packets dispatched per second from the
  * primary's per-worker counter deltas). Optionally scrapes /metrics too, for the dispatch latency histogram.
  *
- * The balancer's cpuUtil and elu are EWMAs (alpha 0.3 per 200 ms report, load-model.ts), so a step shows
- * ~90% after ~1.3 s; `procCpu` and `pps` are raw per-interval figures. Bounded: stop() ends it, and a poll
+ * The balancer's cpuUtil and elu are EWMAs (alpha 0.3 per report, every 100 ms by default, load-model.ts), so a step shows
+ * ~90% after ~0.65 s; `procCpu` and `pps` are raw per-interval figures. Bounded: stop() ends it, and a poll
  * that takes longer than the interval delays the next one instead of piling up.
  */
 import type { ChildProcess } from 'node:child_process';

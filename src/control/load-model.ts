@@ -1,5 +1,5 @@
 /**
- * The load model: smoothed measurements the balancer decides on. Workers report every ~200 ms; one report is
+ * The load model: smoothed measurements the balancer decides on. Workers report every ~100 ms (--report-interval); one report is
  * too noisy to move buckets on (a GC pause or one burst looks like overload), so every figure here is an
  * exponentially weighted moving average, x <- alpha * sample + (1 - alpha) * x, updated once per report.
  *
@@ -71,7 +71,7 @@ function finiteOrZero(x: number): number {
 export class LoadModel {
   readonly workers: number;
   readonly buckets: number;
-  /** Weight of the newest report, (0, 1]. 0.3 at 200 ms reports: a step change is ~90% visible in ~1.3 s. */
+  /** Weight of the newest report, (0, 1]. 0.3 at 100 ms reports: a step change is ~90% visible in ~0.65 s. */
   readonly alpha: number;
 
   /** Per worker: EWMA of cpuUtil (cores). */
