@@ -16,6 +16,7 @@
  * the steady second half. The sampler records per-worker utilisation meanwhile.
  *
  *   node dist/bench/skew.js [--short] [--cost-us 1000] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15] [--arrivals poisson|paced]
+ *                           [--worker-cpu 0.5]
  *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90]
  * --loads: offered rates as fractions of the measured capacity (--short: 0.85 only).
  * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
@@ -28,6 +29,7 @@ import { flowWeights, parseDistribution } from '../src/gen/flows.js';
 import { runGenerator } from '../src/gen/run.js';
 import { renderChart, type TopLevelSpec } from './lib/chart.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
+import { createCpuCap, type CpuCap } from './lib/cpucap.js';
 import { startRttClient, type ClientResult } from './lib/rtt-client.js';
 import { compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, killLb, startOn, sumDrops, waitForQuiet, waitIdle, window, type Lb, type Sample } from './lib/sampler.js';
 
@@ -57,10 +59,39 @@ async function parent(): Promise<void> {
   // Other people's work on the same 2 cores shows in every figure: the load average is kept with the results.
   const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
 
+  // --worker-cpu X (default 0.5, 0 = off): each worker is capped at X cores (cgroup CPU bandwidth, 10 ms
+  // periods) and the handler burns CPU time, not wall time. On this 2-core machine that is what gives the test
+  // its meaning: a worker can be the bottleneck (its "core" full) while the machine still has room for the
+  // primary and the load client, as on a machine with a core per worker. Uncapped, the 2 workers, the primary
+  // and the client share 2 cores and the machine saturates before any one worker does, so skew costs little.
+  const workerCpuWanted = arg('worker-cpu', 0.5);
+  const caps: CpuCap[] = [];
+  let capError: string | null = null;
+  if (workerCpuWanted > 0) {
+    for (let i = 0; i < 2; i++) {
+      const c = createCpuCap(`flowlb-skew-w${i}`, workerCpuWanted);
+      if ('error' in c) { capError = c.error; break; }
+      caps.push(c);
+    }
+    if (capError) { for (const c of caps) c.release(); caps.length = 0; console.log(`worker CPU cap unavailable (${capError}): running uncapped`); }
+  }
+  process.on('exit', () => { for (const c of caps) c.release(); });
+  const workerCpu = caps.length ? workerCpuWanted : 0;
+  const clock = workerCpu > 0 ? 'cpu' : 'wall';
+
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-skew-'));
   const cfg = path.join(tmp, 'flowlb.json');
-  fs.writeFileSync(cfg, JSON.stringify({ handler: path.join(ROOT, 'test/fixtures/burn-handler.js'), handlerOptions: { costUs } }));
+  fs.writeFileSync(cfg, JSON.stringify({ handler: path.join(ROOT, 'test/fixtures/burn-handler.js'), handlerOptions: { costUs, clock } }));
   const baseArgs = ['--config', cfg, '--workers', '2'];
+  /** Starts flowlb on `port` and puts each worker into its CPU cap (if any). */
+  const startLb = async (port: number, args: string[]): Promise<Lb> => {
+    const lb = await startOn(port, args);
+    if (caps.length) {
+      const st = await lb.status();
+      (st.workers as { pid: number }[]).forEach((w, i) => caps[i]!.apply(w.pid));
+    }
+    return lb;
+  };
 
   // 1. Capacity, measured again before every round (other work on the machine comes and goes, and 85% of a
   // stale capacity is not 85%). Uniform flows, static hashing, a fresh flowlb per trial (an overloaded one
@@ -69,11 +100,11 @@ async function parent(): Promise<void> {
   //     saturated workers serve big batches, at 85% of it they spend more per packet and are at ~100%.
   //  b. sustainable: bisection between 0.5x and 1x the saturated figure for the highest offered rate whose
   //     trial loses <= 0.1% and has RTT p99 <= 100 ms (no standing queue). That is the capacity used.
-  const ideal = (2 * 1e6) / costUs;
+  const ideal = (2 * (workerCpu > 0 ? workerCpu : 1) * 1e6) / costUs;
   type Trial = { kind: 'saturated' | 'sustainable'; offeredPps: number; handledPps?: number; lossPct?: number | null; p99Us?: number | null; passed?: boolean };
   const withLb = async <T>(fn: (lb: Lb) => Promise<T>): Promise<T> => {
     if (quietWaitMs > 0) await waitForQuiet(quietWaitMs);
-    const lb = await startOn(0, [...baseArgs, '--no-balance']);
+    const lb = await startLb(0, [...baseArgs, '--no-balance']);
     try {
       await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 64, ratePps: 1000, durationMs: 1000, sizeBytes, procs: 1, drainMs: 300 });
       await waitIdle(lb, 5000);
@@ -129,7 +160,7 @@ async function parent(): Promise<void> {
       for (const load of loads) for (const mode of ['static', 'adaptive'] as const) {
         const ratePps = Math.round(load * capacityPps);
         const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
-        const lb = await startOn(udpPort, [...baseArgs, ...(mode === 'static' ? ['--no-balance'] : [])]);
+        const lb = await startLb(udpPort, [...baseArgs, ...(mode === 'static' ? ['--no-balance'] : [])]);
         try {
           // Warm-up with other flows (JIT in primary and workers); the balancer learns nothing about the measured flows.
           await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 64, ratePps: ratePps * 0.3, durationMs: short ? 1000 : 2000, sizeBytes, procs: 1, drainMs: 300 });
@@ -252,7 +283,8 @@ async function parent(): Promise<void> {
   const svg = await renderChart(spec, path.join(ROOT, 'results/skew.svg'));
   const file = writeResult('skew', {
     command: `node dist/bench/skew.js ${process.argv.slice(2).join(' ')}`.trim(),
-    costUs, flows, distribution: dist, arrivals, loads, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
+    costUs, burnClock: clock, workerCpuCap: workerCpu > 0 ? { cores: workerCpu, periodMs: 10, how: caps[0]!.kind } : null, workerCpuCapError: capError,
+    flows, distribution: dist, arrivals, loads, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
     loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     summary, p99Ratio: summary.p99Ratio, steadyP99Ratio: summary.steadyP99Ratio, summaryByLoad,
     runs: runs.map((r) => ({

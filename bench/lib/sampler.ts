@@ -274,12 +274,20 @@ export function startOn(udpPort: number, args: string[]): Promise<Lb> {
   return startFlowlb(args, udpPort);
 }
 
+/**
+ * A UDP port that is free now, chosen below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+ * 32768+ by default): the benchmarks reuse it across several flowlb runs while their clients keep opening
+ * ephemeral sockets, and an ephemeral pick could be taken by one of those in between.
+ */
 export async function freeUdpPort(): Promise<number> {
-  const s = dgram.createSocket('udp4');
-  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
-  const p = s.address().port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return p;
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const s = dgram.createSocket('udp4');
+    const ok = await new Promise<boolean>((r) => { s.once('error', () => r(false)); s.bind(port, '127.0.0.1', () => r(true)); });
+    await new Promise<void>((r) => { try { s.close(() => r()); } catch { r(); } });
+    if (ok) return port;
+  }
+  throw new Error('no free UDP port in 20000-32000');
 }
 
 /** Waits (bounded) until no worker has packets queued: a run must not start on the previous one's backlog. */
