@@ -1,11 +1,12 @@
 /**
- * Skew: Zipf-distributed flows, so a few buckets carry most of the load, on 2 workers with the burn handler
- * (a per-packet CPU cost). Static hashing (--no-balance) against the adaptive balancer at the same offered
- * rate, ~85% of what the 2 workers measurably handle together on this machine.
+ * Skew: Zipf-distributed flows, so a few buckets carry most of the load, on N workers (default 2, each capped
+ * at 1/N of a core, see --worker-cpu below) with the burn handler (a per-packet CPU cost). Static hashing
+ * (--no-balance) against the adaptive balancer at the same offered rate, 85% of what the workers measurably
+ * handle together on this machine. Arrivals are Poisson by default.
  *
- *  1. capacity, before every round: "what the 2 workers can do together" with uniform flows, measured with
- *     the primary and the generator on the same 2 cores (so below 2e6 / costUs): the highest offered rate
- *     that runs without loss or a standing queue (bisection below the saturated throughput; see below).
+ *  1. capacity, before every round: "what the workers can do together" with uniform flows, measured with
+ *     the primary and the generator on the same 2 cores: the highest offered rate that runs without loss
+ *     or a standing queue (bisection below the saturated throughput; see below).
  *  2. per round, static then adaptive, on the SAME UDP port and from the SAME client sockets, so both see
  *     exactly the same flow -> bucket mapping (the hash covers the 4-tuple): an A/B of the balancer alone.
  *     Each flowlb is warmed up first with other flows (JIT), then the skewed run starts; the balancer learns
@@ -16,7 +17,7 @@
  * the steady second half. The sampler records per-worker utilisation meanwhile.
  *
  *   node dist/bench/skew.js [--short] [--cost-us 1000] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15] [--arrivals poisson|paced]
- *                           [--worker-cpu 0.5]
+ *                           [--workers 2] [--worker-cpu 0.5]
  *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90]
  * --loads: offered rates as fractions of the measured capacity (--short: 0.85 only).
  * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
@@ -59,16 +60,18 @@ async function parent(): Promise<void> {
   // Other people's work on the same 2 cores shows in every figure: the load average is kept with the results.
   const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
 
-  // --worker-cpu X (default 0.5, 0 = off): each worker is capped at X cores (cgroup CPU bandwidth, 10 ms
-  // periods) and the handler burns CPU time, not wall time. On this 2-core machine that is what gives the test
-  // its meaning: a worker can be the bottleneck (its "core" full) while the machine still has room for the
-  // primary and the load client, as on a machine with a core per worker. Uncapped, the 2 workers, the primary
-  // and the client share 2 cores and the machine saturates before any one worker does, so skew costs little.
-  const workerCpuWanted = arg('worker-cpu', 0.5);
+  // --workers N (default 2) --worker-cpu X (default 1/N, 0 = off): each worker is capped at X cores (cgroup CPU
+  // bandwidth, 10 ms periods) and the handler burns CPU time, not wall time. On this 2-core machine that is what
+  // gives the test its meaning: a worker can be the bottleneck (its "core" full) while the machine still has
+  // room for the primary and the load client (the workers together get 1 core, the rest keep the other), as on
+  // a machine with a core per worker plus spare ones. Uncapped, the workers, the primary and the client share
+  // 2 cores and the machine saturates before any one worker does, so skew costs static hashing little.
+  const workers = arg('workers', 2);
+  const workerCpuWanted = arg('worker-cpu', 1 / workers);
   const caps: CpuCap[] = [];
   let capError: string | null = null;
   if (workerCpuWanted > 0) {
-    for (let i = 0; i < 2; i++) {
+    for (let i = 0; i < workers; i++) {
       const c = createCpuCap(`flowlb-skew-w${i}`, workerCpuWanted);
       if ('error' in c) { capError = c.error; break; }
       caps.push(c);
@@ -82,7 +85,7 @@ async function parent(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-skew-'));
   const cfg = path.join(tmp, 'flowlb.json');
   fs.writeFileSync(cfg, JSON.stringify({ handler: path.join(ROOT, 'test/fixtures/burn-handler.js'), handlerOptions: { costUs, clock } }));
-  const baseArgs = ['--config', cfg, '--workers', '2'];
+  const baseArgs = ['--config', cfg, '--workers', String(workers)];
   /** Starts flowlb on `port` and puts each worker into its CPU cap (if any). */
   const startLb = async (port: number, args: string[]): Promise<Lb> => {
     const lb = await startOn(port, args);
@@ -100,7 +103,7 @@ async function parent(): Promise<void> {
   //     saturated workers serve big batches, at 85% of it they spend more per packet and are at ~100%.
   //  b. sustainable: bisection between 0.5x and 1x the saturated figure for the highest offered rate whose
   //     trial loses <= 0.1% and has RTT p99 <= 100 ms (no standing queue). That is the capacity used.
-  const ideal = (2 * (workerCpu > 0 ? workerCpu : 1) * 1e6) / costUs;
+  const ideal = (workers * (workerCpu > 0 ? workerCpu : 1) * 1e6) / costUs;
   type Trial = { kind: 'saturated' | 'sustainable'; offeredPps: number; handledPps?: number; lossPct?: number | null; p99Us?: number | null; passed?: boolean };
   const withLb = async <T>(fn: (lb: Lb) => Promise<T>): Promise<T> => {
     if (quietWaitMs > 0) await waitForQuiet(quietWaitMs);
@@ -153,7 +156,7 @@ async function parent(): Promise<void> {
     nextOffer = cap.saturatedPps * 1.15;
     const capacityPps = cap.capacityPps;
     capacities.push({ round, saturatedPps: Math.round(cap.saturatedPps), capacityPps: Math.round(capacityPps), trials: cap.trials });
-    console.log(`round ${round}: capacity (2 workers, burn ${costUs} us/packet, uniform flows): ${Math.round(capacityPps)} pps sustained, ${Math.round(cap.saturatedPps)} pps handled when saturated (ideal ${Math.round(ideal)})`);
+    console.log(`round ${round}: capacity (${workers} workers${workerCpu > 0 ? ` capped at ${workerCpu} core each` : ''}, burn ${costUs} us/packet, uniform flows): ${Math.round(capacityPps)} pps sustained, ${Math.round(cap.saturatedPps)} pps handled when saturated (ideal ${Math.round(ideal)})`);
     const udpPort = await freeUdpPort();
     const client = await startRttClient({ weights: Array.from(flowWeights(flows, parseDistribution(dist))), sizeBytes });
     try {
@@ -174,7 +177,8 @@ async function parent(): Promise<void> {
           const steady = window(samples, steadyFromMs, durationMs);
           const elus = steady.map((s) => maxOverMean(s.workers.map((w) => w.elu)));
           const cpus = steady.map((s) => maxOverMean(s.workers.map((w) => w.procCpu)));
-          const pps0 = steady.reduce((a, s) => a + (s.workers[0]!.pps || 0), 0), ppsAll = steady.reduce((a, s) => a + s.workers.reduce((x, w) => x + (w.pps || 0), 0), 0);
+          const ppsOf = steady.length ? steady[0]!.workers.map((_, i) => steady.reduce((a, s) => a + (s.workers[i]!.pps || 0), 0)) : [];
+          const ppsAll = ppsOf.reduce((a, b) => a + b, 0);
           const recent = (s1.migrations.recent as { durationMs: number; at: string }[]).map((m) => m.durationMs).sort((a, b) => a - b);
           const out: RunOut = {
             round, mode, load, client: res, samples, idleBefore, quiet, capacityPps, ratePps,
@@ -183,7 +187,7 @@ async function parent(): Promise<void> {
             migrationTimeouts: s1.migrations.timeouts - s0.migrations.timeouts,
             drops: diffDrops(sumDrops(s0), sumDrops(s1)),
             steadyMaxOverMeanElu: mean(elus), steadyMaxOverMeanCpu: mean(cpus),
-            busiestPpsShare: ppsAll > 0 ? Math.max(pps0, ppsAll - pps0) / ppsAll : NaN,
+            busiestPpsShare: ppsAll > 0 ? Math.max(...ppsOf) / ppsAll : NaN,
             migrationP50Ms: recent.length ? recent[Math.floor(recent.length / 2)]! : null,
             migrationP99Ms: recent.length ? recent[recent.length - 1]! : null,
           };
@@ -275,7 +279,7 @@ async function parent(): Promise<void> {
   ];
   const spec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: `Skew (round 0): ${flows} flows ${dist}, burn ${costUs} us/packet, 2 workers; static vs adaptive`,
+    title: `Skew (round 0): ${flows} flows ${dist}, burn ${costUs} us/packet, ${workers} workers; static vs adaptive`,
     background: 'white',
     data: { values: rows },
     vconcat: loads.flatMap(panels),
@@ -283,7 +287,7 @@ async function parent(): Promise<void> {
   const svg = await renderChart(spec, path.join(ROOT, 'results/skew.svg'));
   const file = writeResult('skew', {
     command: `node dist/bench/skew.js ${process.argv.slice(2).join(' ')}`.trim(),
-    costUs, burnClock: clock, workerCpuCap: workerCpu > 0 ? { cores: workerCpu, periodMs: 10, how: caps[0]!.kind } : null, workerCpuCapError: capError,
+    workers, costUs, burnClock: clock, workerCpuCap: workerCpu > 0 ? { cores: workerCpu, periodMs: 10, how: caps[0]!.kind } : null, workerCpuCapError: capError,
     flows, distribution: dist, arrivals, loads, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
     loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     summary, p99Ratio: summary.p99Ratio, steadyP99Ratio: summary.steadyP99Ratio, summaryByLoad,

@@ -96,6 +96,21 @@ describe('LoadModel', () => {
     expect(m.handledPerSec[0]).toBe(-1);
   });
 
+  it('averages the index inputs (cpu, elu) 3x slower than the loads', () => {
+    const m = new LoadModel(1, 4, 0.3);
+    m.ingestReport(0, report(0.5, 0.5, { 0: 10 }));
+    m.ingestReport(0, report(0.2, 1, { 0: 10 }));
+    expect(m.cpuUtil[0]).toBeCloseTo(0.3 * 0.2 + 0.7 * 0.5, 12);
+    expect(m.cpuSlow[0]).toBeCloseTo(0.1 * 0.2 + 0.9 * 0.5, 12);
+    expect(m.eluSlow[0]).toBeCloseTo(0.1 * 1 + 0.9 * 0.5, 12);
+    const [w] = m.indexInputs([1]);
+    expect(w!.cpuUtil).toBe(m.cpuSlow[0]);
+    expect(w!.elu).toBe(m.eluSlow[0]);
+    expect(w!.alive).toBe(true);
+    m.resetWorker(0);
+    expect(m.cpuSlow[0]).toBe(0);
+  });
+
   it('decays a bucket its worker stops reporting', () => {
     const m = new LoadModel(2, 8, 0.5);
     m.ingestReport(0, report(0.5, 0.5, { 0: 100, 1: 100 }));

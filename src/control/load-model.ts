@@ -78,6 +78,15 @@ export class LoadModel {
   readonly cpuUtil: Float64Array;
   /** Per worker: EWMA of elu (0..1). */
   readonly elu: Float64Array;
+  /**
+   * Per worker: cpuUtil and elu averaged 3x slower (weight alpha / 3 per report, ~1 s at 100 ms reports), for
+   * the imbalance index only. The index is a ratio of the two (contention), and over 100-300 ms a worker that is
+   * throttled (a cgroup CPU limit) or shares its core reads a ratio that jumps by +-0.15 from one report to the
+   * next; on the fast averages the target shares swung +-8% every half second and buckets moved back and forth.
+   * Contention changes on a scale of seconds; the loads the planner compares with the targets stay fast.
+   */
+  readonly cpuSlow: Float64Array;
+  readonly eluSlow: Float64Array;
   /** Per worker: EWMA of queue depth (packets). */
   readonly queueDepth: Float64Array;
   /** Per worker: the queue depth of the last report, unsmoothed (packets). */
@@ -120,6 +129,8 @@ export class LoadModel {
     this.alpha = alpha;
     this.cpuUtil = new Float64Array(workers);
     this.elu = new Float64Array(workers);
+    this.cpuSlow = new Float64Array(workers);
+    this.eluSlow = new Float64Array(workers);
     this.queueDepth = new Float64Array(workers);
     this.lastQueueDepth = new Float64Array(workers);
     this.packetsPerSec = new Float64Array(workers);
@@ -150,6 +161,9 @@ export class LoadModel {
 
     this.cpuUtil[worker] = take * finiteOrZero(r.cpuUtil) + keep * this.cpuUtil[worker]!;
     this.elu[worker] = take * Math.min(1, finiteOrZero(r.elu)) + keep * this.elu[worker]!;
+    const slow = this.reports[worker] === 0 ? 1 : a / 3;
+    this.cpuSlow[worker] = slow * finiteOrZero(r.cpuUtil) + (1 - slow) * this.cpuSlow[worker]!;
+    this.eluSlow[worker] = slow * Math.min(1, finiteOrZero(r.elu)) + (1 - slow) * this.eluSlow[worker]!;
     const q = finiteOrZero(r.queueDepth);
     this.lastQueueDepth[worker] = q;
     this.queueDepth[worker] = take * q + keep * this.queueDepth[worker]!;
@@ -203,6 +217,8 @@ export class LoadModel {
     this.checkWorker(worker);
     this.cpuUtil[worker] = 0;
     this.elu[worker] = 0;
+    this.cpuSlow[worker] = 0;
+    this.eluSlow[worker] = 0;
     this.queueDepth[worker] = 0;
     this.lastQueueDepth[worker] = 0;
     this.packetsPerSec[worker] = 0;
@@ -253,6 +269,15 @@ export class LoadModel {
       elu: this.elu[worker]!,
       queueDepth: this.queueDepth[worker]!,
     };
+  }
+
+  /** What the imbalance index is computed from, per slot: the slow cpu and elu averages (see cpuSlow). */
+  indexInputs(alive: ArrayLike<number>): WorkerLoad[] {
+    const out: WorkerLoad[] = [];
+    for (let w = 0; w < this.workers; w++) {
+      out.push({ alive: alive[w] !== 0 && alive[w] !== undefined, cpuUtil: this.cpuSlow[w]!, elu: this.eluSlow[w]!, queueDepth: this.queueDepth[w]! });
+    }
+    return out;
   }
 
   /** `workerLoad` for every slot; `alive[w]` nonzero marks a live worker. */
