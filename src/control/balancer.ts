@@ -35,12 +35,15 @@ const PIN_ROUNDS = 4;
  * plans nothing. Overload spills and crash evacuation do not depend on it.
  */
 const MIN_BALANCE_LOAD = 0.05;
+/** A fall of the fast-averaged index this far below the slow one is a step (see computeIndexes), not noise. */
+const INDEX_STEP = 0.2;
 /** Upper bound of the noise part of the dead band (see noiseBand). */
 const MAX_NOISE_BAND = 0.15;
 
 export class Balancer {
   readonly model: LoadModel;
   readonly indexes: Float64Array;
+  private readonly fastIndexes: Float64Array;
   readonly shares: Float64Array;
   readonly bucketLoad: Float64Array;
   rounds = 0;
@@ -76,6 +79,7 @@ export class Balancer {
     const n = config.workers;
     this.model = new LoadModel(n, config.buckets, ALPHA);
     this.indexes = new Float64Array(n).fill(1);
+    this.fastIndexes = new Float64Array(n).fill(1);
     this.shares = new Float64Array(n).fill(1 / n);
     this.bucketLoad = new Float64Array(config.buckets);
     this.cooldown = new Uint8Array(n);
@@ -162,9 +166,23 @@ export class Balancer {
     }
   }
 
+  /**
+   * Imbalance index per worker from the slow cpu/elu averages (see LoadModel.cpuSlow), except after a step:
+   * when the index from the fast averages is more than INDEX_STEP below the slow one (a hog arrived, capacity
+   * halved), the fast one is taken at once instead of waiting ~2 s for the slow one to follow. Noise (+-0.15 per
+   * report under a CPU limit) stays below the step and does not reach the targets.
+   */
+  private computeIndexes(): void {
+    computeIndexes(this.model.indexInputs(this.alive), this.indexes);
+    computeIndexes(this.model.workerLoads(this.alive), this.fastIndexes);
+    for (let w = 0; w < this.indexes.length; w++) {
+      if (this.fastIndexes[w]! < this.indexes[w]! - INDEX_STEP) this.indexes[w] = this.fastIndexes[w]!;
+    }
+  }
+
   private prepare(): void {
     this.refreshAlive();
-    computeIndexes(this.model.indexInputs(this.alive), this.indexes);
+    this.computeIndexes();
     targetShares(this.indexes, this.shares);
     this.model.bucketLoads(this.bucketLoad);
   }
@@ -308,7 +326,7 @@ export class Balancer {
     this.lastHandled[lane] = -1;
     this.refreshAlive();
     this.model.resetWorker(lane);
-    computeIndexes(this.model.indexInputs(this.alive), this.indexes);
+    this.computeIndexes();
     targetShares(this.indexes, this.shares);
     const moves = planEvacuation(this.dispatcher.table.owner, lane, this.shares, this.alive);
     // The dead worker has nothing to hand over: Migrator.start gives each bucket straight to its new owner.
