@@ -112,16 +112,21 @@ describe('balancing', () => {
     });
     const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
     running.push(svc);
-    for (let i = 0; i < 64; i++) clients.push(await new Client(4).bind('127.0.0.1'));
+    for (let i = 0; i < 256; i++) clients.push(await new Client(4).bind('127.0.0.1'));
     let done = false;
-    // ~4,000 packets/s: ~1.2 cores of work for worker 0 and ~4.8 for worker 1 at 32 buckets each, more than
+    // 256 flows (so the hash splits them ~50/50), ~5,000 packets/s: ~1.5 cores of work for worker 0 and ~6 for worker 1, more than
     // the 2 shared cores give. Both workers' CPU caps near a core, so CPU alone reads them as equally
-    // busy; its queue grows, and arrivals x CPU per processed packet shows its demand.
-    const load = traffic(clients, svc.udpPort, 2000, 10, () => done);
+    // busy; its queue grows, and arrivals x CPU per processed packet shows its demand. (The estimator itself is
+    // checked in load-model.test.ts; without it this run reached the 30% only sometimes, by early moves made
+    // before both workers saturated.)
+    const load = traffic(clients, svc.udpPort, 600, 40, () => done);
+    // Equal demand is worker 1 taking ~20% of the packets (x 4 cost = worker 0's 80% x 1); flows are not spread
+    // evenly over buckets, so it is checked on the packets it is sent, not on its bucket count.
     const st = await waitFor(async () => {
       const s = await svc.status();
-      return s.workers[1].buckets <= 22 ? s : null;
-    }, 25_000, 'worker 1 to lose buckets', 200).finally(() => { done = true; });
+      const pps = s.workers[0].pps + s.workers[1].pps;
+      return pps > 0 && s.workers[1].pps / pps <= 0.3 ? s : null;
+    }, 25_000, 'worker 1 to get at most 30% of the packets', 200).finally(() => { done = true; });
     await load;
     expect(st.workers[0].buckets + st.workers[1].buckets + st.migrations.inFlight).toBe(64);
     expect(st.overloadSpills).toBe(0);
@@ -143,7 +148,14 @@ describe('balancing', () => {
     await traffic(clients, svc.udpPort, 60, 5, () => false);
     const sent = 60 * 32;
     // Every packet is answered (spreading loses nothing), and some went around the slow worker.
-    await waitFor(() => clients.reduce((a, c) => a + c.replies.length, 0) === sent, 20_000, 'all replies', 100);
+    await waitFor(() => clients.reduce((a, c) => a + c.replies.length, 0) === sent, 20_000, 'all replies', 100).catch(async (err: Error) => {
+      // Say where the missing replies went (one failure seen in a full run, not reproduced since).
+      const s = await svc.status();
+      const got = clients.reduce((a, c) => a + c.replies.length, 0);
+      throw new Error(`${err.message}: ${got}/${sent} replies; primary received ${s.received}, dropped ${JSON.stringify(s.dropped)}; ` +
+        `workers ${JSON.stringify(s.workers.map((w: any) => ({ handled: w.handled, replies: w.replies, drops: w.drops, queue: w.queueDepth })))}; ` +
+        `spilled ${s.spilledPackets}, shed ${s.shedPackets}`);
+    });
     const st = await svc.status();
     expect(st.spilledPackets + st.shedPackets).toBeGreaterThan(0);
     expect(st.workers[0].buckets).toBe(32); // no bucket moved: only packets
