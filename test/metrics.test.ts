@@ -287,7 +287,7 @@ describe('metrics from the primary\'s objects', () => {
     const undocumented = METRIC_DEFS.map((d) => d.name).filter((name) => !docs.includes(`\`${name}\``));
     expect(undocumented).toEqual([]);
     for (const d of METRIC_DEFS) {
-      if (d.name !== 'flowlb_worker_cpu_seconds_total' && !d.name.startsWith('flowlb_backend_') && !d.name.startsWith('flowlb_proxy_')) {
+      if (d.name !== 'flowlb_worker_cpu_seconds_total' && d.name !== 'flowlb_socket_receive_drops_total' && !d.name.startsWith('flowlb_backend_') && !d.name.startsWith('flowlb_proxy_')) {
         expect(e.types.get(d.name), d.name).toBe(d.type);
       }
     }
@@ -297,7 +297,7 @@ describe('metrics from the primary\'s objects', () => {
     // Every metric name carries the prefix, and no label is per flow or per bucket.
     for (const s of e.samples) {
       expect(s.name.startsWith('flowlb_')).toBe(true);
-      for (const k of Object.keys(s.labels)) expect(['worker', 'reason', 'backend', 'outcome', 'kind', 'le', 'handler', 'mode', 'balancer', 'type', 'space', 'version', 'major', 'minor', 'patch', 'kind']).toContain(k);
+      for (const k of Object.keys(s.labels)) expect(['worker', 'reason', 'backend', 'outcome', 'kind', 'le', 'handler', 'mode', 'balancer', 'type', 'space', 'version', 'major', 'minor', 'patch', 'kind', 'listener']).toContain(k);
     }
   });
 
@@ -357,6 +357,33 @@ describe('metrics of a running cluster', () => {
     while (cleanups.length > 0) await cleanups.pop()!();
   });
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it('counts datagrams the kernel dropped at the front socket while the primary was stopped', async () => {
+    const svc = await startFlowlb([...LOOPBACK, '--workers', '1']);
+    cleanups.push(() => svc.stop('SIGKILL'));
+    const scrape = async (): Promise<number | undefined> => {
+      const line = (await svc.metrics()).split('\n').find((l) => l.startsWith('flowlb_socket_receive_drops_total{'));
+      return line === undefined ? undefined : Number(line.split(' ').pop());
+    };
+    expect(await scrape()).toBe(0);
+    const c = dgram.createSocket('udp4');
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', () => r()));
+    // Stop the primary (it stops reading) and send more than any receive buffer holds: 4,000 x 1 KB.
+    process.kill(svc.proc.pid!, 'SIGSTOP');
+    try {
+      const payload = Buffer.alloc(1000);
+      for (let i = 0; i < 4000; i++) {
+        await new Promise<void>((r) => c.send(payload, svc.udpPort, '127.0.0.1', () => r()));
+      }
+    } finally {
+      process.kill(svc.proc.pid!, 'SIGCONT');
+      c.close();
+    }
+    const drops = await waitFor(async () => { const d = await scrape(); return d !== undefined && d > 0 ? d : null; }, 5000, 'kernel drops in /metrics');
+    // What the kernel kept was read and dispatched; what it dropped never reached flowlb's own counters.
+    const st = await waitFor(async () => { const s = await svc.status(); return s.received + drops === 4000 ? s : null; }, 5000, 'received + kernel drops = sent');
+    expect(st.received).toBeGreaterThan(0);
+  });
 
   it('keeps the conservation identity in every scrape and every worker\'s counters rise', async () => {
     const svc = await startFlowlb([...LOOPBACK, '--workers', '2']);

@@ -156,7 +156,7 @@ describe('flowlb under Prometheus', () => {
     }, 15_000, 'every rule to be evaluated', 200);
     const rules = groups.flatMap((g) => g.rules);
     expect(rules.map((r) => r.name).sort()).toEqual([
-      'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbMigrationTimeouts', 'FlowlbPacketsDropped',
+      'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbKernelReceiveDrops', 'FlowlbMigrationTimeouts', 'FlowlbPacketsDropped',
       'FlowlbQueueNearLimit', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting',
     ]);
     for (const r of rules) {
@@ -175,7 +175,7 @@ describe('flowlb under Prometheus', () => {
   it('passes promtool check rules and check config on deploy/', () => {
     const rules = promtool(['check', 'rules', ALERTS]);
     expect(rules.code, rules.out).toBe(0);
-    expect(rules.out).toContain('SUCCESS: 8 rules found');
+    expect(rules.out).toContain('SUCCESS: 9 rules found');
     const config = promtool(['check', 'config', PROM_CONFIG]);
     expect(config.code, config.out).toBe(0);
   });
@@ -193,7 +193,7 @@ describe('flowlb under Prometheus', () => {
 function alertTests(rulesFile: string): string {
   const names = [
     'FlowlbDown', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting', 'FlowlbPacketsDropped', 'FlowlbDropRatioHigh',
-    'FlowlbImbalanceHigh', 'FlowlbQueueNearLimit', 'FlowlbMigrationTimeouts',
+    'FlowlbImbalanceHigh', 'FlowlbQueueNearLimit', 'FlowlbMigrationTimeouts', 'FlowlbKernelReceiveDrops',
   ];
   const quiet = names.map((n) => `      - eval_time: 10m\n        alertname: ${n}\n        exp_alerts: []`).join('\n');
   return `rule_files:
@@ -225,7 +225,16 @@ tests:
         values: '0.3x10'
       - series: 'flowlb_bucket_migrations_total{job="flowlb",instance="a",outcome="timeout"}'
         values: '0 0 0 0 0 0 1x5'
+      - series: 'flowlb_socket_receive_drops_total{job="flowlb",instance="a",listener="127.0.0.1:5300"}'
+        values: '0+600x10'
     alert_rule_test:
+      - eval_time: 7m
+        alertname: FlowlbKernelReceiveDrops
+        exp_alerts:
+          - exp_labels: { severity: warning, job: flowlb, instance: a, listener: '127.0.0.1:5300' }
+            exp_annotations:
+              summary: 'flowlb a loses 10 datagrams/s at 127.0.0.1:5300 in the kernel'
+              description: 'The primary does not read the front socket fast enough (CPU starved, or bursts beyond its receive buffer). Give the primary a core of its own, or raise net.core.rmem_max (flowlb asks for 8 MB).'
       - eval_time: 7m
         alertname: FlowlbDown
         exp_alerts:

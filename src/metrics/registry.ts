@@ -19,6 +19,7 @@ import { DROP_REASON_COUNT, DROP_REASONS } from '../datapath/counters.js';
 import { MIGRATION_BUCKETS_S } from '../control/migrator.js';
 import { LATENCY_BOUNDS_MS } from '../control/protocol.js';
 import type { ServiceView } from './http.js';
+import { socketDrops } from './socket-drops.js';
 
 export interface Metrics {
   readonly contentType: string;
@@ -195,6 +196,8 @@ export interface ClusterSnapshot {
   readonly backends: ReadonlyMap<string, BackendSnapshot>;
   readonly proxyDrops: ReadonlyMap<string, number>;
   readonly proxyActiveUpstreams: number | null;
+  /** Per front listener ("host:port"): datagrams the kernel dropped before flowlb read them; null = unknown. */
+  readonly socketDrops: readonly { readonly listener: string; readonly drops: number | null }[];
 }
 
 function addArray(into: number[], from: ArrayLike<number> | undefined): void {
@@ -315,6 +318,10 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     backends,
     proxyDrops,
     proxyActiveUpstreams: sawProxy ? activeUpstreams : null,
+    socketDrops: socketDrops(v.udp).map((drops, i) => {
+      const l = v.udp[i]!;
+      return { listener: l.family === 6 ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`, drops };
+    }),
   };
 }
 
@@ -385,6 +392,11 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   {
     name: 'flowlb_primary_dropped_packets_total', type: 'counter', help: 'The part of flowlb_dropped_packets_total dropped by the primary before dispatch.',
     read: (s) => DROP_REASONS.map((reason, i) => ({ value: s.primaryDrops[i] ?? 0, labels: { reason } })),
+  },
+  {
+    name: 'flowlb_socket_receive_drops_total', type: 'counter',
+    help: 'Datagrams the kernel dropped at a front socket before flowlb read them (receive buffer full), from /proc/net/udp.',
+    read: (s) => s.socketDrops.filter((x) => x.drops !== null).map((x) => ({ value: x.drops!, labels: { listener: x.listener } })),
   },
   { name: 'flowlb_held_packets', type: 'gauge', help: 'Datagrams the primary holds for buckets being migrated.', read: (s) => [{ value: s.held }] },
   { name: 'flowlb_table_epoch', type: 'gauge', help: 'Version of the bucket table; rises with every applied move.', read: (s) => [{ value: s.epoch }] },
