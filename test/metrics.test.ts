@@ -383,6 +383,7 @@ describe('metrics of a running cluster', () => {
     // What the kernel kept was read and dispatched; what it dropped never reached flowlb's own counters.
     const st = await waitFor(async () => { const s = await svc.status(); return s.received + drops === 4000 ? s : null; }, 5000, 'received + kernel drops = sent');
     expect(st.received).toBeGreaterThan(0);
+    expect(st.kernelDrops).toEqual([drops]);
   });
 
   it('keeps the conservation identity in every scrape and every worker\'s counters rise', async () => {

@@ -11,6 +11,7 @@ import type { Balancer } from '../control/balancer.js';
 import type { Migrator } from '../control/migrator.js';
 import type { WorkerSet } from '../control/worker-set.js';
 import { createMetrics } from './registry.js';
+import { socketDrops } from './socket-drops.js';
 import { where } from '../control/where.js';
 import { loadHasher } from '../datapath/tuple.js';
 
@@ -92,6 +93,8 @@ export function buildStatus(v: ServiceView): unknown {
     shedPackets: v.balancer.shedPackets,
     received: d.rxPackets,
     dropped: Object.fromEntries(DROP_REASONS.map((n, i) => [n, d.drops[i]!]).filter(([, x]) => x !== 0)),
+    // Per front listener: datagrams the kernel dropped before the primary read them (null: unknown here).
+    kernelDrops: socketDrops(v.udp),
     migrations: {
       completed: v.migrator.completed, timeouts: v.migrator.timeouts, aborted: v.migrator.aborted,
       inFlight: v.migrator.inFlight, recent: v.migrator.recent.slice(-10),
