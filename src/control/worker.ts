@@ -442,13 +442,18 @@ export class WorkerRuntime {
     };
   }
 
+  /** The process that started this worker (the primary); checked while draining at shutdown. */
+  private readonly parentPid = process.ppid;
+
   async shutdown(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     // Serve what is queued (for at most SHUTDOWN_DRAIN_MS: a deep queue of expensive packets would otherwise keep
     // a stopping worker busy for minutes, an orphan if the primary is gone), end every flow, close the handler.
+    // An orphan (the primary died: our parent changed) stops at once: its late replies would only reach whatever
+    // now uses the clients' ports, and nobody counts them.
     const until = performance.now() + SHUTDOWN_DRAIN_MS;
-    while (this.queue.depth > 0 && performance.now() < until) this.queue.serve(DRAIN_BUDGET, this.serveBound);
+    while (this.queue.depth > 0 && performance.now() < until && process.ppid === this.parentPid) this.queue.serve(DRAIN_BUDGET, this.serveBound);
     if (this.queue.depth > 0) this.log.warn('stopping with packets still queued: not served', { packets: this.queue.depth });
     const t = this.flows;
     for (let b = 0; b < this.config.buckets; b++) {
