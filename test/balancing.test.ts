@@ -33,6 +33,36 @@ async function traffic(cs: Client[], port: number, rounds: number, gapMs: number
   }
 }
 
+/**
+ * 2 workers, 64 buckets, burn handler with worker 1's packets costing more; 256 flows (so the hash splits them
+ * ~50/50 to begin with) send `rounds` rounds `gapMs` apart. Waits until worker 1 is sent at most `share` of
+ * the packets (checked on packets, not on buckets: flows are not spread evenly over 64 buckets) and returns
+ * that status, after checking every bucket has exactly one owner.
+ */
+async function slowWorkerShare(
+  o: { costUs: number; slowCostUs: number; gapMs: number; rounds: number; share: number; timeoutMs: number },
+  extra: Record<string, unknown>,
+): Promise<any> {
+  const file = configFile({
+    handler: path.join(FIXTURES, 'burn-handler.js'),
+    handlerOptions: { costUs: o.costUs, slowWorker: 1, slowCostUs: o.slowCostUs },
+    ...extra,
+  });
+  const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+  running.push(svc);
+  for (let i = 0; i < 256; i++) clients.push(await new Client(4).bind('127.0.0.1'));
+  let done = false;
+  const load = traffic(clients, svc.udpPort, o.rounds, o.gapMs, () => done);
+  const st = await waitFor(async () => {
+    const s = await svc.status();
+    const pps = s.workers[0].pps + s.workers[1].pps;
+    return pps > 0 && s.workers[1].pps / pps <= o.share ? s : null;
+  }, o.timeoutMs, `worker 1 to get at most ${o.share * 100}% of the packets`, 200).finally(() => { done = true; });
+  await load;
+  expect(st.workers[0].buckets + st.workers[1].buckets + st.migrations.inFlight).toBe(64);
+  return st;
+}
+
 describe('balancing', () => {
   it('moves buckets off a worker whose queue passes the limit, at once', async () => {
     const file = configFile({
@@ -78,59 +108,27 @@ describe('balancing', () => {
   });
 
   it('shifts buckets by measured CPU: a worker with 4x the per-packet cost ends with a smaller share of the packets', async () => {
-    const file = configFile({
-      handler: path.join(FIXTURES, 'burn-handler.js'),
-      handlerOptions: { costUs: 100, slowWorker: 1, slowCostUs: 400 },
+    // ~2,500 packets/s: about 0.15 + 0.6 cores of handler work, below what 2 shared cores can give, so CPU
+    // measures demand (a saturated machine would cap both workers' CPU and hide the difference). Worker 1's
+    // packets cost 4x, so the balancer hands its buckets to worker 0 until both spend the same CPU, i.e. worker 1
+    // gets ~20% of the packets.
+    const st = await slowWorkerShare({ costUs: 100, slowCostUs: 400, gapMs: 100, rounds: 250, share: 0.35, timeoutMs: 20_000 }, {
       balancer: { rebalanceInterval: '300ms', queueLimit: 100000 },
     });
-    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
-    running.push(svc);
-    // 256 flows, so the hash splits them ~50/50 over the two workers to begin with.
-    for (let i = 0; i < 256; i++) clients.push(await new Client(4).bind('127.0.0.1'));
-    let done = false;
-    // ~2,500 packets/s: about 0.15 + 0.6 cores of handler work, below what 2 shared cores can give, so CPU
-    // measures demand (a saturated machine would cap both workers' CPU and hide the difference).
-    const load = traffic(clients, svc.udpPort, 250, 100, () => done);
-    // Worker 1's packets cost 4x: its CPU per packet is higher, so the balancer hands its buckets to worker 0
-    // until both spend the same CPU, i.e. worker 1 gets ~20% of the packets. Checked on the packets it is sent
-    // (flows are not spread evenly over 64 buckets, so its bucket count says less).
-    const st = await waitFor(async () => {
-      const s = await svc.status();
-      const pps = s.workers[0].pps + s.workers[1].pps;
-      return pps > 0 && s.workers[1].pps / pps <= 0.35 ? s : null;
-    }, 20_000, 'worker 1 to get at most 35% of the packets', 200).finally(() => { done = true; });
-    await load;
-    expect(st.workers[0].buckets + st.workers[1].buckets + st.migrations.inFlight).toBe(64);
     expect(st.migrations.timeouts).toBe(0);
   });
 
   it('balances a saturated machine by demand: the worker whose packets cost 4x sheds buckets although both CPUs are capped', async () => {
-    const file = configFile({
-      handler: path.join(FIXTURES, 'burn-handler.js'),
-      handlerOptions: { costUs: 600, slowWorker: 1, slowCostUs: 2400 },
+    // ~5,000 packets/s: ~1.5 cores of work for worker 0 and ~6 for worker 1, more than the 2 shared cores give.
+    // Both workers' CPU caps near a core, so CPU alone reads them as equally busy; worker 1's queue grows, and
+    // arrivals x CPU per processed packet shows its demand. Equal demand is worker 1 taking ~20% of the packets.
+    // (The estimator itself is checked in load-model.test.ts; without it this run reached the 30% only
+    // sometimes, by early moves made before both workers saturated.)
+    const st = await slowWorkerShare({ costUs: 600, slowCostUs: 2400, gapMs: 40, rounds: 600, share: 0.3, timeoutMs: 25_000 }, {
       // No overload path: only the periodic balancer and its demand estimate may move buckets.
       balancer: { rebalanceInterval: '300ms', queueLimit: 1000000 },
       queue: { flowQueueLimit: 100000 },
     });
-    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
-    running.push(svc);
-    for (let i = 0; i < 256; i++) clients.push(await new Client(4).bind('127.0.0.1'));
-    let done = false;
-    // 256 flows (so the hash splits them ~50/50), ~5,000 packets/s: ~1.5 cores of work for worker 0 and ~6 for worker 1, more than
-    // the 2 shared cores give. Both workers' CPU caps near a core, so CPU alone reads them as equally
-    // busy; its queue grows, and arrivals x CPU per processed packet shows its demand. (The estimator itself is
-    // checked in load-model.test.ts; without it this run reached the 30% only sometimes, by early moves made
-    // before both workers saturated.)
-    const load = traffic(clients, svc.udpPort, 600, 40, () => done);
-    // Equal demand is worker 1 taking ~20% of the packets (x 4 cost = worker 0's 80% x 1); flows are not spread
-    // evenly over buckets, so it is checked on the packets it is sent, not on its bucket count.
-    const st = await waitFor(async () => {
-      const s = await svc.status();
-      const pps = s.workers[0].pps + s.workers[1].pps;
-      return pps > 0 && s.workers[1].pps / pps <= 0.3 ? s : null;
-    }, 25_000, 'worker 1 to get at most 30% of the packets', 200).finally(() => { done = true; });
-    await load;
-    expect(st.workers[0].buckets + st.workers[1].buckets + st.migrations.inFlight).toBe(64);
     expect(st.overloadSpills).toBe(0);
   });
 

@@ -273,17 +273,19 @@ export class LoadModel {
 
   /** What the imbalance index is computed from, per slot: the slow cpu and elu averages (see cpuSlow). */
   indexInputs(alive: ArrayLike<number>): WorkerLoad[] {
-    const out: WorkerLoad[] = [];
-    for (let w = 0; w < this.workers; w++) {
-      out.push({ alive: alive[w] !== 0 && alive[w] !== undefined, cpuUtil: this.cpuSlow[w]!, elu: this.eluSlow[w]!, queueDepth: this.queueDepth[w]! });
-    }
-    return out;
+    return this.views(alive, this.cpuSlow, this.eluSlow);
   }
 
   /** `workerLoad` for every slot; `alive[w]` nonzero marks a live worker. */
   workerLoads(alive: ArrayLike<number>): WorkerLoad[] {
+    return this.views(alive, this.cpuUtil, this.elu);
+  }
+
+  private views(alive: ArrayLike<number>, cpu: Float64Array, elu: Float64Array): WorkerLoad[] {
     const out: WorkerLoad[] = [];
-    for (let w = 0; w < this.workers; w++) out.push(this.workerLoad(w, alive[w] !== 0 && alive[w] !== undefined));
+    for (let w = 0; w < this.workers; w++) {
+      out.push({ alive: alive[w] !== 0 && alive[w] !== undefined, cpuUtil: cpu[w]!, elu: elu[w]!, queueDepth: this.queueDepth[w]! });
+    }
     return out;
   }
 
