@@ -25,8 +25,19 @@
  *  - 1M: populated idle, then the CPU per packet of a 1k-flow active run with the 1M flows in the table,
  *    against the same run on a table with nothing else in it.
  *
+ * Native section (--native: after the above; --native-only: alone, merged into the existing result file as
+ * `native`): 1k, 100k and 1M ACTIVE flows from bench/native/flowgen.c, one socket whose datagrams carry
+ * IP_PKTINFO source addresses 127.64.x.y, so every flow is a distinct 4-tuple without a socket of its own.
+ * Per N, on a fresh flowlb: a warm-up pass (one packet per flow, paced, repeated for flows without a reply)
+ * so all N flows are in the tables; workers' RSS per flow right after it; then, from the same source ports
+ * (the same N flows), round robin over all flows: CPU per packet at --rate (not saturated), and replies/s
+ * at --sat-rate offered (saturated) in a steady window long enough for every flow to get a packet in it.
+ * Plus the generator's own ceilings: flowgen at full speed into a C sink that only counts, and against a
+ * C echo (round trip), with 1M flows, so a flowlb figure is never the generator's.
+ *
  *   node dist/bench/flow-scaling.js [--short] [--rate 20000] [--sat-rate 80000] [--max-flows 600000]
- *                                   [--populate-rate 12000] [--no-1m]
+ *                                   [--populate-rate 12000] [--no-1m] [--native | --native-only]
+ *                                   [--native-flows 1000,100000,1000000] [--warmup-rate 30000]
  * Writes results/flow-scaling.json.
  */
 import { fork } from 'node:child_process';
@@ -34,7 +45,9 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { runGenerator, type GenResult } from '../src/gen/run.js';
-import { cpuSeconds, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
+import { buildFlowgen, runFlowgen, startFlowgenServer } from './lib/native.js';
+import { ROOT, cpuSeconds, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
+import path from 'node:path';
 import { waitForQuiet } from './lib/sampler.js';
 
 const HERE = fileURLToPath(import.meta.url);
@@ -171,6 +184,114 @@ async function activeRun(lb: Flowlb, n: number, ratePps: number, steadyMs: numbe
   };
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// Native section: N active flows from one socket (bench/native/flowgen.c).
+
+interface NativeOpts { flows: number[]; rate: number; satRate: number; maxFlows: number; warmupRate: number; steadyMs: number; quiet: () => Promise<unknown> }
+
+/** The generator alone: full speed into a counting sink, and round trips against an echo, 1M flows, 3 s each. */
+async function generatorCeiling(bin: string): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = {};
+  for (const mode of ['sink', 'echo'] as const) {
+    const srv = await startFlowgenServer(bin, mode, 5);
+    const g = await runFlowgen(bin, { target: { host: '127.0.0.1', port: srv.port }, flows: 1_000_000, ratePps: 0, durationS: 3, drainMs: 200 });
+    const s = await srv.result;
+    out[mode] = {
+      flows: g.flows, sentPps: g.sentPps, receivedPps: mode === 'echo' ? g.receivedPps : null, serverPps: s.pps,
+      generatorCpuUsPerPacket: (g.cpuSeconds.measure * 1e6) / g.sent, serverCpuUsPerPacket: (s.cpuSeconds * 1e6) / Math.max(1, s.packets),
+    };
+    console.log(`generator ceiling, 1M flows, full speed into a C ${mode}: sent ${Math.round(g.sentPps)} pps` +
+      (mode === 'echo' ? `, ${Math.round(g.receivedPps)} replies/s back` : `, the sink counted ${Math.round(s.pps)} pps`) +
+      ` (generator ${((g.cpuSeconds.measure * 1e6) / g.sent).toFixed(2)} us CPU/packet)`);
+  }
+  return out;
+}
+
+async function nativeSection(o: NativeOpts): Promise<Record<string, unknown>> {
+  const build = buildFlowgen();
+  if (!build.ok) {
+    console.log(`native section ${build.reason}`);
+    return { skipped: build.reason };
+  }
+  const bin = build.path;
+  const res: Record<string, unknown> = { generator: 'bench/native/flowgen.c', offeredPps: o.rate, satRate: o.satRate, warmupRate: o.warmupRate };
+  res.quietBeforeCeiling = await o.quiet();
+  res.ceiling = await generatorCeiling(bin);
+  const rows: Record<string, unknown>[] = [];
+  for (const n of o.flows) {
+    const row: Record<string, unknown> = { flows: n, quietBefore: await o.quiet() };
+    const lb = await startFlowlb(lbArgs(o.maxFlows));
+    try {
+      const target = { host: '127.0.0.1', port: lb.port };
+      // Warm flowlb up first (JIT, buffers: 200 flows for 1 s), so the RSS and CPU below are the flows' own.
+      await runFlowgen(bin, { target, flows: 200, ratePps: 5000, durationS: 1, drainMs: 300 });
+      await settle(1200);
+      const base = await snap(lb);
+      // Run 1: warm-up (all N flows into the tables, then 1.5 s idle: the RSS snapshot), then a fixed rate,
+      // round robin: CPU per packet.
+      const steadyS = o.steadyMs / 1000;
+      let afterWarm: Promise<Snap> | null = null, w0: Promise<Snap> | null = null, w1: Promise<Snap> | null = null;
+      const windowed = (lead: number, len: number) => (e: { event: string }): void => {
+        if (e.event === 'warmup-done') setTimeout(() => { afterWarm = snap(lb); }, 1200);
+        if (e.event !== 'measure') return;
+        setTimeout(() => { w0 = snap(lb); }, lead);
+        setTimeout(() => { w1 = snap(lb); }, lead + len);
+      };
+      const fixed = await runFlowgen(bin, {
+        target, flows: n, ratePps: o.rate, durationS: 0.5 + steadyS + 0.7, warmup: true, warmupRatePps: o.warmupRate, warmupPasses: 5, warmupPauseMs: 1500, drainMs: 1000,
+        onEvent: windowed(500, o.steadyMs),
+      });
+      const [aw, f0, f1] = await Promise.all([afterWarm!, w0!, w1!]);
+      const flowsAdded = aw.flows - base.flows;
+      row.baseFlows = base.flows;
+      row.warmup = { ...fixed.warmup, flowsInTables: aw.flows, drops: { primary: aw.dropped, workers: aw.workerDrops } };
+      row.memory = { workerRssBeforeBytes: base.workerRss, workerRssAfterWarmupBytes: aw.workerRss, bytesPerFlow: (aw.workerRss - base.workerRss) / flowsAdded, primaryRssDeltaBytes: aw.primaryRss - base.primaryRss };
+      const fx = perPacket({ fromSnap: f0, toSnap: f1 });
+      row.fixed = { offeredPps: o.rate, sentPps: fixed.sentPps, lossPct: fixed.lossPct, reordered: fixed.reordered, rttNs: fixed.rttNs, steady: fx, generatorCpuUsPerPacket: (fixed.cpuSeconds.measure * 1e6) / fixed.sent };
+      console.log(`native ${String(n).padStart(7)} flows: warm-up ${fixed.warmup.sent} packets in ${fixed.warmup.passes} pass(es), ${fixed.warmup.seconds.toFixed(1)} s, ${aw.flows} flows in the tables; ` +
+        `workers' RSS +${((aw.workerRss - base.workerRss) / 2 ** 20).toFixed(1)} MiB = ${(row.memory as { bytesPerFlow: number }).bytesPerFlow.toFixed(0)} bytes/flow`);
+      console.log(`   at ${o.rate} pps: CPU ${fx.totalUs.toFixed(2)} us/packet (primary ${fx.primaryUs.toFixed(2)}, workers ${fx.workersUs.toFixed(2)}), loss ${fixed.lossPct.toFixed(3)}%, RTT p50 ${(fixed.rttNs.p50 / 1000).toFixed(0)} us p99 ${(fixed.rttNs.p99 / 1000).toFixed(0)} us`);
+
+      // Run 2: the same flows (same source port, so the same 4-tuples; no warm-up), saturated. The window is
+      // long enough for every flow to get a packet in it (N / offered rate).
+      const satWindowMs = Math.max(o.steadyMs, Math.ceil((n / o.satRate) * 1000 * 1.05));
+      w0 = null; w1 = null;
+      const sat = await runFlowgen(bin, {
+        target, flows: n, ratePps: o.satRate, durationS: (1000 + satWindowMs + 700) / 1000, drainMs: 1000, portBase: fixed.ports[0],
+        onEvent: windowed(1000, satWindowMs),
+      });
+      const [s0, s1] = await Promise.all([w0!, w1!]);
+      const st = perPacket({ fromSnap: s0, toSnap: s1 });
+      // Saturated: flowlb replied to clearly less than the generator sent (the rest it could not take).
+      const saturated = st.repliesPerSec < 0.9 * sat.sentPps;
+      const sentBelowOffered = sat.sentPps < 0.97 * o.satRate;
+      row.saturated = {
+        offeredPps: o.satRate, sentPps: sat.sentPps, generatorReceivedPps: sat.receivedPps, lossPct: sat.lossPct, reordered: sat.reordered,
+        windowMs: satWindowMs, steady: st, flowsInTables: s1.flows, saturated, sentBelowOffered,
+        generatorCpuUsPerPacket: (sat.cpuSeconds.measure * 1e6) / sat.sent, drops: { primary: s1.dropped, workers: s1.workerDrops },
+      };
+      console.log(`   offered ${o.satRate} pps (sent ${Math.round(sat.sentPps)}${sentBelowOffered ? ': the generator fell behind its schedule, CPU shared with flowlb' : ''}): ${Math.round(st.repliesPerSec)} replies/s over ${(satWindowMs / 1000).toFixed(1)} s${saturated ? '' : ' (NOT saturated: flowlb took nearly all)'}, ` +
+        `CPU ${st.totalUs.toFixed(2)} us/packet, ${s1.flows} flows in the tables`);
+    } finally { await lb.stop(); }
+    rows.push(row);
+  }
+  const get = (n: number, f: (r: Record<string, any>) => number): number => { const r = rows.find((x) => x.flows === n); return r ? f(r) : NaN; };
+  const big = o.flows[o.flows.length - 1]!;
+  res.rows = rows;
+  res.summary = {
+    largest: big,
+    repliesPerSec: Object.fromEntries(o.flows.map((n) => [String(n), get(n, (r) => r.saturated.steady.repliesPerSec)])),
+    throughputRatioLargestTo1k: get(big, (r) => r.saturated.steady.repliesPerSec) / get(1000, (r) => r.saturated.steady.repliesPerSec),
+    cpuUsPerPacket: Object.fromEntries(o.flows.map((n) => [String(n), get(n, (r) => r.fixed.steady.totalUs)])),
+    cpuRatioLargestTo1k: get(big, (r) => r.fixed.steady.totalUs) / get(1000, (r) => r.fixed.steady.totalUs),
+    bytesPerFlow: Object.fromEntries(o.flows.map((n) => [String(n), get(n, (r) => r.memory.bytesPerFlow)])),
+  };
+  const sm = res.summary as { throughputRatioLargestTo1k: number; cpuRatioLargestTo1k: number };
+  console.log(`native: saturated replies/s at ${big} flows / at 1k: ${sm.throughputRatioLargestTo1k.toFixed(2)} (target >= 0.8); CPU per packet ${sm.cpuRatioLargestTo1k.toFixed(2)}x`);
+  return res;
+}
+
 async function main(): Promise<void> {
   const short = process.argv.includes('--short');
   const rate = arg('rate', short ? 10_000 : 20_000), satRate = arg('sat-rate', 80_000), maxFlows = arg('max-flows', 600_000);
@@ -178,9 +299,25 @@ async function main(): Promise<void> {
   const counts = short ? [1_000, 10_000] : [1_000, 10_000, 100_000];
   const with1M = !short && !process.argv.includes('--no-1m');
   const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
-  const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
+  const nativeOnly = process.argv.includes('--native-only');
+  const quietWaitMs = arg('quiet-wait', short ? 0 : nativeOnly ? 30 : 90) * 1000;
   const quiet = async (): Promise<unknown> => (quietWaitMs > 0 ? waitForQuiet(quietWaitMs) : null);
   const out: Record<string, unknown> = {};
+  const nativeOpts = (): NativeOpts => {
+    const i = process.argv.indexOf('--native-flows');
+    const flows = i >= 0 ? process.argv[i + 1]!.split(',').map(Number) : short ? [1_000, 100_000] : [1_000, 100_000, 1_000_000];
+    return { flows, rate, satRate, maxFlows: Math.max(maxFlows, Math.ceil((Math.max(...flows) / 2) * 1.2)), warmupRate: arg('warmup-rate', 30_000), steadyMs: short ? 2000 : 4000, quiet };
+  };
+  if (nativeOnly) {
+    // Alone: the other sections' figures stay as they are in the result file; `native` is replaced.
+    const native = await nativeSection(nativeOpts());
+    const file = path.join(ROOT, 'results/flow-scaling.json');
+    let prev: Record<string, unknown> = {};
+    try { prev = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>; } catch { /* none yet */ }
+    writeResult('flow-scaling', { ...prev, native: { command: `node dist/bench/flow-scaling.js ${process.argv.slice(2).join(' ')}`.trim(), loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(), ...native } });
+    console.log(`written ${file} (native section)`);
+    return;
+  }
 
   // Preallocation: RSS at start with --max-flows maxFlows against 1024.
   const startRss = async (m: number): Promise<number> => {
@@ -274,7 +411,9 @@ async function main(): Promise<void> {
   console.log(`\nCPU per packet at ${largest} active flows / at 1k: ${summary.cpuRatioLargestTo1k.toFixed(2)}x` +
     (short ? '' : `; saturated throughput at ${largest} / at 1k: ${summary.throughputRatioLargestTo1k.toFixed(2)} (target >= 0.8)`));
   console.log(`bytes per idle flow (RSS delta, target <= 300): ${Object.entries(summary.bytesPerIdleFlow).map(([k, v]) => `${k}: ${Math.round(v)}`).join(', ')}; plus ${preallocPerSlot.toFixed(0)} preallocated per --max-flows slot`);
+  const native = process.argv.includes('--native') ? await nativeSection(nativeOpts()) : undefined;
   const file = writeResult('flow-scaling', {
+    native,
     command: `node dist/bench/flow-scaling.js ${process.argv.slice(2).join(' ')}`.trim(),
     rate, satRate, maxFlows, populateRate, steadyMs, loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     ...out, summary, memory, rows,

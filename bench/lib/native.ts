@@ -73,8 +73,12 @@ export interface FlowgenOptions {
   warmup?: boolean;
   warmupRatePps?: number;
   warmupPasses?: number;
+  /** Idle time after the warm-up ({"event":"warmup-done"}) before the measured phase ({"event":"measure"}). */
+  warmupPauseMs?: number;
   drainMs?: number;
   sockets?: number;
+  /** Bind the sockets to these ports (from portBase up) instead of kernel-chosen ones: the same flows as an earlier run. */
+  portBase?: number;
   progressMs?: number;
   /** Called for every stderr event line ({"event":"measure"} when the measured phase starts). */
   onEvent?: (e: FlowgenEvent) => void;
@@ -90,8 +94,10 @@ function flowgenArgs(o: FlowgenOptions): string[] {
   if (o.warmup) a.push('--warmup');
   if (o.warmupRatePps !== undefined) a.push('--warmup-rate', String(o.warmupRatePps));
   if (o.warmupPasses !== undefined) a.push('--warmup-passes', String(o.warmupPasses));
+  if (o.warmupPauseMs !== undefined) a.push('--warmup-pause-ms', String(o.warmupPauseMs));
   if (o.drainMs !== undefined) a.push('--drain-ms', String(o.drainMs));
   if (o.sockets !== undefined) a.push('--sockets', String(o.sockets));
+  if (o.portBase !== undefined) a.push('--port-base', String(o.portBase));
   if (o.progressMs !== undefined) a.push('--progress-ms', String(o.progressMs));
   return a;
 }
@@ -99,7 +105,7 @@ function flowgenArgs(o: FlowgenOptions): string[] {
 /** Runs flowgen and resolves with its JSON result; rejects on a non-zero exit, bad output or the timeout. */
 export function runFlowgen(bin: string, o: FlowgenOptions): Promise<FlowgenResult> {
   const warmS = o.warmup ? ((o.warmupPasses ?? 3) * (o.flows / (o.warmupRatePps ?? 20_000) + 1)) : 0;
-  const timeoutMs = o.timeoutMs ?? Math.round((warmS + (o.durationS ?? 5) + 30) * 1000);
+  const timeoutMs = o.timeoutMs ?? Math.round((warmS + (o.warmupPauseMs ?? 0) / 1000 + (o.durationS ?? 5) + 30) * 1000);
   return runJson(bin, flowgenArgs(o), timeoutMs, o.onEvent) as Promise<FlowgenResult>;
 }
 

@@ -11,7 +11,8 @@
  *   magic "FLP1", runId, flowId, per-flow seq (from 0), send time (CLOCK_MONOTONIC ns); zero filler after.
  *
  * Phases: optional warm-up (one packet to every flow that has no reply yet, paced at --warmup-rate, up to
- * --warmup-passes passes, each followed by a short drain), then the measured phase: round robin over all
+ * --warmup-passes passes, each followed by a short drain; then --warmup-pause-ms idle, so a caller can look
+ * at the target with all flows in place), then the measured phase: round robin over all
  * flows (flow k % N), paced to --rate pps on a fixed schedule (0 or "max" = as fast as it can; paced sends
  * go in bursts at most every --tick-us, default 100 us, catching up with the schedule), until --duration
  * seconds or --count packets, whichever comes first; then a drain of --drain-ms for late replies.
@@ -131,6 +132,7 @@ static struct {
   double warmup_rate;
   int warmup_passes;
   int warmup_drain_ms;
+  int warmup_pause_ms;  /* idle time between the warm-up and the measured phase (replies still read) */
   int drain_ms;
   int sockets;
   int port_base;        /* 0: ports chosen by the kernel */
@@ -189,6 +191,7 @@ static void parse(int argc, char **argv) {
     else if (!strcmp(a, "--warmup-rate")) opt.warmup_rate = num_arg(argc, argv, &i);
     else if (!strcmp(a, "--warmup-passes")) opt.warmup_passes = (int)num_arg(argc, argv, &i);
     else if (!strcmp(a, "--warmup-drain-ms")) opt.warmup_drain_ms = (int)num_arg(argc, argv, &i);
+    else if (!strcmp(a, "--warmup-pause-ms")) opt.warmup_pause_ms = (int)num_arg(argc, argv, &i);
     else if (!strcmp(a, "--drain-ms")) opt.drain_ms = (int)num_arg(argc, argv, &i);
     else if (!strcmp(a, "--sockets")) opt.sockets = (int)num_arg(argc, argv, &i);
     else if (!strcmp(a, "--port-base")) opt.port_base = (int)num_arg(argc, argv, &i);
@@ -539,6 +542,9 @@ int main(int argc, char **argv) {
     warm_missing = n;
     free(list);
     warm_seconds = (double)(now_ns() - start) / 1e9;
+    fprintf(stderr, "{\"event\":\"warmup-done\",\"seconds\":%.3f,\"flowsWithoutReply\":%u,\"pauseMs\":%d}\n", warm_seconds, warm_missing, opt.warmup_pause_ms);
+    fflush(stderr);
+    if (opt.warmup_pause_ms > 0) drain_for((uint64_t)opt.warmup_pause_ms * 1000000ull, UINT64_MAX);
   }
 
   /* Measured phase. */
