@@ -25,6 +25,8 @@ export const DEFAULT_REPORT_INTERVAL_MS = 100;
 export const DEFAULT_REBALANCE_INTERVAL_MS = 250;
 /** Workers within this fraction of their target share are left alone. */
 export const DEFAULT_DEAD_BAND = 0.05;
+/** Regular rounds move buckets only while some worker's event loop is busier than this (see balancer.ts). */
+export const DEFAULT_MIN_BUSY = 0.5;
 export const DEFAULT_MAX_MOVES_PER_ROUND = 16;
 /** Packets queued in a worker beyond which it is overloaded and loses buckets at once. */
 export const DEFAULT_QUEUE_LIMIT = 8192;
@@ -71,6 +73,8 @@ export interface BalancerConfig {
   readonly reportIntervalMs: number;
   readonly rebalanceIntervalMs: number;
   readonly deadBand: number;
+  /** Regular rounds plan moves only while the busiest live worker's ELU is above this (0 = always). */
+  readonly minBusy: number;
   readonly maxMovesPerRound: number;
   readonly queueLimit: number;
   readonly holdLimit: number;
@@ -270,7 +274,7 @@ function readBuckets(value: unknown, what: string): number {
   return n;
 }
 
-function readDeadBand(value: unknown, what: string): number {
+function readFraction(value: unknown, what: string): number {
   const n = toNumber(value);
   if (!(n >= 0 && n < 1)) throw new ConfigError(`${what} must be a number between 0 and 1, got ${show(value)}`);
   return n;
@@ -407,6 +411,7 @@ function createDraft(): ConfigDraft {
       reportIntervalMs: DEFAULT_REPORT_INTERVAL_MS,
       rebalanceIntervalMs: DEFAULT_REBALANCE_INTERVAL_MS,
       deadBand: DEFAULT_DEAD_BAND,
+      minBusy: DEFAULT_MIN_BUSY,
       maxMovesPerRound: DEFAULT_MAX_MOVES_PER_ROUND,
       queueLimit: DEFAULT_QUEUE_LIMIT,
       holdLimit: DEFAULT_HOLD_LIMIT,
@@ -437,7 +442,8 @@ const BALANCER_FIELDS: Readonly<Record<string, FieldReader<Mutable<BalancerConfi
   mode: (b, v, w) => (b.mode = readChoice(v, w, MODE_CHOICES)),
   ...durationFields('reportInterval', (b, ms) => (b.reportIntervalMs = ms)),
   ...durationFields('rebalanceInterval', (b, ms) => (b.rebalanceIntervalMs = ms)),
-  deadBand: (b, v, w) => (b.deadBand = readDeadBand(v, w)),
+  deadBand: (b, v, w) => (b.deadBand = readFraction(v, w)),
+  minBusy: (b, v, w) => (b.minBusy = readFraction(v, w)),
   maxMovesPerRound: (b, v, w) => (b.maxMovesPerRound = readCount(v, w)),
   queueLimit: (b, v, w) => (b.queueLimit = readCount(v, w)),
   holdLimit: (b, v, w) => (b.holdLimit = readCount(v, w)),

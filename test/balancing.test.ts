@@ -132,6 +132,42 @@ describe('balancing', () => {
     expect(st.overloadSpills).toBe(0);
   });
 
+  it('moves nothing while no worker is busy (balancer.minBusy), and the same uneven load moves buckets with minBusy 0', async () => {
+    // Worker 1's packets cost 4x, at a rate that keeps both event loops far below 50% busy. The index sees two
+    // full cores either way; the load (packets x CPU per packet) is ~4:1, far outside the dead band.
+    const run = async (minBusy: number | undefined): Promise<any> => {
+      const file = configFile({
+        handler: path.join(FIXTURES, 'burn-handler.js'),
+        handlerOptions: { costUs: 20, slowWorker: 1, slowCostUs: 80 },
+        balancer: minBusy === undefined ? {} : { minBusy },
+      });
+      const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+      running.push(svc);
+      const cs: Client[] = [];
+      for (let i = 0; i < 64; i++) { const c = await new Client(4).bind('127.0.0.1'); cs.push(c); clients.push(c); }
+      // Warm-up (cold code and a fresh process read busy for a moment), then the measured window.
+      await traffic(cs, svc.udpPort, 50, 20, () => false);
+      await new Promise((r) => setTimeout(r, 1000));
+      const before = await svc.status();
+      await traffic(cs, svc.udpPort, 150, 20, () => false);
+      const after = await svc.status();
+      return {
+        moves: after.migrations.completed - before.migrations.completed,
+        rounds: after.rounds - before.rounds,
+        idleRounds: after.idleRounds - before.idleRounds,
+        elu: Math.max(...after.workers.map((w: any) => w.elu)),
+      };
+    };
+    const gated = await run(undefined);
+    const open = await run(0);
+    const diag = `default: ${gated.moves} moves, ${gated.idleRounds}/${gated.rounds} idle rounds, ELU ${gated.elu.toFixed(2)}; `
+      + `minBusy 0: ${open.moves} moves, ${open.idleRounds}/${open.rounds} idle rounds, ELU ${open.elu.toFixed(2)}`;
+    expect(gated.idleRounds, diag).toBeGreaterThan(gated.rounds / 2);
+    expect(gated.moves, diag).toBeLessThanOrEqual(2);
+    expect(open.moves, diag).toBeGreaterThanOrEqual(4);
+    expect(open.idleRounds, diag).toBeLessThan(open.rounds / 2);
+  });
+
   it('packet mode: an overloaded worker\'s new and queued packets go to the least-loaded worker', async () => {
     const file = configFile({
       handler: path.join(FIXTURES, 'burn-handler.js'),
