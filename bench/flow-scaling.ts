@@ -31,13 +31,15 @@
  * Per N, on a fresh flowlb: a warm-up pass (one packet per flow, paced, repeated for flows without a reply)
  * so all N flows are in the tables; workers' RSS per flow right after it; then, from the same source ports
  * (the same N flows), round robin over all flows: CPU per packet at --rate (not saturated), and replies/s
- * at --sat-rate offered (saturated) in a steady window long enough for every flow to get a packet in it.
+ * at --native-sat-rate offered (saturated) in a steady window long enough for every flow to get a packet
+ * in it. --native-rounds rounds in alternating order; medians per flow count.
  * Plus the generator's own ceilings: flowgen at full speed into a C sink that only counts, and against a
  * C echo (round trip), with 1M flows, so a flowlb figure is never the generator's.
  *
  *   node dist/bench/flow-scaling.js [--short] [--rate 20000] [--sat-rate 80000] [--max-flows 600000]
  *                                   [--populate-rate 12000] [--no-1m] [--native | --native-only]
- *                                   [--native-flows 1000,100000,1000000] [--warmup-rate 30000]
+ *                                   [--native-flows 1000,100000,1000000] [--native-rounds 2]
+ *                                   [--native-sat-rate 120000] [--warmup-rate 30000]
  * Writes results/flow-scaling.json.
  */
 import { fork } from 'node:child_process';
@@ -46,7 +48,7 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { runGenerator, type GenResult } from '../src/gen/run.js';
 import { buildFlowgen, runFlowgen, startFlowgenServer } from './lib/native.js';
-import { ROOT, cpuSeconds, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
+import { ROOT, cpuSeconds, median, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
 import path from 'node:path';
 import { waitForQuiet } from './lib/sampler.js';
 
@@ -188,7 +190,7 @@ async function activeRun(lb: Flowlb, n: number, ratePps: number, steadyMs: numbe
 // ---------------------------------------------------------------------------------------------------
 // Native section: N active flows from one socket (bench/native/flowgen.c).
 
-interface NativeOpts { flows: number[]; rate: number; satRate: number; maxFlows: number; warmupRate: number; steadyMs: number; quiet: () => Promise<unknown> }
+interface NativeOpts { flows: number[]; rounds: number; rate: number; satRate: number; maxFlows: number; warmupRate: number; steadyMs: number; quiet: () => Promise<unknown> }
 
 /** The generator alone: full speed into a counting sink, and round trips against an echo, 1M flows, 3 s each. */
 async function generatorCeiling(bin: string): Promise<Record<string, unknown>> {
@@ -219,8 +221,11 @@ async function nativeSection(o: NativeOpts): Promise<Record<string, unknown>> {
   res.quietBeforeCeiling = await o.quiet();
   res.ceiling = await generatorCeiling(bin);
   const rows: Record<string, unknown>[] = [];
-  for (const n of o.flows) {
-    const row: Record<string, unknown> = { flows: n, quietBefore: await o.quiet() };
+  // Rounds alternate the order (1k..1M, then 1M..1k) so a busy spell on the shared machine does not always
+  // land on the same flow count; the summary takes medians per flow count.
+  const order = Array.from({ length: o.rounds }, (_, r) => (r % 2 ? [...o.flows].reverse() : o.flows).map((n) => ({ n, round: r }))).flat();
+  for (const { n, round } of order) {
+    const row: Record<string, unknown> = { flows: n, round, quietBefore: await o.quiet() };
     const lb = await startFlowlb(lbArgs(o.maxFlows));
     try {
       const target = { host: '127.0.0.1', port: lb.port };
@@ -276,14 +281,18 @@ async function nativeSection(o: NativeOpts): Promise<Record<string, unknown>> {
     } finally { await lb.stop(); }
     rows.push(row);
   }
-  const get = (n: number, f: (r: Record<string, any>) => number): number => { const r = rows.find((x) => x.flows === n); return r ? f(r) : NaN; };
+  const get = (n: number, f: (r: Record<string, any>) => number): number => median(rows.filter((x) => x.flows === n).map((r) => f(r)));
+  const all = (n: number, f: (r: Record<string, any>) => unknown): unknown[] => rows.filter((x) => x.flows === n).map((r) => f(r));
   const big = o.flows[o.flows.length - 1]!;
   res.rows = rows;
   res.summary = {
-    largest: big,
+    largest: big, rounds: o.rounds, statistic: o.rounds > 1 ? 'median over rounds' : 'one round',
     repliesPerSec: Object.fromEntries(o.flows.map((n) => [String(n), get(n, (r) => r.saturated.steady.repliesPerSec)])),
+    repliesPerSecEachRound: Object.fromEntries(o.flows.map((n) => [String(n), all(n, (r) => Math.round(r.saturated.steady.repliesPerSec))])),
+    saturatedEachRound: Object.fromEntries(o.flows.map((n) => [String(n), all(n, (r) => r.saturated.saturated)])),
     throughputRatioLargestTo1k: get(big, (r) => r.saturated.steady.repliesPerSec) / get(1000, (r) => r.saturated.steady.repliesPerSec),
     cpuUsPerPacket: Object.fromEntries(o.flows.map((n) => [String(n), get(n, (r) => r.fixed.steady.totalUs)])),
+    cpuUsPerPacketSaturated: Object.fromEntries(o.flows.map((n) => [String(n), get(n, (r) => r.saturated.steady.totalUs)])),
     cpuRatioLargestTo1k: get(big, (r) => r.fixed.steady.totalUs) / get(1000, (r) => r.fixed.steady.totalUs),
     bytesPerFlow: Object.fromEntries(o.flows.map((n) => [String(n), get(n, (r) => r.memory.bytesPerFlow)])),
   };
@@ -306,7 +315,7 @@ async function main(): Promise<void> {
   const nativeOpts = (): NativeOpts => {
     const i = process.argv.indexOf('--native-flows');
     const flows = i >= 0 ? process.argv[i + 1]!.split(',').map(Number) : short ? [1_000, 100_000] : [1_000, 100_000, 1_000_000];
-    return { flows, rate, satRate, maxFlows: Math.max(maxFlows, Math.ceil((Math.max(...flows) / 2) * 1.2)), warmupRate: arg('warmup-rate', 30_000), steadyMs: short ? 2000 : 4000, quiet };
+    return { flows, rounds: arg('native-rounds', short ? 1 : 2), rate, satRate: arg('native-sat-rate', 120_000), maxFlows: Math.max(maxFlows, Math.ceil((Math.max(...flows) / 2) * 1.2)), warmupRate: arg('warmup-rate', 30_000), steadyMs: short ? 2000 : 4000, quiet };
   };
   if (nativeOnly) {
     // Alone: the other sections' figures stay as they are in the result file; `native` is replaced.
