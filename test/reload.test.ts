@@ -76,4 +76,32 @@ describe('reload (SIGHUP)', () => {
     expect(st.backends).toHaveLength(2);
     expect(svc.stderr()).toMatch(/config reload rejected/);
   });
+
+  it('keeps the command-line flags over the file on every reload, not only the first', async () => {
+    const a = await idBackend('A');
+    const b = await idBackend('B');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-reload-'));
+    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'flowlb.json');
+    // The file names B; the flag names A and wins (flags override the file).
+    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${b.port}`], idleTimeout: '30s' }));
+    const svc = await startFlowlb(['--config', file, '--backend', `127.0.0.1:${a.port}`, '--idle-timeout', '20s',
+      '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn']);
+    running.push(svc);
+    const ports = async (): Promise<number[]> => (await svc.status()).backends.map((x: { port: number }) => x.port);
+    expect(await ports()).toEqual([a.port]);
+    for (let n = 1; n <= 3; n++) {
+      fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${b.port}`], idleTimeout: `${30 + n}s` }));
+      svc.proc.kill('SIGHUP');
+      await waitFor(async () => (await svc.status()).reloads.ok === n, 5000, `reload ${n} applied`);
+      expect(await ports(), `backends after reload ${n}`).toEqual([a.port]);
+    }
+    // The flags were the same each time: no reload may claim that listen or http changed.
+    expect(svc.stderr()).not.toMatch(/need a restart/);
+    const c = await new Client(4).bind('127.0.0.1');
+    cleanups.push(() => c.close());
+    await c.send('x 1', svc.udpPort, '127.0.0.1');
+    await waitFor(() => c.replies.length === 1, 5000, 'reply through the flag backend');
+    expect(c.replies[0]!.toString()).toMatch(/^A /);
+  });
 });

@@ -304,7 +304,9 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   async function reload(): Promise<void> {
     let next: FlowlbConfig;
     try {
-      next = await reloadConfig(config);
+      // From the config built at start: it carries the command-line flags (which win over the file on every
+      // reload); `config` is a merged copy after the first reload and would lose them.
+      next = await reloadConfig(initialConfig);
     } catch (err) {
       log.error('config reload rejected; the running config stays in force', { error: err instanceof Error ? err.message : String(err) });
       reloadsRejected++;
