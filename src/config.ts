@@ -16,6 +16,11 @@ export const DEFAULT_BUCKETS = 1024;
 export const MAX_BUCKETS = 65536;
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 export const DEFAULT_MAX_FLOWS_PER_WORKER = 262_144;
+/**
+ * Most flow slots one worker may preallocate: 16 Mi slots are ~1.3 GiB of typed arrays per worker; far above that
+ * the arrays cannot be allocated at all and the worker died at start with a bare V8 message.
+ */
+export const MAX_FLOWS_PER_WORKER = 16_777_216;
 /** Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP). Larger datagrams cannot arrive over IPv4 and are dropped as oversize. */
 export const MAX_DATAGRAM_BYTES = 65_507;
 /** Largest UDP payload at all (IPv6 without jumbograms: 65535 - 8); the default --max-datagram. */
@@ -482,7 +487,7 @@ const FILE_FIELDS: Readonly<Record<string, FieldReader<ConfigDraft>>> = {
   backends: (d, v, w) => (d.backends = readBackendList(v, w, true)),
   ...durationFields<ConfigDraft>('idleTimeout', (d, ms) => (d.idleTimeoutMs = ms)),
   http: (d, v, w) => (d.http = readHttp(v, w)),
-  maxFlowsPerWorker: (d, v, w) => (d.maxFlowsPerWorker = readCount(v, w)),
+  maxFlowsPerWorker: (d, v, w) => (d.maxFlowsPerWorker = readInt(v, w, 1, MAX_FLOWS_PER_WORKER)),
   maxDatagramBytes: (d, v, w) => (d.maxDatagramBytes = readInt(v, w, 1, MAX_UDP_PAYLOAD_BYTES)),
   // Below one largest datagram a worker's channel could never take a full-size packet.
   channelLimitBytes: (d, v, w) => (d.channelLimitBytes = readInt(v, w, MAX_DATAGRAM_BYTES, MAX_COUNT)),
@@ -544,7 +549,7 @@ const FLAG_FIELDS: Readonly<Record<keyof ServeFlags, FieldReader<ConfigDraft> | 
   idleTimeout: (d, v, w) => (d.idleTimeoutMs = readDurationValue(lastValue(v as FlagValue), w)),
   config: null,
   http: (d, v, w) => (d.http = readHttp(lastValue(v as FlagValue), w)),
-  maxFlows: (d, v, w) => (d.maxFlowsPerWorker = readCount(lastValue(v as FlagValue), w)),
+  maxFlows: (d, v, w) => (d.maxFlowsPerWorker = readInt(lastValue(v as FlagValue), w, 1, MAX_FLOWS_PER_WORKER)),
   maxDatagram: (d, v, w) => (d.maxDatagramBytes = readInt(lastValue(v as FlagValue), w, 1, MAX_UDP_PAYLOAD_BYTES)),
   mode: (d, v, w) => (d.balancer.mode = readChoice(lastValue(v as FlagValue), w, MODE_CHOICES)),
   balance: (d, v, w) => (d.balancer.enabled = readBoolean(lastValue(v as FlagValue), w)),

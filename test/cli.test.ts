@@ -183,6 +183,18 @@ describe('flowlb usage and config errors', () => {
     );
   });
 
+  it('rejects a --max-flows too large to preallocate before starting any worker', () => {
+    // Beyond the cap the workers' typed arrays cannot be allocated: they died at start with a bare V8 message
+    // ("Invalid typed array length", "Array buffer allocation failed") over three lines.
+    expect(expectUsageFailure(run('serve', '--max-flows', '100000000', '--listen', '127.0.0.1:0', '--http', 'off'))).toBe(
+      'flowlb: --max-flows must be an integer between 1 and 16777216, got 100000000',
+    );
+    const file = writeTemp('max-flows.json', JSON.stringify({ maxFlowsPerWorker: 1_000_000_000 }));
+    expect(expectUsageFailure(run('serve', '--config', file, '--listen', '127.0.0.1:0', '--http', 'off'))).toBe(
+      `flowlb: config file ${file}: maxFlowsPerWorker must be an integer between 1 and 16777216, got 1000000000`,
+    );
+  });
+
   it('rejects buckets that are not a power of two', () => {
     expect(expectUsageFailure(run('serve', '--buckets', '1000'))).toBe(
       'flowlb: --buckets must be a power of two between 1 and 65536, got 1000',
