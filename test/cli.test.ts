@@ -195,6 +195,15 @@ describe('flowlb usage and config errors', () => {
     );
   });
 
+  it('gen: rejects a --json file it cannot write before sending, in one line', () => {
+    // It used to run the whole send phase, then die with a stack trace (ENOENT from writeFileSync).
+    const file = path.join(tmp, 'no-such-dir', 'out.json');
+    const started = Date.now();
+    const line = expectUsageFailure(run('gen', '--target', '127.0.0.1:9', '--duration', '5', '--quiet', '--json', file));
+    expect(line).toBe(`flowlb: --json ${file}: cannot write (ENOENT)`);
+    expect(Date.now() - started).toBeLessThan(4000);
+  });
+
   it('rejects buckets that are not a power of two', () => {
     expect(expectUsageFailure(run('serve', '--buckets', '1000'))).toBe(
       'flowlb: --buckets must be a power of two between 1 and 65536, got 1000',

@@ -114,7 +114,20 @@ export interface CliIo {
 const stdio: CliIo = { out: (l) => process.stdout.write(l + '\n'), err: (l) => process.stderr.write(l + '\n') };
 
 function writeJson(file: string, value: unknown): void {
-  fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
+  try {
+    fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
+  } catch (err) {
+    throw new GenError('ERR_GEN_OPTION', `--json ${file}: cannot write (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+}
+
+/** Before a run that may take minutes: a --json file that cannot be written fails now, not after the run. */
+function checkJsonWritable(file: string): void {
+  try {
+    fs.closeSync(fs.openSync(file, 'a'));
+  } catch (err) {
+    throw new GenError('ERR_GEN_OPTION', `--json ${file}: cannot write (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
 }
 
 /**
@@ -123,6 +136,7 @@ function writeJson(file: string, value: unknown): void {
  */
 export async function runGenCli(f: GenFlags, io: CliIo = stdio): Promise<void> {
   const say = f.quiet ? () => undefined : io.out;
+  if (f.json) checkJsonWritable(f.json);
   if (f['self-test']) {
     const r = await runSelfTest({
       ...(f.target?.startsWith('[') ? { family: 6 as const } : {}),
