@@ -1,8 +1,12 @@
 /**
  * Bucket migration under traffic: no packet of a flow lost or reordered by a move, and the flow's state
  * continues on its new worker. Also a worker killed with SIGKILL under traffic: its buckets move at once,
- * other workers' flows lose nothing, and a replacement comes up and gets load.
+ * other workers' flows lose nothing, and a replacement comes up and gets load. And the migration timeout: a
+ * slow worker that keeps reporting progress gets more time (no loss, no reorder, state carried over); a stopped
+ * one times out, and what it hands over late is counted (migration_late drops, flow states imported or lost).
  */
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { hashTupleStrings, loadHasher, type RawHasher } from '../src/datapath/tuple.js';
@@ -13,7 +17,22 @@ beforeAll(async () => { hasher = await loadHasher(); });
 
 const running: Running[] = [];
 const clients: Client[] = [];
-afterEach(() => stopAll(running, clients));
+let tmp: string[] = [];
+afterEach(async () => {
+  await stopAll(running, clients);
+  for (const d of tmp) fs.rmSync(d, { recursive: true, force: true });
+  tmp = [];
+});
+
+function configFile(obj: unknown): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
+  tmp.push(dir);
+  const file = path.join(dir, 'flowlb.json');
+  fs.writeFileSync(file, JSON.stringify(obj));
+  return file;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function move(svc: Running, bucket: number, to: number): Promise<boolean> {
   const res = await fetch(`http://127.0.0.1:${svc.httpPort}/admin/move?bucket=${bucket}&to=${to}`, { method: 'POST' });
@@ -136,4 +155,161 @@ describe('migration', () => {
     const health = await fetch(`http://127.0.0.1:${svc.httpPort}/healthz`);
     expect(health.status).toBe(200);
   });
+});
+
+describe('migration timeout', () => {
+  const TIMEOUT_MS = 250;
+  const BUCKETS = 64;
+
+  /** 2 workers, static hashing, the slow-seq handler, a short migration timeout and 50 ms reports. */
+  async function service(): Promise<Running> {
+    const file = configFile({ balancer: { migrationTimeout: `${TIMEOUT_MS}ms`, reportInterval: '50ms' } });
+    const svc = await startFlowlb([
+      '--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', String(BUCKETS),
+      '--no-balance', '--handler', path.join(FIXTURES, 'slow-seq-handler.js'), '--log-level', 'error',
+    ]);
+    running.push(svc);
+    return svc;
+  }
+
+  /** 32 flows send "1" each; returns those worker 0 served (their count is 1 now) and the bucket of a client. */
+  async function flowsOnWorker0(svc: Running): Promise<{ on0: Client[]; bucketOf: (c: Client) => number }> {
+    const all: Client[] = [];
+    for (let i = 0; i < 32; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      c.socket.setRecvBufferSize(1 << 20);
+      clients.push(c);
+      all.push(c);
+    }
+    await Promise.all(all.map((c) => c.send('1', svc.udpPort, '127.0.0.1')));
+    await waitFor(() => all.every((c) => c.replies.length === 1), 5000, 'first replies');
+    const on0 = all.filter((c) => c.replies[0]!.toString().split(' ')[0] === '0');
+    const bucketOf = (c: Client): number => hashTupleStrings(hasher, '127.0.0.1', c.port, '127.0.0.1', svc.udpPort) & (BUCKETS - 1);
+    return { on0, bucketOf };
+  }
+
+  it('gives a slow worker that keeps reporting progress more time: no loss, no reordering, state carried over', async () => {
+    const svc = await service();
+    const { on0, bucketOf } = await flowsOnWorker0(svc);
+    expect(on0.length).toBeGreaterThanOrEqual(5);
+    const flows = on0.slice(0, 4);
+    const buckets = [...new Set(flows.map(bucketOf))];
+    const ballast = on0.slice(4).find((c) => !buckets.includes(bucketOf(c)));
+    expect(ballast).toBeDefined();
+    // The flows send in order every 10 ms throughout (seq 1 was the first packet).
+    let seq = 1;
+    let stop = false;
+    const sender = (async () => {
+      while (!stop) {
+        seq++;
+        await Promise.all(flows.map((c) => c.send(String(seq), svc.udpPort, '127.0.0.1')));
+        await sleep(10);
+      }
+    })();
+    await sleep(300);
+    await svc.status(); // the first HTTP request of a process is slow (connection setup): not during the burn
+    // Worker 0 gets busy: a 400 ms packet, then (while it runs) a deep queue of expensive packets, 40 x 25 ms, served
+    // 16 per drain slice (~400 ms each). Its event loop reads its channel only between slices, so the RELEASE frames
+    // written ~60 ms into the first one are read ~340 ms later: past the timeout, while the worker's reports (one
+    // per slice) show it working.
+    await ballast!.send('burn 400', svc.udpPort, '127.0.0.1');
+    await sleep(50);
+    await Promise.all([...Array(40).keys()].map(() => ballast!.send('burn 25', svc.udpPort, '127.0.0.1')));
+    await sleep(10);
+    const started = await Promise.all(buckets.map((b) => move(svc, b, 1)));
+    expect(started.every(Boolean)).toBe(true);
+    await sleep(1500);
+    stop = true;
+    await sender;
+    const sent = seq;
+    await waitFor(() => flows.every((c) => c.replies.length >= sent) && ballast!.replies.length >= 42, 15_000, 'every reply').catch(async (err: Error) => {
+      const st = await svc.status();
+      throw new Error(`${err.message}; replies ${flows.map((c) => c.replies.length).join(',')} of ${sent}; migrations ${JSON.stringify(st.migrations)}`);
+    });
+    for (const c of flows) {
+      const { worker, counts, seqs } = parseReplies(c);
+      expect(c.replies).toHaveLength(sent);
+      for (let i = 0; i < seqs.length; i++) expect(counts[i]).toBe(seqs[i]);
+      expect([...seqs].sort((a, b) => a - b)).toEqual([...Array(sent).keys()].map((i) => i + 1));
+      expect(worker.has('1')).toBe(true); // it did move
+    }
+    const st = await svc.status();
+    expect(st.migrations.timeouts).toBe(0);
+    expect(st.migrations.completed).toBe(buckets.length);
+    const records = st.migrations.recent.filter((r: { bucket: number }) => buckets.includes(r.bucket));
+    expect(records.map((r: { outcome: string }) => r.outcome)).toEqual(buckets.map(() => 'done'));
+    // Not vacuous: the release came after the timeout had fired at least once.
+    expect(Math.max(...records.map((r: { durationMs: number }) => r.durationMs))).toBeGreaterThan(TIMEOUT_MS);
+    expect(st.migrations.extended).toBeGreaterThan(0);
+    expect(st.dropped).toEqual({});
+    for (const w of st.workers) expect(w.drops).toEqual({});
+  }, 30_000);
+
+  it('times out a stopped worker; after SIGCONT its late hand-over is counted and its flow states reach the new owner', async () => {
+    const svc = await service();
+    const { on0, bucketOf } = await flowsOnWorker0(svc);
+    expect(on0.length).toBeGreaterThanOrEqual(4);
+    const buckets = [...new Set(on0.slice(0, 6).map(bucketOf))];
+    // Every flow of those buckets (another of the 32 may share one): all of them move.
+    const flows = on0.filter((c) => buckets.includes(bucketOf(c)));
+    const half = Math.ceil(flows.length / 2);
+    const quiet = flows.slice(0, half), fresh = flows.slice(half);
+    const sendAll = async (cs: Client[], payload: string): Promise<void> => {
+      await Promise.all(cs.map((c) => c.send(payload, svc.udpPort, '127.0.0.1')));
+    };
+    for (let s = 2; s <= 5; s++) {
+      await sendAll(flows, String(s));
+      await waitFor(() => flows.every((c) => c.replies.length === s), 5000, `replies ${s}`);
+    }
+    const st0 = await svc.status();
+    const pidA = st0.workers[0].pid as number;
+    process.kill(pidA, 'SIGSTOP');
+    try {
+      // Two packets per flow wait in worker 0's channel, then the RELEASE frames.
+      await sendAll(flows, '6');
+      await sendAll(flows, '7');
+      await sleep(50);
+      const started = await Promise.all(buckets.map((b) => move(svc, b, 1)));
+      expect(started.every(Boolean)).toBe(true);
+      // Held while the bucket moves, then delivered to worker 1, which starts these flows afresh.
+      await sendAll(fresh, '8');
+      await waitFor(async () => (await svc.status()).migrations.timeouts === buckets.length, 4 * TIMEOUT_MS + 2000, 'the migrations to time out');
+      await waitFor(() => fresh.every((c) => c.replies.length === 6), 5000, 'held packets answered by worker 1');
+      for (const c of fresh) expect(c.replies[5]!.toString().split(' ')).toEqual(['1', expect.any(String), '1', '8']);
+    } finally {
+      process.kill(pidA, 'SIGCONT');
+    }
+    // Worker 0 wakes up, reads packets 6 and 7 and the RELEASE frames, and hands everything over: too late.
+    const st1 = await waitFor(async () => {
+      const st = await svc.status();
+      return st.migrations.lateReleases === buckets.length && (st.workers[0].drops.migration_late ?? 0) === 2 * flows.length
+        && st.migrations.lateFlows.imported + st.migrations.lateFlows.lost === flows.length ? st : null;
+    }, 5000, 'late releases counted').catch(async (err: Error) => {
+      const st = await svc.status();
+      throw new Error(`${err.message}; migrations ${JSON.stringify({ ...st.migrations, recent: undefined })}, worker drops ${JSON.stringify(st.workers.map((w: any) => w.drops))}`);
+    });
+    // Quiet flows had no state on worker 1: theirs is imported. Fresh ones had: worker 1's newer state stays.
+    expect(st1.migrations.lateFlows).toEqual({ imported: quiet.length, lost: fresh.length });
+    await sendAll(flows, '9');
+    await waitFor(() => quiet.every((c) => c.replies.length === 6) && fresh.every((c) => c.replies.length === 7), 5000, 'replies 9');
+    for (const c of quiet) expect(c.replies[5]!.toString().split(' ')).toEqual(['1', expect.any(String), '6', '9']);
+    for (const c of fresh) expect(c.replies[6]!.toString().split(' ')).toEqual(['1', expect.any(String), '2', '9']);
+    // Nobody crashed, and every datagram received is accounted for: handled, or dropped under a named reason.
+    const st = await waitFor(async () => {
+      const s = await svc.status();
+      const handled = s.workers.reduce((a: number, w: { handled: number }) => a + w.handled, 0);
+      return handled === 32 + 4 * flows.length + fresh.length + flows.length ? s : null;
+    }, 5000, 'workers to report every packet handled');
+    expect(svc.proc.exitCode).toBeNull();
+    for (const w of st.workers) { expect(w.ready).toBe(true); expect(w.restarts).toBe(0); }
+    const sum = (o: Record<string, number>): number => Object.values(o).reduce((a, x) => a + x, 0);
+    const handled = st.workers.reduce((a: number, w: { handled: number }) => a + w.handled, 0);
+    const workerDrops = st.workers.reduce((a: number, w: { drops: Record<string, number> }) => a + sum(w.drops), 0);
+    const dispatched = st.workers.reduce((a: number, w: { dispatchedPackets: number }) => a + w.dispatchedPackets, 0);
+    expect(st.received).toBe(32 + 7 * flows.length + fresh.length);
+    expect(st.dropped).toEqual({});
+    expect(st.received).toBe(dispatched + sum(st.dropped) + st.held);
+    expect(st.received).toBe(handled + workerDrops + sum(st.dropped));
+    expect(st.workers[0].drops).toEqual({ migration_late: 2 * flows.length });
+  }, 30_000);
 });

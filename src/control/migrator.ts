@@ -10,12 +10,29 @@
  *                channel and makes C the owner of b, all in one synchronous step, so later packets follow.
  *
  * No packet of b is lost or reordered: A saw a prefix of b's packets and served some of them; the rest come
- * back in order and reach C before the held ones, which precede everything after the flip. A worker that
- * never answers is covered by a timeout: the bucket goes to C without the lost state and the held packets.
+ * back in order and reach C before the held ones, which precede everything after the flip.
+ *
+ * Timeout (`timeoutMs`, migrationTimeout). A reads its channel only between drain slices, so a busy worker (a
+ * slice of expensive packets) reaches the RELEASE frame late while still working. When the timer fires, the
+ * worker the migration waits for (A while releasing, C while importing) is asked for evidence of progress: a
+ * load report whose handled-packet counter had advanced, received within the last PROGRESS_WINDOW timeouts. With
+ * it the migration waits another timeout, up to TIMEOUT_CAP timeouts from its start in all; without it (no
+ * reports: stopped, hung, or reporting without serving) it ends at once with outcome 'timeout':
+ *   - C is told it owns b; A's handed-over packets, if they already came back, then the held packets go to C,
+ *     in order. Held packets beyond holdLimit were dropped on arrival as hold_overflow, as in every migration.
+ *   - b's flows start afresh on C, unless their state turns up later (below).
+ * A worker that answers after that (a late 'released'): its handed-over packets cannot be delivered in order any
+ * more (C has served b since) and are dropped, counted as `migration_late` under A's lane (they had been
+ * dispatched to A, so the primary's identity received = dispatched + primary drops + held still holds). Its
+ * exported flows go to b's current owner as a late import, which adds a flow only if that worker owns b and has
+ * no state for the flow yet (never overwriting newer state); flows it refuses, and every flow when b is moving
+ * again or has no live owner, are counted as lost (lateFlowsLost), their socket handles closed. Socket handles
+ * are passed on or closed, never kept. Nothing a late answer carries disappears without a counter.
  */
 import type dgram from 'node:dgram';
 import { DROP_MIGRATION_TIMEOUT } from '../datapath/counters.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
+import { FRAME_HEADER_BYTES, FRAME_PACKET, frameKind, frameLength } from '../datapath/frame.js';
 import type { Logger } from '../log.js';
 import type { FlowTransfer, PrimaryToWorker } from './protocol.js';
 import { stopReading } from './socket-handle.js';
@@ -24,6 +41,38 @@ export interface MigrationPeer {
   /** Sends a control message to a worker lane; false if that worker is gone. */
   send(lane: number, msg: PrimaryToWorker, handle?: dgram.Socket, done?: () => void): boolean;
   alive(lane: number): boolean;
+  /** performance.now() when the lane's latest load report showing its handled-packet counter advanced arrived; -Infinity if none. */
+  lastProgressMs(lane: number): number;
+}
+
+/** A migration waits at most this many timeouts in all for a worker that keeps showing progress. */
+export const TIMEOUT_CAP = 4;
+/**
+ * Progress counts if shown within this many timeouts. More than one: a worker reports only between drain slices,
+ * and a slice that delays the RELEASE frame past the timeout delays its next report as long.
+ */
+export const PROGRESS_WINDOW = 2;
+
+/** A hand-over that came after its migration had ended, waiting for its socket handles. */
+interface LateRelease {
+  readonly bucket: number;
+  readonly from: number;
+  readonly epoch: number;
+  readonly flows: FlowTransfer[];
+  readonly sockets: (dgram.Socket | null)[];
+  left: number;
+}
+
+/** Packet frames in a buffer of frames (a hand-over). */
+function countPackets(frames: Buffer): number {
+  let n = 0;
+  for (let off = 0; off + FRAME_HEADER_BYTES <= frames.length;) {
+    const len = frameLength(frames, off);
+    if (len < FRAME_HEADER_BYTES) break;
+    if (frameKind(frames, off) === FRAME_PACKET) n++;
+    off += len;
+  }
+  return n;
 }
 
 interface Migration {
@@ -39,6 +88,8 @@ interface Migration {
   sockets: (dgram.Socket | null)[];
   socketsLeft: number;
   timer: NodeJS.Timeout;
+  /** Times the timeout fired and was extended because the awaited worker showed progress. */
+  extensions: number;
 }
 
 export interface MigrationRecord {
@@ -50,6 +101,7 @@ export interface MigrationRecord {
   readonly flows: number;
   readonly handedOverBytes: number;
   readonly held: number;
+  readonly extensions: number;
   readonly outcome: 'done' | 'timeout' | 'aborted';
   readonly at: string;
 }
@@ -64,6 +116,17 @@ export class Migrator {
   completed = 0;
   timeouts = 0;
   aborted = 0;
+  /** Timeouts that fired and were extended (the awaited worker showed progress). */
+  extended = 0;
+  /** Hand-overs ('released') that came after their migration had ended. */
+  lateReleases = 0;
+  /** Per worker lane: handed-over packets dropped because their migration had ended (reason migration_late). */
+  readonly lateDropped: Float64Array;
+  /** Exported flow states imported after their migration had ended (late release, or import confirmed after a timeout). */
+  lateFlowsImported = 0;
+  /** Exported flow states discarded: the owner had newer state, the bucket was moving again or had no live owner. */
+  lateFlowsLost = 0;
+  private readonly late = new Map<number, LateRelease>();
   readonly durationCounts = new Float64Array(MIGRATION_BUCKETS_S.length + 1);
   durationSumS = 0;
 
@@ -73,7 +136,9 @@ export class Migrator {
     public timeoutMs: number,
     private readonly log: Logger,
     private readonly onDone: (bucket: number, to: number) => void,
-  ) {}
+  ) {
+    this.lateDropped = new Float64Array(dispatcher.maxWorkers);
+  }
 
   get inFlight(): number {
     return this.active.size;
@@ -109,7 +174,7 @@ export class Migrator {
     d.beginHold(bucket, hold, epoch);
     const m: Migration = {
       bucket, from, to, hold, epoch, startedMs: performance.now(), phase: 'releasing', flows: [], frames: null,
-      sockets: [], socketsLeft: 0, timer: setTimeout(() => this.expire(bucket, epoch), this.timeoutMs),
+      sockets: [], socketsLeft: 0, timer: setTimeout(() => this.expire(bucket, epoch), this.timeoutMs), extensions: 0,
     };
     m.timer.unref();
     this.active.set(bucket, m);
@@ -118,7 +183,7 @@ export class Migrator {
 
   onReleased(lane: number, msg: { bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }): void {
     const m = this.active.get(msg.bucket);
-    if (!m || m.epoch !== msg.epoch || m.from !== lane || m.phase !== 'releasing') return;
+    if (!m || m.epoch !== msg.epoch || m.from !== lane || m.phase !== 'releasing') { this.onLateRelease(lane, msg); return; }
     m.flows = msg.flows;
     m.frames = Buffer.from(msg.frames, 'base64');
     m.sockets = new Array<dgram.Socket | null>(msg.sockets).fill(null);
@@ -131,11 +196,64 @@ export class Migrator {
     if (socket) stopReading(socket); // the primary only passes it on
     const m = this.active.get(msg.bucket);
     if (!m || m.epoch !== msg.epoch || m.from !== lane || m.phase !== 'collecting' || !socket) {
+      const r = this.late.get(msg.epoch);
+      if (r && r.from === lane && r.bucket === msg.bucket && socket && r.sockets[msg.index] === null) {
+        r.sockets[msg.index] = socket;
+        if (--r.left === 0) { this.late.delete(msg.epoch); this.lateImport(r); }
+        return;
+      }
       try { socket?.close(); } catch { /* closed */ }
       return;
     }
     m.sockets[msg.index] = socket;
     if (--m.socketsLeft === 0) this.sendImport(m);
+  }
+
+  /**
+   * A worker handed over a bucket whose migration had already ended (timed out, or aborted towards it): its
+   * packets are dropped and counted (migration_late, under its lane), its flows go to the bucket's current owner
+   * once their socket handles are in.
+   */
+  private onLateRelease(lane: number, msg: { bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }): void {
+    const packets = countPackets(Buffer.from(msg.frames, 'base64'));
+    this.lateReleases++;
+    if (lane >= 0 && lane < this.lateDropped.length) this.lateDropped[lane]! += packets;
+    this.log.warn('hand-over came after its migration had ended: packets dropped, flows offered to the current owner', {
+      bucket: msg.bucket, from: lane, epoch: msg.epoch, packets, flows: msg.flows.length,
+    });
+    const r: LateRelease = {
+      bucket: msg.bucket, from: lane, epoch: msg.epoch, flows: msg.flows,
+      sockets: new Array<dgram.Socket | null>(msg.sockets).fill(null), left: msg.sockets,
+    };
+    if (r.left === 0) this.lateImport(r);
+    else this.late.set(r.epoch, r);
+  }
+
+  /**
+   * Offers late flows to the bucket's current owner (it adds those it has no state for and says how many it
+   * took), or counts them lost when the bucket is moving again or has no live owner.
+   */
+  private lateImport(r: LateRelease): void {
+    if (r.flows.length === 0) { this.closeAll(r.sockets); return; }
+    const owner = this.dispatcher.table.owner[r.bucket]!;
+    const ok = owner < this.dispatcher.maxWorkers && !this.active.has(r.bucket) && this.peer.alive(owner)
+      && this.peer.send(owner, { t: 'import', bucket: r.bucket, epoch: r.epoch, flows: r.flows, sockets: r.sockets.length, late: true });
+    if (!ok) {
+      this.lateFlowsLost += r.flows.length;
+      this.closeAll(r.sockets);
+      return;
+    }
+    r.sockets.forEach((s, index) => {
+      if (!s) return;
+      const sent = this.peer.send(owner, { t: 'import-socket', bucket: r.bucket, epoch: r.epoch, index }, s, () => {
+        try { s.close(); } catch { /* closed */ }
+      });
+      if (!sent) try { s.close(); } catch { /* closed */ }
+    });
+  }
+
+  private closeAll(sockets: (dgram.Socket | null)[]): void {
+    for (const s of sockets) try { s?.close(); } catch { /* closed */ }
   }
 
   private sendImport(m: Migration): void {
@@ -150,21 +268,49 @@ export class Migrator {
     });
   }
 
-  onImported(lane: number, msg: { bucket: number; epoch: number }): void {
+  onImported(lane: number, msg: { bucket: number; epoch: number; imported?: number; skipped?: number }): void {
+    // Flows the importer refused: it had newer state for them (possible only after a timeout), or a late import
+    // found it no longer owning the bucket.
+    this.lateFlowsLost += msg.skipped ?? 0;
     const m = this.active.get(msg.bucket);
-    if (!m || m.epoch !== msg.epoch || m.to !== lane || m.phase !== 'importing') return;
+    if (!m || m.epoch !== msg.epoch || m.to !== lane || m.phase !== 'importing') {
+      this.lateFlowsImported += msg.imported ?? 0;
+      return;
+    }
     this.finish(m, 'done');
   }
 
   private expire(bucket: number, epoch: number): void {
     const m = this.active.get(bucket);
     if (!m || m.epoch !== epoch) return;
-    this.log.warn('migration timed out', { bucket, from: m.from, to: m.to, phase: m.phase });
+    // The worker this phase waits for: the old owner until it has handed over, then the new one.
+    const waitingFor = m.phase === 'importing' ? m.to : m.from;
+    const now = performance.now();
+    const left = m.startedMs + TIMEOUT_CAP * this.timeoutMs - now;
+    if (left >= 1 && this.peer.alive(waitingFor) && now - this.peer.lastProgressMs(waitingFor) < PROGRESS_WINDOW * this.timeoutMs) {
+      // Busy, not stuck: its reports keep coming and it keeps serving packets. Wait longer, up to the cap.
+      m.extensions++;
+      this.extended++;
+      this.log.info('migration waits longer: the worker is busy but making progress', {
+        bucket, from: m.from, to: m.to, phase: m.phase, waitedMs: Math.round(now - m.startedMs),
+      });
+      m.timer = setTimeout(() => this.expire(bucket, epoch), Math.min(this.timeoutMs, left));
+      m.timer.unref();
+      return;
+    }
+    this.log.warn('migration timed out', { bucket, from: m.from, to: m.to, phase: m.phase, waitedMs: Math.round(now - m.startedMs) });
     this.finish(m, 'timeout');
   }
 
   /** A worker died: migrations from it complete without its state; migrations to it are redirected. */
   onWorkerExit(lane: number, pickTarget: (bucket: number) => number): void {
+    // Late hand-overs from it whose socket handles will not come now: their flows are lost.
+    for (const r of [...this.late.values()]) {
+      if (r.from !== lane) continue;
+      this.late.delete(r.epoch);
+      this.lateFlowsLost += r.flows.length;
+      this.closeAll(r.sockets);
+    }
     for (const m of [...this.active.values()]) {
       if (m.from === lane) this.finish(m, 'aborted');
       else if (m.to === lane) {
@@ -184,15 +330,25 @@ export class Migrator {
     if (!this.peer.alive(to)) to = this.peer.alive(m.from) ? m.from : -1;
     const held = d.heldPackets(m.hold);
     if (to < 0) {
-      // Nobody to give it to: the held packets are lost and counted.
+      // Nobody to give it to: the held packets are lost and counted, and so are handed-over ones.
       d.discardHold(m.bucket, m.hold, DROP_MIGRATION_TIMEOUT);
+      if (m.frames !== null && m.from < this.lateDropped.length) this.lateDropped[m.from]! += countPackets(m.frames);
+      this.lateFlowsLost += m.phase === 'importing' ? 0 : m.flows.length;
+      this.closeAll(m.sockets);
     } else {
       if (outcome !== 'done') {
-        // The new owner starts the bucket without the lost state; tell it it owns the bucket.
+        // The new owner starts the bucket without the state it has not received; tell it it owns the bucket.
         this.peer.send(to, { t: 'own', epoch: d.table.epoch, add: [m.bucket], remove: [] });
-        for (const s of m.sockets) try { s?.close(); } catch { /* closed */ }
+        if (m.phase === 'collecting') {
+          // The flows came back, some socket handles are still on their way: they go out as a late import when
+          // the last one arrives (if the old owner died, they never will and the flows are lost).
+          const r: LateRelease = { bucket: m.bucket, from: m.from, epoch: m.epoch, flows: m.flows, sockets: m.sockets, left: m.socketsLeft };
+          if (this.peer.alive(m.from)) this.late.set(r.epoch, r);
+          else { this.lateFlowsLost += r.flows.length; this.closeAll(r.sockets); }
+        }
       }
-      d.endHold(m.bucket, m.hold, to, outcome === 'done' ? m.frames : null);
+      // Handed-over packets (once they came back) precede the held ones, whatever the outcome.
+      d.endHold(m.bucket, m.hold, to, m.frames);
     }
     d.table.epoch++;
     const durationMs = performance.now() - m.startedMs;
@@ -204,7 +360,7 @@ export class Migrator {
     this.durationSumS += s;
     this.recent.push({
       bucket: m.bucket, from: m.from, to, epoch: m.epoch, durationMs, flows: m.flows.length,
-      handedOverBytes: m.frames?.length ?? 0, held, outcome, at: new Date().toISOString(),
+      handedOverBytes: m.frames?.length ?? 0, held, extensions: m.extensions, outcome, at: new Date().toISOString(),
     });
     if (this.recent.length > 32) this.recent.shift();
     if (to >= 0) this.onDone(m.bucket, to);
@@ -213,5 +369,7 @@ export class Migrator {
   /** Ends every migration (shutdown). */
   abortAll(): void {
     for (const m of [...this.active.values()]) this.finish(m, 'aborted');
+    for (const r of this.late.values()) this.closeAll(r.sockets);
+    this.late.clear();
   }
 }

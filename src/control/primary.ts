@@ -105,6 +105,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   const peer: MigrationPeer = {
     send: (lane, msg, handle, done) => sendTo(lane, msg, handle, done),
     alive: (lane) => workers.isReady(lane),
+    lastProgressMs: (lane) => workers.lastProgressMs(lane),
   };
   const migrator = new Migrator(dispatcher, peer, config.balancer.migrationTimeoutMs, log, (bucket, to) => {
     balancer.onBucketMoved(bucket, to);

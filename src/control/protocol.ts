@@ -38,7 +38,11 @@ export interface WorkerCounters {
 export type PrimaryToWorker =
   | { t: 'front'; listener: number }
   | { t: 'own'; epoch: number; add: number[]; remove: number[] }
-  | { t: 'import'; bucket: number; epoch: number; flows: FlowTransfer[]; sockets: number }
+  /**
+   * `late`: the flows' migration had ended (timed out) before they came back; the worker adds a flow only if it
+   * owns the bucket and has no state for that flow yet.
+   */
+  | { t: 'import'; bucket: number; epoch: number; flows: FlowTransfer[]; sockets: number; late?: boolean }
   | { t: 'import-socket'; bucket: number; epoch: number; index: number }
   | { t: 'reconfigure'; config: unknown }
   /** Packet mode: hand back up to `packets` queued packets (heaviest flows first) to be spread to other workers. */
@@ -58,7 +62,8 @@ export type WorkerToPrimary =
   }
   | { t: 'released'; bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }
   | { t: 'released-socket'; bucket: number; epoch: number; index: number }
-  | { t: 'imported'; bucket: number; epoch: number }
+  /** `imported`: flows added; `skipped`: flows refused (newer state already here, or a late import of a bucket not owned). */
+  | { t: 'imported'; bucket: number; epoch: number; imported: number; skipped: number }
   /** Packet mode: queued packets handed back (frames, base64). */
   | { t: 'shed-frames'; frames: string; packets: number }
   | { t: 'fatal'; message: string };

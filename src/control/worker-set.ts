@@ -24,6 +24,8 @@ interface LaneState {
   everReady: boolean;
   startedAt: number;
   lastReport: WorkerReportMsg | null;
+  /** performance.now() when a report showing the handled-packet counter advanced last arrived. */
+  lastProgressMs: number;
   /** Counters of processes that served this lane before (so cluster totals never go backwards after a crash). */
   retired: RetiredCounters;
   crashes: number[];
@@ -52,7 +54,7 @@ export class WorkerSet {
   constructor(readonly size: number) {
     for (let i = 0; i < size; i++) {
       this.lanes.push({
-        worker: null, listening: false, pending: [], pid: 0, ready: false, everReady: false, startedAt: 0, lastReport: null, retired: emptyRetired(),
+        worker: null, listening: false, pending: [], pid: 0, ready: false, everReady: false, startedAt: 0, lastReport: null, lastProgressMs: -Infinity, retired: emptyRetired(),
         crashes: [], restarts: -1,
       });
     }
@@ -67,6 +69,7 @@ export class WorkerSet {
     s.ready = false;
     s.startedAt = Date.now();
     s.lastReport = null;
+    s.lastProgressMs = -Infinity;
     s.restarts++;
   }
 
@@ -110,7 +113,10 @@ export class WorkerSet {
   }
 
   ingestReport(lane: number, r: WorkerReportMsg): void {
-    this.lanes[lane]!.lastReport = r;
+    const s = this.lanes[lane]!;
+    const prev = s.lastReport;
+    if (prev !== null && r.counters.handled > prev.counters.handled) s.lastProgressMs = performance.now();
+    s.lastReport = r;
   }
 
   /** Records a crash; true if the lane crashed too often to be restarted. */
@@ -129,6 +135,8 @@ export class WorkerSet {
   readyCount(): number { return this.lanes.filter((s) => s.ready).length; }
   pid(lane: number): number { return this.lanes[lane]!.pid; }
   lastReport(lane: number): WorkerReportMsg | null { return this.lanes[lane]!.lastReport; }
+  /** When the lane last showed progress (a report with its handled-packet counter advanced); -Infinity if never. */
+  lastProgressMs(lane: number): number { return this.lanes[lane]?.lastProgressMs ?? -Infinity; }
   retired(lane: number): RetiredCounters { return this.lanes[lane]!.retired; }
   restarts(lane: number): number { return Math.max(0, this.lanes[lane]!.restarts); }
   all(): Worker[] { return this.lanes.map((s) => s.worker).filter((w): w is Worker => w !== null); }

@@ -375,10 +375,10 @@ export class WorkerRuntime {
     });
   }
 
-  private pendingImport: { bucket: number; epoch: number; flows: FlowTransfer[]; sockets: (dgram.Socket | null)[]; left: number } | null = null;
+  private pendingImport: { bucket: number; epoch: number; flows: FlowTransfer[]; sockets: (dgram.Socket | null)[]; left: number; late: boolean } | null = null;
 
   onImport(m: Extract<PrimaryToWorker, { t: 'import' }>): void {
-    this.pendingImport = { bucket: m.bucket, epoch: m.epoch, flows: m.flows, sockets: new Array(m.sockets).fill(null), left: m.sockets };
+    this.pendingImport = { bucket: m.bucket, epoch: m.epoch, flows: m.flows, sockets: new Array(m.sockets).fill(null), left: m.sockets, late: m.late === true };
     if (m.sockets === 0) this.finishImport();
   }
 
@@ -398,18 +398,26 @@ export class WorkerRuntime {
     const p = this.pendingImport!;
     this.pendingImport = null;
     const t = this.flows;
+    // A late import (its migration had timed out) only fills in flows of a bucket this worker owns now.
+    const accept = !p.late || this.owned[p.bucket] === 1;
+    let imported = 0, skipped = 0;
     for (const x of p.flows) {
-      const addr = Buffer.from(x.addr, 'base64');
-      const f = t.insertKey(x.hash, x.port, x.family, x.listener, addr, p.bucket, this.nowMs);
       const socket = x.socket >= 0 ? p.sockets[x.socket] ?? undefined : undefined;
+      if (!accept) { skipped++; try { socket?.close(); } catch { /* ignore */ } continue; }
+      const addr = Buffer.from(x.addr, 'base64');
+      const size = t.size;
+      const f = t.insertKey(x.hash, x.port, x.family, x.listener, addr, p.bucket, this.nowMs);
       if (f < 0) { this.drops[DROP_FLOW_TABLE_FULL]!++; try { socket?.close(); } catch { /* ignore */ } continue; }
+      // Already here (started afresh after a timeout): its newer state stays.
+      if (t.size === size) { skipped++; try { socket?.close(); } catch { /* ignore */ } continue; }
       t.setPackets(f, x.packets);
       if (socket) startReading(socket);
       this.startFlow(f, { data: x.data, socket });
       this.counters[C_FLOWS_CREATED]!--; // moved, not created
+      imported++;
     }
-    this.owned[p.bucket] = 1;
-    send({ t: 'imported', bucket: p.bucket, epoch: p.epoch });
+    if (!p.late) this.owned[p.bucket] = 1;
+    send({ t: 'imported', bucket: p.bucket, epoch: p.epoch, imported, skipped });
   }
 
   /**

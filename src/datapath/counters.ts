@@ -18,6 +18,7 @@ export const DROP_REASONS = [
   'handler_error',   // worker: the handler threw on this packet
   'no_backend',      // proxy: no backend for the flow, or its upstream socket failed
   'migration_timeout', // primary: a migration's hand-over never came; its packets are gone
+  'migration_late',    // primary, counted under the old owner's lane: packets it handed over after the migration had ended (timed out)
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -33,6 +34,7 @@ export const DROP_FLOW_TABLE_FULL = 8;
 export const DROP_HANDLER_ERROR = 9;
 export const DROP_NO_BACKEND = 10;
 export const DROP_MIGRATION_TIMEOUT = 11;
+export const DROP_MIGRATION_LATE = 12;
 export const DROP_REASON_COUNT = DROP_REASONS.length;
 
 export function dropIndex(reason: DropReason): number {

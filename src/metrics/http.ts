@@ -4,7 +4,7 @@
 import http from 'node:http';
 import type { Endpoint, FlowlbConfig } from '../config.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
-import { DROP_REASONS } from '../datapath/counters.js';
+import { DROP_MIGRATION_LATE, DROP_REASONS } from '../datapath/counters.js';
 import { BindError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Balancer } from '../control/balancer.js';
@@ -71,7 +71,9 @@ export function buildStatus(v: ServiceView): unknown {
       flowsActive: c?.flowsActive ?? 0,
       handled: c?.handled ?? 0,
       replies: c?.replies ?? 0,
-      drops: c ? Object.fromEntries(DROP_REASONS.map((n, i) => [n, c.drops[i] ?? 0]).filter(([, x]) => x !== 0)) : {},
+      // The worker's own drops plus migration_late, counted for it by the primary (packets it handed over too late).
+      drops: Object.fromEntries(DROP_REASONS.map((n, i) => [n, (c?.drops[i] ?? 0) + (i === DROP_MIGRATION_LATE ? v.migrator.lateDropped[lane]! : 0)])
+        .filter(([, x]) => x !== 0)),
       rssBytes: r?.memRss ?? 0,
     });
   }
@@ -88,17 +90,19 @@ export function buildStatus(v: ServiceView): unknown {
     reloads: v.reloads ?? { ok: 0, rejected: 0 },
     backends: v.config.backends.map((b) => ({ host: b.host, port: b.port, weight: b.weight })),
     rounds: v.balancer.rounds,
-    idleRounds: v.balancer.idleRounds,
     overloadSpills: v.balancer.overloadSpills,
     spilledPackets: v.dispatcher.spilledPackets,
     shedPackets: v.balancer.shedPackets,
     received: d.rxPackets,
+    held: d.heldTotal(),
     dropped: Object.fromEntries(DROP_REASONS.map((n, i) => [n, d.drops[i]!]).filter(([, x]) => x !== 0)),
     // Per front listener: datagrams the kernel dropped before the primary read them (null: unknown here).
     kernelDrops: socketDrops(v.udp),
     migrations: {
       completed: v.migrator.completed, timeouts: v.migrator.timeouts, aborted: v.migrator.aborted,
-      inFlight: v.migrator.inFlight, recent: v.migrator.recent.slice(-10),
+      inFlight: v.migrator.inFlight, extended: v.migrator.extended, lateReleases: v.migrator.lateReleases,
+      lateFlows: { imported: v.migrator.lateFlowsImported, lost: v.migrator.lateFlowsLost },
+      recent: v.migrator.recent.slice(-10),
     },
     workers,
   };

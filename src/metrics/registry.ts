@@ -15,7 +15,7 @@
 import net from 'node:net';
 import client from 'prom-client';
 
-import { DROP_REASON_COUNT, DROP_REASONS } from '../datapath/counters.js';
+import { DROP_MIGRATION_LATE, DROP_REASON_COUNT, DROP_REASONS } from '../datapath/counters.js';
 import { MIGRATION_BUCKETS_S } from '../control/migrator.js';
 import { LATENCY_BOUNDS_MS } from '../control/protocol.js';
 import type { ServiceView } from './http.js';
@@ -185,6 +185,7 @@ export interface ClusterSnapshot {
   readonly migrations: {
     readonly done: number; readonly timeout: number; readonly aborted: number; readonly inFlight: number;
     readonly durationCounts: readonly number[]; readonly durationSumS: number;
+    readonly extended: number; readonly lateReleases: number; readonly lateFlowsImported: number; readonly lateFlowsLost: number;
   };
   readonly rounds: number;
   readonly overloadSpills: number;
@@ -226,6 +227,8 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     const laneDrops = new Array<number>(DROP_REASON_COUNT).fill(0);
     addArray(laneDrops, t.drops);
     addArray(laneDrops, c?.drops);
+    // Packets this lane's worker handed over after their migration had ended: counted by the migrator, for the lane.
+    laneDrops[DROP_MIGRATION_LATE]! += num(m.lateDropped[lane]);
     addArray(drops, laneDrops);
     addArray(latencyCounts, t.latencyCounts);
     addArray(latencyCounts, c?.latencyCounts);
@@ -308,6 +311,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     migrations: {
       done: m.completed, timeout: m.timeouts, aborted: m.aborted, inFlight: m.inFlight,
       durationCounts: Array.from(m.durationCounts), durationSumS: m.durationSumS,
+      extended: m.extended, lateReleases: m.lateReleases, lateFlowsImported: m.lateFlowsImported, lateFlowsLost: m.lateFlowsLost,
     },
     rounds: b.rounds,
     overloadSpills: b.overloadSpills,
@@ -442,6 +446,24 @@ export const METRIC_DEFS: readonly MetricDef[] = [
       { value: s.migrations.done, labels: { outcome: 'done' } },
       { value: s.migrations.timeout, labels: { outcome: 'timeout' } },
       { value: s.migrations.aborted, labels: { outcome: 'aborted' } },
+    ],
+  },
+  {
+    name: 'flowlb_migration_timeout_extensions_total', type: 'counter',
+    help: 'Migration timeouts that fired while the awaited worker showed progress (reports with packets handled), so the migration waited longer.',
+    read: (s) => [{ value: s.migrations.extended }],
+  },
+  {
+    name: 'flowlb_migration_late_releases_total', type: 'counter',
+    help: 'Hand-overs that came after their migration had ended (timed out); their packets count as migration_late drops.',
+    read: (s) => [{ value: s.migrations.lateReleases }],
+  },
+  {
+    name: 'flowlb_migration_late_flows_total', type: 'counter',
+    help: 'Exported flow states that arrived after their migration had ended: imported by the current owner, or lost (it had newer state, or the bucket was moving again).',
+    read: (s) => [
+      { value: s.migrations.lateFlowsImported, labels: { outcome: 'imported' } },
+      { value: s.migrations.lateFlowsLost, labels: { outcome: 'lost' } },
     ],
   },
   { name: 'flowlb_bucket_migrations_in_progress', type: 'gauge', help: 'Bucket migrations under way.', read: (s) => [{ value: s.migrations.inFlight }] },
