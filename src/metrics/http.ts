@@ -90,6 +90,7 @@ export function buildStatus(v: ServiceView): unknown {
     reloads: v.reloads ?? { ok: 0, rejected: 0 },
     backends: v.config.backends.map((b) => ({ host: b.host, port: b.port, weight: b.weight })),
     rounds: v.balancer.rounds,
+    idleRounds: v.balancer.idleRounds,
     overloadSpills: v.balancer.overloadSpills,
     spilledPackets: v.dispatcher.spilledPackets,
     shedPackets: v.balancer.shedPackets,
