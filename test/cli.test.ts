@@ -4,6 +4,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
+import net from 'node:net';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -267,6 +268,25 @@ describe('flowlb serve runtime errors', () => {
       );
       expect(result.code, `stderr was:\n${result.stderr}`).toBe(1);
       expect(errorLine(result)).toContain(`127.0.0.1:${port}`);
+    } finally {
+      occupier.close();
+    }
+  });
+
+  it('exits 1 with one line and no worker started when the HTTP address is in use', async () => {
+    const occupier = net.createServer();
+    await new Promise<void>((resolve, reject) => {
+      occupier.once('error', reject);
+      occupier.listen(0, '127.0.0.1', resolve);
+    });
+    const { port } = occupier.address() as net.AddressInfo;
+    try {
+      // The default log level: the status listener used to be bound after the workers, so their "worker ready"
+      // records came before the error.
+      const result = await runAsync('serve', '--listen', '127.0.0.1:0', '--workers', '2', '--http', `127.0.0.1:${port}`);
+      expect(result.code, `stderr was:\n${result.stderr}`).toBe(1);
+      expect(result.stderr).toBe(`flowlb: http address 127.0.0.1:${port} is already in use\n`);
+      expect(result.stdout).toBe('');
     } finally {
       occupier.close();
     }

@@ -2,12 +2,13 @@
  * The core service end to end, as a user runs it: the compiled CLI, real processes, real UDP on 127.0.0.1
  * and ::1. Every wait has a deadline.
  */
+import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
+import { CLI, Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
 const running: Running[] = [];
 const clients: Client[] = [];
@@ -153,6 +154,55 @@ describe('shutdown', () => {
   it('exits 0 on SIGINT', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2']);
     expect(await svc.stop('SIGINT')).toBe(0);
+  });
+
+  it('exits 0 on one stop request delivered twice at once (as `timeout` does: to the process and its group)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
+    const file = path.join(dir, 'flowlb.json');
+    // 5 ms per packet: 40 queued packets keep the shutdown busy for ~200 ms, when the repeat arrives.
+    fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 5000 } }));
+    try {
+      const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1', '--log-level', 'info']);
+      const c = await client();
+      for (let i = 0; i < 40; i++) c.socket.send(`p${i}`, svc.udpPort, '127.0.0.1');
+      await waitFor(async () => ((await svc.status()).workers[0].queueDepth > 10), 10_000, 'packets queued');
+      const exited = new Promise<number | null>((resolve) => svc.proc.once('exit', (code) => resolve(code)));
+      svc.proc.kill('SIGTERM');
+      // A few ms apart, as the two kill(2) calls of `timeout` land (two at once would merge into one pending signal).
+      await new Promise((r) => setTimeout(r, 30));
+      svc.proc.kill('SIGTERM');
+      // It used to take the repeat for a second Ctrl-C: "second signal: exiting now", exit 1, queued packets lost.
+      expect(await exited, svc.stderr()).toBe(0);
+      expect(svc.stderr()).not.toMatch(/second signal/);
+      await waitFor(() => c.replies.length === 40, 3000, 'every queued packet answered');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('exits 0 on SIGTERM while its workers are still starting, and leaves none behind', async () => {
+    const proc = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--http', 'off', '--workers', '2',
+      '--handler', path.join(FIXTURES, 'slow-start-handler.js'), '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+    proc.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+    const exited = new Promise<[number | null, string | null]>((resolve) => proc.once('exit', (code, signal) => resolve([code, signal])));
+    try {
+      const children = (): number[] => {
+        try { return fs.readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number); } catch { return []; }
+      };
+      // Both workers forked; their handler's init holds them for 3 s, so the service is not listening yet.
+      await waitFor(() => children().length === 2, 10_000, 'two workers forked');
+      const pids = children();
+      expect(out).not.toMatch(/listening/);
+      proc.kill('SIGTERM');
+      // It used to die of the signal (no handler yet) under workers still starting.
+      expect(await exited, `stderr: ${err}`).toEqual([0, null]);
+      await waitFor(() => pids.every((p) => !isAlive(p)), 5000, 'workers gone');
+      expect(err).not.toMatch(/\n\s+at /);
+    } finally {
+      proc.kill('SIGKILL');
+    }
   });
 });
 

@@ -22,6 +22,8 @@ import { WorkerSet } from './worker-set.js';
 /** Hold lanes: how many buckets may be migrating at once. */
 const MAX_HOLDS = 64;
 const WORKER_READY_TIMEOUT_MS = 15_000;
+/** A repeat of a stop signal within this is the same request delivered twice, not a second Ctrl-C. */
+const REPEATED_SIGNAL_MS = 250;
 /** A lane that crashes this often within RESPAWN_WINDOW_MS is not restarted again. */
 const MAX_RESPAWNS = 5;
 const RESPAWN_WINDOW_MS = 30_000;
@@ -154,6 +156,9 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     fronts.forEach((s, listener) => { sendTo(lane, { t: 'front', listener }, s); });
     w.on('message', (m: unknown, handle: unknown) => onWorkerMessage(lane, w, m, handle as dgram.Socket | undefined));
     w.on('exit', (code, signal) => onWorkerExit(lane, w, code, signal));
+    // An IPC send to a worker that is exiting fails asynchronously (EPIPE) as an 'error' event; unheard, it took the
+    // primary down with the whole service. The worker's 'exit' does the rest.
+    w.on('error', (err) => log.debug('worker IPC error', { err, worker: lane }));
     return w;
   }
 
@@ -212,23 +217,9 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     fork(lane);
   }
 
-  for (let lane = 0; lane < config.workers; lane++) fork(lane);
-  // Every bucket has an owner from the first packet on; packets that arrive before a worker reads its pipe wait in the pipe.
-  balancer.initialAssign((lane, msg) => sendTo(lane, msg));
-
-  // Wait until every worker is ready (or one failed).
-  const deadline = performance.now() + WORKER_READY_TIMEOUT_MS;
-  while (!workers.allReady() && startupError === null && performance.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  if (startupError !== null || !workers.allReady()) {
-    shuttingDown = true;
-    for (const s of fronts) try { s.close(); } catch { /* closed */ }
-    for (const w of workers.all()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
-    throw startupError ?? new FlowlbError('ERR_WORKER', `workers did not become ready within ${WORKER_READY_TIMEOUT_MS} ms`);
-  }
-  balancer.start();
-
+  // The status listener comes up before any worker: an address in use fails here, with one line and no worker
+  // started (after the workers, their "worker ready" records came first).
+  let reloads = 0, reloadsRejected = 0;
   let http: HttpServer | null = null;
   if (config.http) {
     try {
@@ -237,24 +228,54 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
         get reloads() { return { ok: reloads, rejected: reloadsRejected }; },
       });
     } catch (err) {
-      shuttingDown = true;
-      balancer.stop();
       for (const s of fronts) try { s.close(); } catch { /* closed */ }
-      for (const w of workers.all()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
       throw err;
     }
   }
 
-  const httpEndpoint = http?.endpoint ?? null;
-  // Installed before the listening line: whoever reads that line may signal at once.
-  let signals = 0;
+  // Signals are handled from before the first fork: one that arrives while the workers start stops them the
+  // same way (exit 0), instead of killing the primary by the default action under workers still starting.
+  let closing: Promise<void> | null = null;
+  let signals = 0, firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (++signals > 1) { log.warn('second signal: exiting now', { signal }); process.exit(1); }
+    const now = performance.now();
+    if (++signals > 1) {
+      // `timeout` and some supervisors deliver one stop request twice at once (to the process and to its group):
+      // only a signal that comes later means "exit now".
+      if (now - firstSignalAt < REPEATED_SIGNAL_MS) return;
+      log.warn('second signal: exiting now', { signal });
+      process.exit(1);
+    }
+    firstSignalAt = now;
     log.info('shutting down', { signal });
     close().then(() => process.exit(0), (err: unknown) => { log.error('shutdown failed', { err }); process.exit(1); });
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+
+  for (let lane = 0; lane < config.workers; lane++) fork(lane);
+  // Every bucket has an owner from the first packet on; packets that arrive before a worker reads its pipe wait in the pipe.
+  balancer.initialAssign((lane, msg) => sendTo(lane, msg));
+
+  // Wait until every worker is ready (or one failed).
+  const deadline = performance.now() + WORKER_READY_TIMEOUT_MS;
+  while (!workers.allReady() && startupError === null && closing === null && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  // Stopped by a signal while starting: close() is under way and the signal handler exits when it is done.
+  if (closing !== null) return await new Promise<never>(() => { /* never resolves */ });
+  if (startupError !== null || !workers.allReady()) {
+    shuttingDown = true;
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    for (const s of fronts) try { s.close(); } catch { /* closed */ }
+    for (const w of workers.all()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
+    await http?.close().catch(() => undefined);
+    throw startupError ?? new FlowlbError('ERR_WORKER', `workers did not become ready within ${WORKER_READY_TIMEOUT_MS} ms`);
+  }
+  balancer.start();
+
+  const httpEndpoint = http?.endpoint ?? null;
   // One line on stdout whatever the log level: where the service listens (port 0 resolved).
   process.stdout.write(
     `flowlb listening udp=${udp.map(formatEndpoint).join(',')} http=${httpEndpoint ? formatEndpoint(httpEndpoint) : 'off'} ` +
@@ -265,8 +286,6 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     buckets: config.buckets, handler: config.handler,
   });
 
-  let reloads = 0, reloadsRejected = 0;
-  let closing: Promise<void> | null = null;
   async function close(): Promise<void> {
     closing ??= (async () => {
       shuttingDown = true;

@@ -522,7 +522,8 @@ export async function runWorker(): Promise<void> {
     const msg = m as PrimaryToWorker;
     switch (msg.t) {
       case 'front': {
-        const s = handle as dgram.Socket;
+        const s = handle as dgram.Socket | undefined;
+        if (s === undefined) break; // the primary closed the socket before its handle crossed (stopping while we start)
         // Send-only in this process: the primary reads the front socket.
         stopReading(s);
         s.on('error', (err) => log.warn('front socket error', { err }));
