@@ -133,7 +133,7 @@ async function unitService(over: Partial<FlowlbConfig> = {}): Promise<UnitServic
   });
   dispatcher.setListeners([{ family: 4, port: 5300, address: new Uint8Array([127, 0, 0, 1]) }]);
   const workers = new WorkerSet(config.workers);
-  const migrator = new Migrator(dispatcher, { send: () => true, alive: () => true }, 1000, quiet, () => {});
+  const migrator = new Migrator(dispatcher, { send: () => true, alive: () => true, lastProgressMs: () => 0 }, 1000, quiet, () => {});
   const balancer = new Balancer(config, dispatcher, migrator, workers, quiet);
   balancer.initialAssign(() => {});
   const view: ServiceView = { config, dispatcher, workers, balancer, migrator, udp: [], log: quiet };
