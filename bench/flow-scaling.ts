@@ -112,7 +112,7 @@ async function populate(port: number, first: number, n: number, ratePps: number)
 // ---------------------------------------------------------------------------------------------------
 // The benchmark.
 
-interface Snap { machineBusy: number; dropped: Record<string, number>; workerDrops: Record<string, number>[]; flows: number; workerRss: number; primaryRss: number; handled: number; replies: number; received: number; cpuPrimary: number; cpuWorkers: number; t: number }
+interface Snap { machineBusy: number; softirq: number; dropped: Record<string, number>; workerDrops: Record<string, number>[]; flows: number; workerRss: number; primaryRss: number; handled: number; replies: number; received: number; cpuPrimary: number; cpuWorkers: number; t: number }
 
 function rssOf(pid: number): number {
   try {
@@ -121,20 +121,23 @@ function rssOf(pid: number): number {
   } catch { return NaN; }
 }
 
-/** CPU seconds the whole machine has been busy (all cores, /proc/stat, not idle or iowait). */
-function machineBusySeconds(): number {
+/**
+ * CPU seconds the whole machine has been busy (all cores, /proc/stat, not idle or iowait), and of that the
+ * softirq time: loopback packet delivery runs there and is charged to no process.
+ */
+function machineBusySeconds(): [number, number] {
   try {
     const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
-    return (f.slice(0, 8).reduce((a, b) => a + b, 0) - f[3]! - f[4]!) / 100;
-  } catch { return NaN; }
+    return [(f.slice(0, 8).reduce((a, b) => a + b, 0) - f[3]! - f[4]!) / 100, f[6]! / 100];
+  } catch { return [NaN, NaN]; }
 }
 
 async function snap(lb: Flowlb): Promise<Snap> {
-  const machineBusy = machineBusySeconds();
+  const [machineBusy, softirq] = machineBusySeconds();
   const st = await lb.status();
   const ws = st.workers as { pid: number; flowsActive: number; rssBytes: number; handled: number; replies: number }[];
   return {
-    machineBusy, dropped: st.dropped, workerDrops: (st.workers as { drops: Record<string, number> }[]).map((w) => w.drops),
+    machineBusy, softirq, dropped: st.dropped, workerDrops: (st.workers as { drops: Record<string, number> }[]).map((w) => w.drops),
     flows: ws.reduce((a, w) => a + w.flowsActive, 0), workerRss: ws.reduce((a, w) => a + w.rssBytes, 0), primaryRss: rssOf(st.pid),
     handled: ws.reduce((a, w) => a + w.handled, 0), replies: ws.reduce((a, w) => a + w.replies, 0), received: st.received,
     cpuPrimary: cpuSeconds(st.pid), cpuWorkers: ws.reduce((a, w) => a + cpuSeconds(w.pid), 0), t: performance.now(),
@@ -162,7 +165,7 @@ function genLayout(n: number): { procs: number; srcAddrs: number } {
 }
 
 interface Window { fromSnap: Snap; toSnap: Snap }
-function perPacket(w: Window): { primaryUs: number; workersUs: number; totalUs: number; packets: number; seconds: number; repliesPerSec: number; machineBusyCores: number; flowlbCores: number } {
+function perPacket(w: Window): { primaryUs: number; workersUs: number; totalUs: number; packets: number; seconds: number; repliesPerSec: number; machineBusyCores: number; softirqCores: number; flowlbCores: number } {
   const packets = w.toSnap.handled - w.fromSnap.handled;
   const primaryUs = ((w.toSnap.cpuPrimary - w.fromSnap.cpuPrimary) * 1e6) / packets;
   const workersUs = ((w.toSnap.cpuWorkers - w.fromSnap.cpuWorkers) * 1e6) / packets;
@@ -170,6 +173,7 @@ function perPacket(w: Window): { primaryUs: number; workersUs: number; totalUs: 
   return {
     primaryUs, workersUs, totalUs: primaryUs + workersUs, packets, seconds, repliesPerSec: (w.toSnap.replies - w.fromSnap.replies) / seconds,
     machineBusyCores: (w.toSnap.machineBusy - w.fromSnap.machineBusy) / seconds,
+    softirqCores: (w.toSnap.softirq - w.fromSnap.softirq) / seconds,
     flowlbCores: (w.toSnap.cpuPrimary - w.fromSnap.cpuPrimary + w.toSnap.cpuWorkers - w.fromSnap.cpuWorkers) / seconds,
   };
 }
@@ -266,8 +270,9 @@ async function nativeSection(o: NativeOpts): Promise<Record<string, unknown>> {
       row.warmup = { ...fixed.warmup, flowsInTables: aw.flows, drops: { primary: aw.dropped, workers: aw.workerDrops } };
       row.memory = { workerRssBeforeBytes: base.workerRss, workerRssAfterWarmupBytes: aw.workerRss, bytesPerFlow: (aw.workerRss - base.workerRss) / flowsAdded, primaryRssDeltaBytes: aw.primaryRss - base.primaryRss };
       const fx = perPacket({ fromSnap: f0, toSnap: f1 });
-      // Cores busy with anything but flowlb and the generator during the window: the other users of this machine.
-      const othersFixed = fx.machineBusyCores - fx.flowlbCores - fixed.cpuSeconds.measure / fixed.seconds;
+      // Cores busy with anything but flowlb, the generator and softirq (packet delivery) during the window: the
+      // other users of this machine.
+      const othersFixed = fx.machineBusyCores - fx.softirqCores - fx.flowlbCores - fixed.cpuSeconds.measure / fixed.seconds;
       row.fixed = { othersCores: othersFixed, offeredPps: o.rate, sentPps: fixed.sentPps, lossPct: fixed.lossPct, reordered: fixed.reordered, rttNs: fixed.rttNs, steady: fx, generatorCpuUsPerPacket: (fixed.cpuSeconds.measure * 1e6) / fixed.sent };
       console.log(`native ${String(n).padStart(7)} flows: warm-up ${fixed.warmup.sent} packets in ${fixed.warmup.passes} pass(es), ${fixed.warmup.seconds.toFixed(1)} s, ${aw.flows} flows in the tables; ` +
         `workers' RSS +${((aw.workerRss - base.workerRss) / 2 ** 20).toFixed(1)} MiB = ${(row.memory as { bytesPerFlow: number }).bytesPerFlow.toFixed(0)} bytes/flow`);
@@ -286,14 +291,14 @@ async function nativeSection(o: NativeOpts): Promise<Record<string, unknown>> {
       // Saturated: flowlb replied to clearly less than the generator sent (the rest it could not take).
       const saturated = st.repliesPerSec < 0.9 * sat.sentPps;
       const sentBelowOffered = sat.sentPps < 0.97 * o.satRate;
-      const othersSat = st.machineBusyCores - st.flowlbCores - sat.cpuSeconds.measure / sat.seconds;
+      const othersSat = st.machineBusyCores - st.softirqCores - st.flowlbCores - sat.cpuSeconds.measure / sat.seconds;
       row.saturated = {
         othersCores: othersSat, offeredPps: o.satRate, sentPps: sat.sentPps, generatorReceivedPps: sat.receivedPps, lossPct: sat.lossPct, reordered: sat.reordered,
         windowMs: satWindowMs, steady: st, flowsInTables: s1.flows, saturated, sentBelowOffered,
         generatorCpuUsPerPacket: (sat.cpuSeconds.measure * 1e6) / sat.sent, drops: { primary: s1.dropped, workers: s1.workerDrops },
       };
       console.log(`   offered ${o.satRate} pps (sent ${Math.round(sat.sentPps)}${sentBelowOffered ? ': the generator fell behind its schedule, CPU shared with flowlb' : ''}): ${Math.round(st.repliesPerSec)} replies/s over ${(satWindowMs / 1000).toFixed(1)} s${saturated ? '' : ' (NOT saturated: flowlb took nearly all)'}, ` +
-        `CPU ${st.totalUs.toFixed(2)} us/packet, ${s1.flows} flows in the tables; other users of the machine ${othersSat.toFixed(2)} cores`);
+        `CPU ${st.totalUs.toFixed(2)} us/packet, ${s1.flows} flows in the tables; softirq ${st.softirqCores.toFixed(2)} cores, other users of the machine ${othersSat.toFixed(2)} cores`);
     } finally { await lb.stop(); }
     rows.push(row);
   }
