@@ -2,7 +2,9 @@
  * The proxy handler through the whole service: real backends on loopback, weighted Maglev split, per-flow
  * upstream sockets, idle expiry.
  */
+import { execFileSync } from 'node:child_process';
 import dgram from 'node:dgram';
+import fs from 'node:fs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { hashTupleStrings, loadHasher, type RawHasher } from '../src/datapath/tuple.js';
 import { Client, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
@@ -156,5 +158,44 @@ describe('proxy flows migrate with their upstream socket', () => {
       expect(b.seen.get(`m${i}`)?.size).toBe(1);
       expect(c.replies.map(String)).toEqual([1, 2, 3].map((p) => `M m${i} ${p}`));
     }
+  });
+
+  it('out of file descriptors (a socket per flow): new flows are counted as connect_failed and the worker keeps reporting', async () => {
+    const b = await backend('A');
+    closers.push(() => b.socket.close());
+    const svc = await startFlowlb([
+      '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '1', '--handler', 'proxy', '--log-level', 'error',
+      '--backend', `127.0.0.1:${b.port}`,
+    ]);
+    running.push(svc);
+    const worker: number = (await svc.status()).workers[0].pid;
+    const openFds = fs.readdirSync(`/proc/${worker}/fd`).length;
+    // Room for 40 more descriptors in the worker: the proxy's upstream sockets use them up.
+    execFileSync('prlimit', ['--pid', String(worker), `--nofile=${openFds + 40}:${openFds + 40}`]);
+    const clients: Client[] = [];
+    for (let i = 0; i < 120; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      clients.push(c);
+      closers.push(() => c.close());
+      await c.send(`f${i} 1`, svc.udpPort, '127.0.0.1');
+    }
+    await waitFor(async () => {
+      const st = await svc.status();
+      return st.workers[0].handled === 120;
+    }, 10_000, 'every packet handled and reported');
+    const m = await svc.metrics();
+    const value = (re: RegExp): number => Number(re.exec(m)?.[1] ?? NaN);
+    const answered = clients.filter((c) => c.replies.length === 1).length;
+    const failed = value(/^flowlb_proxy_dropped_packets_total\{reason="connect_failed"\} (\d+)$/m);
+    expect(answered).toBeGreaterThan(10);
+    expect(failed).toBeGreaterThan(10);
+    expect(answered + failed).toBe(120);
+    // The worker's load report reads its RSS from /proc, which needs a descriptor too: it threw EMFILE every
+    // report interval (counted as handler crashes, the report lost) while the worker was out of descriptors.
+    expect(value(/^flowlb_handler_crashes_total\{worker="0"\} (\d+)$/m)).toBe(0);
+    const before = (await svc.status()).workers[0].cpuLast;
+    await new Promise((r) => setTimeout(r, 500));
+    expect(value(/^flowlb_worker_up\{worker="0"\} (\d+)$/m)).toBe(1);
+    expect((await svc.status()).workers[0].cpuLast).not.toBe(before);
   });
 });

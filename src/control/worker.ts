@@ -567,6 +567,10 @@ export async function runWorker(): Promise<void> {
   const sweepEveryMs = Math.max(50, Math.min(1000, Math.floor(config.idleTimeoutMs / SWEEP_SLICES)));
   const sweepTimer = setInterval(() => rt.sweep(), sweepEveryMs);
 
+  // RSS comes from /proc/self/stat, which needs a descriptor: out of them (a proxy holds a socket per flow) it throws
+  // EMFILE, and the whole report was lost with it. Keep the last value instead.
+  let lastRss = 0;
+  const readRss = (): number => { try { return (lastRss = process.memoryUsage.rss()); } catch { return lastRss; } };
   let seq = 0;
   let lastWall = performance.now();
   let lastCpu = process.cpuUsage();
@@ -585,7 +589,7 @@ export async function runWorker(): Promise<void> {
     send({
       t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
       peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters,
-      memRss: process.memoryUsage.rss(), cpuUs: cpu.user + cpu.system, handlerCounters,
+      memRss: readRss(), cpuUs: cpu.user + cpu.system, handlerCounters,
     });
     lastWall = now; lastCpu = cpu; lastElu = elu;
   }, config.balancer.reportIntervalMs);
