@@ -297,7 +297,10 @@ function readChoice<T extends string>(value: unknown, what: string, choices: rea
 }
 
 function readDurationValue(value: unknown, what: string): number {
-  if (typeof value !== 'string' && typeof value !== 'number') return parseDuration(NaN, what);
+  if (typeof value !== 'string' && typeof value !== 'number') {
+    // Not NaN in the message: name what the file holds (true, null, an object).
+    throw new ConfigError(`${what} must be a positive duration such as 500ms, 60s, 5m or 1h (at most 24d), got ${show(value)}`);
+  }
   return parseDuration(value, what);
 }
 
@@ -672,6 +675,8 @@ export async function readConfigFile(file: string): Promise<unknown> {
     const reason = code === 'ENOENT' ? 'not found' : code === 'EISDIR' ? 'is a directory' : `cannot be read (${code ?? (err as Error).message})`;
     throw new ConfigError(`config file ${file}: ${reason}`);
   }
+  // Editors on Windows save UTF-8 with a byte order mark; JSON.parse rejects it ("Unexpected token").
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {

@@ -271,6 +271,20 @@ describe('resolveConfig: defaults and flags', () => {
 });
 
 describe('resolveConfig: config file', () => {
+  it('reads a file saved with a UTF-8 byte order mark', async () => {
+    const file = writeConfig('\ufeff' + JSON.stringify({ workers: 3 }));
+    expect((await resolveConfig({ config: file }, tmp)).workers).toBe(3);
+  });
+
+  it('names a duration of the wrong JSON type as the file has it, not as NaN', async () => {
+    const file = writeConfig({ idleTimeout: true, balancer: {} });
+    expect((await asyncConfigError(resolveConfig({ config: file }, tmp))).message).toBe(
+      `config file ${file}: idleTimeout must be a positive duration such as 500ms, 60s, 5m or 1h (at most 24d), got true`,
+    );
+    const other = writeConfig({ balancer: { migrationTimeout: null } });
+    expect((await asyncConfigError(resolveConfig({ config: other }, tmp))).message).toMatch(/balancer\.migrationTimeout must be .* got null$/);
+  });
+
   it('reads every field in its human forms, and flags override the file', async () => {
     const handlerFile = path.join(tmp, 'file-handler.js');
     writeFileSync(handlerFile, 'export default {}');
