@@ -103,6 +103,27 @@ describe('bad input', () => {
     }, 3000, 'handler_error counted');
   });
 
+  it('a worker stuck in its handler is reported down (/healthz 503, /status stalled, flowlb_worker_up 0)', async () => {
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--handler', path.join(FIXTURES, 'hang-handler.js')]);
+    expect((await fetch(`${svc.httpUrl}/healthz`)).status).toBe(200);
+    const c = await client();
+    const where = await (await fetch(`${svc.httpUrl}/where?src=127.0.0.1:${c.socket.address().port}`)).json();
+    const stuckPid: number = (await svc.status()).workers[where.worker].pid;
+    try {
+      await c.send('hang', svc.udpPort, '127.0.0.1');
+      // It used to stay "ready", healthy and up forever while the flows of its buckets got no answer.
+      await waitFor(async () => (await fetch(`${svc.httpUrl}/healthz`)).status === 503, 8000, '/healthz 503');
+      const st = await svc.status();
+      expect(st.workers.map((w: { stalled: boolean }) => w.stalled)).toEqual([0, 1].map((l) => l === where.worker));
+      expect(st.workers[where.worker].reportAgeMs).toBeGreaterThan(2000);
+      expect(await svc.metrics()).toContain(`flowlb_worker_up{worker="${where.worker}"} 0`);
+      expect(await svc.metrics()).toContain(`flowlb_worker_up{worker="${1 - where.worker}"} 1`);
+    } finally {
+      // A worker spinning in its handler never sees its primary go (stopAll SIGKILLs the primary): kill it here.
+      try { process.kill(stuckPid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  });
+
   it('counts datagrams larger than --max-datagram as oversize and keeps serving', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '1', '--max-datagram', '1000']);
     const c = await client();

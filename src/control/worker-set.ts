@@ -26,6 +26,8 @@ interface LaneState {
   lastReport: WorkerReportMsg | null;
   /** performance.now() when a report showing the handled-packet counter advanced last arrived. */
   lastProgressMs: number;
+  /** performance.now() of the latest report (or of readiness, before the first one). */
+  lastReportAt: number;
   /** Counters of processes that served this lane before (so cluster totals never go backwards after a crash). */
   retired: RetiredCounters;
   crashes: number[];
@@ -54,7 +56,7 @@ export class WorkerSet {
   constructor(readonly size: number) {
     for (let i = 0; i < size; i++) {
       this.lanes.push({
-        worker: null, listening: false, pending: [], pid: 0, ready: false, everReady: false, startedAt: 0, lastReport: null, lastProgressMs: -Infinity, retired: emptyRetired(),
+        worker: null, listening: false, pending: [], pid: 0, ready: false, everReady: false, startedAt: 0, lastReport: null, lastProgressMs: -Infinity, lastReportAt: -Infinity, retired: emptyRetired(),
         crashes: [], restarts: -1,
       });
     }
@@ -70,6 +72,7 @@ export class WorkerSet {
     s.startedAt = Date.now();
     s.lastReport = null;
     s.lastProgressMs = -Infinity;
+    s.lastReportAt = -Infinity;
     s.restarts++;
   }
 
@@ -110,6 +113,7 @@ export class WorkerSet {
     s.ready = true;
     s.everReady = true;
     s.pid = pid;
+    s.lastReportAt = performance.now();
   }
 
   ingestReport(lane: number, r: WorkerReportMsg): void {
@@ -117,6 +121,7 @@ export class WorkerSet {
     const prev = s.lastReport;
     if (prev !== null && r.counters.handled > prev.counters.handled) s.lastProgressMs = performance.now();
     s.lastReport = r;
+    s.lastReportAt = performance.now();
   }
 
   /** Records a crash; true if the lane crashed too often to be restarted. */
@@ -137,7 +142,19 @@ export class WorkerSet {
   lastReport(lane: number): WorkerReportMsg | null { return this.lanes[lane]!.lastReport; }
   /** When the lane last showed progress (a report with its handled-packet counter advanced); -Infinity if never. */
   lastProgressMs(lane: number): number { return this.lanes[lane]?.lastProgressMs ?? -Infinity; }
+  /** Milliseconds since the lane's latest report (since readiness before the first); Infinity if never ready. */
+  reportAgeMs(lane: number): number { return performance.now() - (this.lanes[lane]?.lastReportAt ?? -Infinity); }
+  /**
+   * Ready and reporting: a worker stuck in a handler (an endless loop, a blocking call) stays "ready" but its
+   * reports stop; past `stalledAfterMs` it counts as down for /healthz, /status and flowlb_worker_up.
+   */
+  isUp(lane: number, stalledAfterMs: number): boolean { return this.isReady(lane) && this.reportAgeMs(lane) <= stalledAfterMs; }
   retired(lane: number): RetiredCounters { return this.lanes[lane]!.retired; }
   restarts(lane: number): number { return Math.max(0, this.lanes[lane]!.restarts); }
   all(): Worker[] { return this.lanes.map((s) => s.worker).filter((w): w is Worker => w !== null); }
+}
+
+/** A worker that has not reported for this long is stalled: 20 report intervals, at least 2 s. */
+export function stalledAfterMs(reportIntervalMs: number): number {
+  return Math.max(2000, 20 * reportIntervalMs);
 }

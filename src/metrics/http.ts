@@ -9,7 +9,7 @@ import { BindError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Balancer } from '../control/balancer.js';
 import type { Migrator } from '../control/migrator.js';
-import type { WorkerSet } from '../control/worker-set.js';
+import { stalledAfterMs, type WorkerSet } from '../control/worker-set.js';
 import { createMetrics } from './registry.js';
 import { socketDrops } from './socket-drops.js';
 import { where } from '../control/where.js';
@@ -35,6 +35,9 @@ export interface HttpServer {
 /** Ready when every worker is up and owns its share: no bucket unassigned, none held by a dead lane. */
 export function isHealthy(v: ServiceView): boolean {
   if (!v.workers.allReady()) return false;
+  // A worker stuck in its handler stays "ready" but stops reporting (and serving its flows).
+  const stalled = stalledAfterMs(v.config.balancer.reportIntervalMs);
+  for (let lane = 0; lane < v.config.workers; lane++) if (!v.workers.isUp(lane, stalled)) return false;
   const owner = v.dispatcher.table.owner;
   for (let b = 0; b < owner.length; b++) {
     const o = owner[b]!;
@@ -55,6 +58,9 @@ export function buildStatus(v: ServiceView): unknown {
       id: lane,
       pid: v.workers.pid(lane),
       ready: v.workers.isReady(lane),
+      // Ready but no report for stalledAfterMs: stuck (e.g. an endless loop in the handler); counts as down.
+      stalled: v.workers.isReady(lane) && !v.workers.isUp(lane, stalledAfterMs(v.config.balancer.reportIntervalMs)),
+      reportAgeMs: Math.round(Math.min(v.workers.reportAgeMs(lane), 1e12)),
       restarts: v.workers.restarts(lane),
       cpuUtil: v.balancer.model.cpuUtil[lane],
       elu: v.balancer.model.elu[lane],

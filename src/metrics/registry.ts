@@ -18,6 +18,7 @@ import client from 'prom-client';
 import { DROP_MIGRATION_LATE, DROP_REASON_COUNT, DROP_REASONS } from '../datapath/counters.js';
 import { MIGRATION_BUCKETS_S } from '../control/migrator.js';
 import { LATENCY_BOUNDS_MS } from '../control/protocol.js';
+import { stalledAfterMs } from '../control/worker-set.js';
 import type { ServiceView } from './http.js';
 import { socketDrops } from './socket-drops.js';
 
@@ -235,7 +236,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     latencySumMs += t.latencySumMs + num(c?.latencySumMs);
     const cpuUs = (r as { cpuUs?: number } | null)?.cpuUs;
     lanes.push({
-      up: w.isReady(lane),
+      up: w.isUp(lane, stalledAfterMs(v.config.balancer.reportIntervalMs)),
       restarts: w.restarts(lane),
       dispatchedPackets: d.lanePackets[lane]!,
       dispatchedBytes: d.laneBytes[lane]!,
@@ -405,7 +406,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_held_packets', type: 'gauge', help: 'Datagrams the primary holds for buckets being migrated.', read: (s) => [{ value: s.held }] },
   { name: 'flowlb_table_epoch', type: 'gauge', help: 'Version of the bucket table; rises with every applied move.', read: (s) => [{ value: s.epoch }] },
   // workers
-  { name: 'flowlb_worker_up', type: 'gauge', help: '1 if the worker of this lane is running and ready, else 0.', read: perWorker((l) => (l.up ? 1 : 0)) },
+  { name: 'flowlb_worker_up', type: 'gauge', help: '1 if the worker of this lane is running, ready and reporting, else 0.', read: perWorker((l) => (l.up ? 1 : 0)) },
   { name: 'flowlb_worker_restarts_total', type: 'counter', help: 'Times the lane\'s worker was replaced after it exited.', read: perWorker((l) => l.restarts) },
   { name: 'flowlb_worker_received_packets_total', type: 'counter', help: 'Packets the worker read from its channel.', read: perWorker((l) => l.rxPackets) },
   { name: 'flowlb_worker_received_bytes_total', type: 'counter', help: 'Payload bytes the worker read from its channel.', read: perWorker((l) => l.rxBytes) },
