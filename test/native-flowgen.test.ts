@@ -36,9 +36,15 @@ describe('native flowgen through flowlb', () => {
     expect(r.rttNs.count).toBe(FLOWS * ROUNDS);
     expect(r.rttNs.p50).toBeGreaterThan(0);
 
-    // flowlb saw exactly FLOWS distinct 4-tuples (nothing expires: idle timeout 5 min).
-    const st = await svc.status();
-    const workers = st.workers as { flowsActive: number; replies: number }[];
+    // flowlb saw exactly FLOWS distinct 4-tuples (nothing expires: idle timeout 5 min). Its per-worker counters
+    // come with the workers' periodic reports: wait until the last replies are in them (at most 5 s).
+    type W = { flowsActive: number; replies: number };
+    let workers: W[] = [];
+    for (const until = Date.now() + 5000; ;) {
+      workers = (await svc.status()).workers as W[];
+      if (workers.reduce((a, w) => a + w.replies, 0) >= FLOWS * (ROUNDS + 1) || Date.now() > until) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     expect(workers.reduce((a, w) => a + w.flowsActive, 0)).toBe(FLOWS);
     expect(workers.reduce((a, w) => a + w.replies, 0)).toBe(FLOWS * (ROUNDS + 1));
     expect(workers.every((w) => w.flowsActive > 0)).toBe(true);
