@@ -42,7 +42,9 @@ export const DEFAULT_QUANTUM_BYTES = 1500;
 /** Packets held for a migrating bucket in the primary; beyond it they are dropped (reason hold_overflow). */
 export const DEFAULT_HOLD_LIMIT = 4096;
 /**
- * A migration whose old owner never answers ends after this; its flows' state is then lost. 2 s was measured too
+ * A migration whose old owner shows no progress for this long ends (a progressing one is given up to 4x, see
+ * migrator.ts); a late answer is counted (migration_late) and its flow state imported where the new owner has
+ * none. 2 s was measured too
  * short for a worker releasing ~1000 flows on a CPU-starved machine (1.7 s seen on a quiet one).
  */
 export const DEFAULT_MIGRATION_TIMEOUT_MS = 5_000;
