@@ -36,7 +36,8 @@ function describeUsageError(message: string, args: readonly string[]): string {
     );
     return typed ?? name;
   });
-  if (names.length === 1 && names[0] === firstWord && args[0] === firstWord) {
+  // A mistyped command comes first; yargs then also reports the command's own flags as unknown ("--http, serv").
+  if (firstWord !== undefined && args[0] === firstWord && names.includes(firstWord)) {
     return `unknown command ${firstWord} (commands: serve, gen, backend, top, where)`;
   }
   const allOptions = names.every((name) => name.startsWith('-'));
@@ -77,7 +78,7 @@ const parser = yargs(args)
   .command(backendCommand)
   .command(topCommand)
   .command(whereCommand)
-  .demandCommand(1, 'a command is required: serve, gen, backend or top (see flowlb --help)')
+  .demandCommand(1, 'a command is required: serve, gen, backend, top or where (see flowlb --help)')
   .strict()
   .help()
   .wrap(Math.min(HELP_WIDTH, process.stdout.columns || HELP_WIDTH))

@@ -160,6 +160,13 @@ describe('flowlb usage and config errors', () => {
     expect(expectUsageFailure(run('serv'))).toMatch(/^flowlb: unknown command serv\b/);
   });
 
+  it('names a mistyped command as such when flags follow it', () => {
+    // It said "unknown arguments --http, serv", blaming a valid flag.
+    expect(expectUsageFailure(run('serv', '--http', 'off', '--workers', '2'))).toBe(
+      'flowlb: unknown command serv (commands: serve, gen, backend, top, where)',
+    );
+  });
+
   it('rejects an unexpected positional argument', () => {
     expect(expectUsageFailure(run('serve', 'extra'))).toBe('flowlb: unknown argument extra (see flowlb --help)');
   });

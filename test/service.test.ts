@@ -124,6 +124,18 @@ describe('bad input', () => {
     }
   });
 
+  it('POST /admin/move without its parameters is a 400, not a move of bucket 0 to worker 0', async () => {
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance']);
+    const post = async (query: string): Promise<number> => (await fetch(`${svc.httpUrl}/admin/move${query}`, { method: 'POST' })).status;
+    expect(await post('')).toBe(400);
+    expect(await post('?bucket=5')).toBe(400);
+    expect(await post('?to=1')).toBe(400);
+    expect(await post('?bucket=&to=')).toBe(400);
+    expect((await svc.status()).migrations.completed).toBe(0);
+    // Both parameters given: started (202), or 409 if worker 1 owns bucket 5 already.
+    expect([202, 409]).toContain(await post('?bucket=5&to=1'));
+  });
+
   it('counts datagrams larger than --max-datagram as oversize and keeps serving', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '1', '--max-datagram', '1000']);
     const c = await client();

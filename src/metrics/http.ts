@@ -123,7 +123,9 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
     if (req.method === 'POST' && url === '/admin/move') {
       // Operator action (and the migration benchmarks): move one bucket to a worker now, with its flows' state.
       const q = new URLSearchParams(query ?? '');
-      const bucket = Number(q.get('bucket')), to = Number(q.get('to'));
+      // Number(null) and Number('') are 0: a missing parameter must not mean "bucket 0" or "worker 0".
+      const param = (name: string): number => { const t = q.get(name); return t === null || t.trim() === '' ? NaN : Number(t); };
+      const bucket = param('bucket'), to = param('to');
       if (!Number.isInteger(bucket) || bucket < 0 || bucket >= v.config.buckets || !Number.isInteger(to) || to < 0 || to >= v.config.workers) {
         res.writeHead(400, { 'content-type': 'text/plain' }).end(`bucket must be 0..${v.config.buckets - 1} and to 0..${v.config.workers - 1}\n`);
         return;
