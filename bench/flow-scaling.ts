@@ -323,7 +323,9 @@ async function nativeSection(o: NativeOpts): Promise<Record<string, unknown>> {
   const sm = res.summary as { throughputRatioLargestTo1k: number; cpuRatioLargestTo1k: number; cpuSaturatedRatioLargestTo1k: number };
   const q = (res.summary as { quietRepliesPerSec: Record<string, number> }).quietRepliesPerSec;
   console.log(`native: saturated replies/s at ${big} flows / at 1k: ${sm.throughputRatioLargestTo1k.toFixed(2)} (target >= 0.8); CPU per packet ${sm.cpuRatioLargestTo1k.toFixed(2)}x at ${o.rate} pps, ${sm.cpuSaturatedRatioLargestTo1k.toFixed(2)}x saturated; ` +
-    `rounds with the rest of the machine < 0.3 cores busy: ${Object.entries(q).map(([k, v]) => `${k}: ${Math.round(v)}`).join(', ')} replies/s (ratio ${(q[String(big)]! / q['1000']!).toFixed(2)})`);
+    (Number.isFinite(q[String(big)]! / q['1000']!)
+      ? `rounds with the rest of the machine < 0.3 cores busy: ${Object.entries(q).map(([k, v]) => `${k}: ${Math.round(v)}`).join(', ')} replies/s (ratio ${(q[String(big)]! / q['1000']!).toFixed(2)})`
+      : 'no round with the rest of the machine < 0.3 cores busy at both ends: the ratio above is a busy machine\'s'));
   return res;
 }
 
