@@ -16,8 +16,8 @@
  * flows (flow k % N), paced to --rate pps on a fixed schedule (0 or "max" = as fast as it can; paced sends
  * go in bursts at most every --tick-us, default 100 us, catching up with the schedule), until --duration
  * seconds or --count packets, whichever comes first; then a drain of --drain-ms for late replies.
- * It always stops by itself: the measured phase is bounded by duration (default 5 s when neither is given)
- * and the warm-up by its pass count.
+ * It always stops by itself: the measured phase is bounded by duration (default 5 s when neither is given;
+ * with --count alone, twice the count's scheduled time + 60 s) and the warm-up by its pass count.
  *
  * Accounting, per flow (arrays sized at start): next seq to send, highest seq received + 1, and a 64-bit
  * bitmap of the last 64 seqs received. received = distinct seqs back; duplicated = a seq already seen;
@@ -204,6 +204,8 @@ static void parse(int argc, char **argv) {
   }
   if (opt.mode == 0 && !have_target) usage_die("--target IPv4:PORT is required");
   if (opt.duration < 0 && opt.count == 0) opt.duration = 5;
+  /* --count alone: still a time bound, twice the scheduled time plus a minute (a minute at "max"). */
+  if (opt.duration < 0) opt.duration = (opt.rate > 0 ? 2.0 * (double)opt.count / opt.rate : 0) + 60;
   if (opt.mode != 0 && opt.duration <= 0) opt.duration = 5;
   if (opt.flows < 1) usage_die("--flows must be >= 1");
   if (opt.size < HDR_BYTES || opt.size > MAX_PAYLOAD) usage_die("--size must be 24..2048");
