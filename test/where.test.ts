@@ -26,6 +26,25 @@ describe('where', () => {
     }
   });
 
+  it('takes the listener of the client\'s address family as the default destination', async () => {
+    // With an IPv6 listener first, an IPv4 client's flow was answered with 400 "not an IPv4 address: ::1".
+    running = await startFlowlb(['--listen', '[::1]:0', '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '3',
+      '--no-balance', '--log-level', 'warn', '--handler', path.join(FIXTURES, 'seq-handler.js')]);
+    const v4 = (await running.status()).udp.find((u: { family: number }) => u.family === 4).port as number;
+    for (const family of [4, 6] as const) {
+      for (let i = 0; i < 6; i++) {
+        const c = await new Client(family).bind(family === 4 ? '127.0.0.1' : '::1');
+        closers.push(() => c.close());
+        await c.send('1', family === 4 ? v4 : running.udpPort, family === 4 ? '127.0.0.1' : '::1');
+        await waitFor(() => c.replies.length === 1, 5000, 'reply');
+        const src = family === 4 ? `127.0.0.1:${c.port}` : `[::1]:${c.port}`;
+        const res = await fetch(`http://127.0.0.1:${running.httpPort}/where?src=${encodeURIComponent(src)}`);
+        expect(res.status, await res.clone().text()).toBe(200);
+        expect((await res.json()).worker).toBe(Number(c.replies[0]!.toString().split(' ')[0]));
+      }
+    }
+  });
+
   it('names the proxy backend a flow uses, offline as well', async () => {
     const backends = await Promise.all(['A', 'B', 'C'].map(async (id) => {
       const s = dgram.createSocket('udp4');

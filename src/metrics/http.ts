@@ -140,9 +140,11 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
       const ok = isHealthy(v);
       res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ok\n' : 'not ready\n');
     } else if (url === '/where') {
-      // "Where would this flow go": src=IP:PORT [dst=IP:PORT, default the first listener].
+      // "Where would this flow go": src=IP:PORT [dst=IP:PORT, default the first listener of src's family: an IPv4
+      // client cannot have sent to an IPv6 listener, which are IPv6-only].
       const q = new URLSearchParams(query ?? '');
-      const l = v.udp[0]!;
+      const srcFamily = (q.get('src') ?? '').startsWith('[') ? 6 : 4;
+      const l = v.udp.find((u) => u.family === srcFamily) ?? v.udp[0]!;
       try {
         const dst = q.get('dst') ?? (l.family === 6 ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`);
         const answer = where(whereHasher!, q.get('src') ?? '', dst, v.config.buckets,
