@@ -213,6 +213,26 @@ describe('shutdown', () => {
     }
   });
 
+  it('starts when its workers become ready one after another over more than 15 s in all', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
+    const file = path.join(dir, 'flowlb.json');
+    // Worker 0 is ready after ~8 s, worker 1 after ~16 s: never 15 s without progress, but 16 s in all. A fixed 15 s
+    // deadline for all of them failed such a start ("workers did not become ready within 15000 ms"), as it did for
+    // 32 workers on 2 busy cores.
+    fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'slow-start-handler.js'), handlerOptions: { startMs: 8000, perWorkerMs: 8000 } }));
+    try {
+      const t0 = Date.now();
+      const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn'], 40_000);
+      running.push(svc);
+      expect(Date.now() - t0).toBeGreaterThan(15_000);
+      const c = await client();
+      await c.send('x', svc.udpPort, '127.0.0.1');
+      await waitFor(() => c.replies.length === 1, 5000, 'echo');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
   it('exits 0 on SIGTERM while its workers are still starting, and leaves none behind', async () => {
     const proc = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--http', 'off', '--workers', '2',
       '--handler', path.join(FIXTURES, 'slow-start-handler.js'), '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });

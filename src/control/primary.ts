@@ -21,6 +21,7 @@ import { WorkerSet } from './worker-set.js';
 
 /** Hold lanes: how many buckets may be migrating at once. */
 const MAX_HOLDS = 64;
+/** Start fails when no further worker became ready for this long (many workers on few cores start one after another). */
 const WORKER_READY_TIMEOUT_MS = 15_000;
 /** A repeat of a stop signal within this is the same request delivered twice, not a second Ctrl-C. */
 const REPEATED_SIGNAL_MS = 250;
@@ -258,9 +259,14 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   balancer.initialAssign((lane, msg) => sendTo(lane, msg));
 
   // Wait until every worker is ready (or one failed).
-  const deadline = performance.now() + WORKER_READY_TIMEOUT_MS;
+  // The deadline moves on with every worker that becomes ready: 32 workers on 2 busy cores took more than 15 s in
+  // all and failed although they were all coming up.
+  let deadline = performance.now() + WORKER_READY_TIMEOUT_MS;
+  let readySeen = 0;
   while (!workers.allReady() && startupError === null && closing === null && performance.now() < deadline) {
     await new Promise((r) => setTimeout(r, 10));
+    const ready = workers.readyCount();
+    if (ready > readySeen) { readySeen = ready; deadline = performance.now() + WORKER_READY_TIMEOUT_MS; }
   }
   // Stopped by a signal while starting: close() is under way and the signal handler exits when it is done.
   if (closing !== null) return await new Promise<never>(() => { /* never resolves */ });
@@ -271,7 +277,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     for (const s of fronts) try { s.close(); } catch { /* closed */ }
     for (const w of workers.all()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
     await http?.close().catch(() => undefined);
-    throw startupError ?? new FlowlbError('ERR_WORKER', `workers did not become ready within ${WORKER_READY_TIMEOUT_MS} ms`);
+    throw startupError ?? new FlowlbError('ERR_WORKER', `${config.workers - workers.readyCount()} of ${config.workers} workers did not become ready (none for ${WORKER_READY_TIMEOUT_MS} ms)`);
   }
   balancer.start();
 
