@@ -290,7 +290,7 @@ tests:
           - exp_labels: { severity: warning, job: flowlb, instance: a, outcome: timeout }
             exp_annotations:
               summary: 'flowlb a: 1 bucket migrations timed out in 10m'
-              description: 'A worker did not hand over a bucket within the migration timeout; the flows of that bucket lost their state (and held packets may have been dropped as migration_timeout).'
+              description: 'A worker made no progress (no load report with packets handled) and did not hand over a bucket within the migration timeout (extended while it progresses, up to 4x). The new owner started the bucket''s flows without their state; if the old owner answers later, its handed-over packets are dropped as migration_late and its flow state is imported only where the new owner has none (flowlb_migration_late_flows_total{outcome="lost"} counts the rest).'
   - name: healthy
     interval: 1m
     input_series:
