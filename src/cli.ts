@@ -78,6 +78,15 @@ const parser = yargs(args)
   .command(backendCommand)
   .command(topCommand)
   .command(whereCommand)
+  // yargs turns a non-numeric value of a number option into NaN, and the commands' range checks then said "got NaN".
+  .middleware((argv) => {
+    for (const [key, value] of Object.entries(argv)) {
+      if (typeof value !== 'number' || !Number.isNaN(value) || /[A-Z]/.test(key) || key.length < 2) continue;
+      const i = args.findIndex((a) => a === `--${key}` || a.startsWith(`--${key}=`));
+      const raw = i < 0 ? '' : args[i]!.includes('=') ? args[i]!.slice(args[i]!.indexOf('=') + 1) : (args[i + 1] ?? '');
+      throw new UsageError(`--${key} must be a number, got ${JSON.stringify(raw)}`);
+    }
+  })
   .demandCommand(1, 'a command is required: serve, gen, backend, top or where (see flowlb --help)')
   .strict()
   .help()

@@ -160,6 +160,12 @@ describe('flowlb usage and config errors', () => {
     expect(expectUsageFailure(run('serv'))).toMatch(/^flowlb: unknown command serv\b/);
   });
 
+  it('names the text of a non-numeric value of a number option (gen, backend, where), not NaN', () => {
+    expect(expectUsageFailure(run('gen', '--target', '127.0.0.1:9', '--flows', 'abc'))).toBe('flowlb: --flows must be a number, got "abc"');
+    expect(expectUsageFailure(run('backend', '--cost-us=1x'))).toBe('flowlb: --cost-us must be a number, got "1x"');
+    expect(expectUsageFailure(run('where', '--src', '127.0.0.1:1', '--buckets', 'many'))).toBe('flowlb: --buckets must be a number, got "many"');
+  });
+
   it('names a mistyped command as such when flags follow it', () => {
     // It said "unknown arguments --http, serv", blaming a valid flag.
     expect(expectUsageFailure(run('serv', '--http', 'off', '--workers', '2'))).toBe(
