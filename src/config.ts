@@ -48,6 +48,11 @@ export const DEFAULT_HOLD_LIMIT = 4096;
  * short for a worker releasing ~1000 flows on a CPU-starved machine (1.7 s seen on a quiet one).
  */
 export const DEFAULT_MIGRATION_TIMEOUT_MS = 5_000;
+/**
+ * A worker that has sent no load report for this long (stuck in its handler: an endless loop, a blocking call)
+ * is killed and replaced like a crashed one; its buckets go to the others. "off" disables it.
+ */
+export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
 /** Bytes buffered towards one worker's channel beyond which packets are dropped (reason channel_full). */
 export const DEFAULT_CHANNEL_LIMIT_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_HANDLER = 'echo';
@@ -109,6 +114,8 @@ export interface FlowlbConfig {
   readonly maxDatagramBytes: number;
   readonly channelLimitBytes: number;
   readonly shutdownTimeoutMs: number;
+  /** A worker silent (no load report) this long is killed and replaced; 0 = never. */
+  readonly stallTimeoutMs: number;
   readonly balancer: BalancerConfig;
   readonly queue: QueueConfig;
   readonly logLevel: LogLevel;
@@ -415,6 +422,7 @@ function createDraft(): ConfigDraft {
     maxDatagramBytes: MAX_UDP_PAYLOAD_BYTES,
     channelLimitBytes: DEFAULT_CHANNEL_LIMIT_BYTES,
     shutdownTimeoutMs: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+    stallTimeoutMs: DEFAULT_STALL_TIMEOUT_MS,
     balancer: {
       enabled: true,
       mode: DEFAULT_BALANCE_MODE,
@@ -440,10 +448,10 @@ type FieldReader<T> = (target: T, value: unknown, what: string) => void;
 
 /**
  * Fields whose value is a duration in ms accept both `nameMs` (a number of ms or a duration string) and
- * `name` (a duration string such as "60s"); giving both is an error.
+ * `name` (a duration string such as "60s"); giving both is an error. With `offAllowed`, "off" gives 0.
  */
-function durationFields<T>(name: string, assign: (target: T, ms: number) => void): Record<string, FieldReader<T>> {
-  const reader: FieldReader<T> = (target, value, what) => assign(target, readDurationValue(value, what));
+function durationFields<T>(name: string, assign: (target: T, ms: number) => void, offAllowed = false): Record<string, FieldReader<T>> {
+  const reader: FieldReader<T> = (target, value, what) => assign(target, offAllowed && value === 'off' ? 0 : readDurationValue(value, what));
   return { [name]: reader, [`${name}Ms`]: reader };
 }
 
@@ -497,6 +505,7 @@ const FILE_FIELDS: Readonly<Record<string, FieldReader<ConfigDraft>>> = {
   // Below one largest datagram a worker's channel could never take a full-size packet.
   channelLimitBytes: (d, v, w) => (d.channelLimitBytes = readInt(v, w, MAX_DATAGRAM_BYTES, MAX_COUNT)),
   ...durationFields<ConfigDraft>('shutdownTimeout', (d, ms) => (d.shutdownTimeoutMs = ms)),
+  ...durationFields<ConfigDraft>('stallTimeout', (d, ms) => (d.stallTimeoutMs = ms), true),
   balancer: (d, v, w) => applyObject(d.balancer, v, w, BALANCER_FIELDS),
   queue: (d, v, w) => applyObject(d.queue, v, w, QUEUE_FIELDS),
   logLevel: (d, v, w) => (d.logLevel = readChoice(v, w, LOG_LEVEL_CHOICES)),
@@ -627,6 +636,7 @@ function finishConfig(draft: ConfigDraft, configFile: string | null, cwd: string
     maxDatagramBytes: draft.maxDatagramBytes,
     channelLimitBytes: draft.channelLimitBytes,
     shutdownTimeoutMs: draft.shutdownTimeoutMs,
+    stallTimeoutMs: draft.stallTimeoutMs,
     balancer: { ...draft.balancer },
     queue: { ...draft.queue },
     logLevel: draft.logLevel,

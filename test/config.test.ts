@@ -170,6 +170,7 @@ describe('resolveConfig: defaults and flags', () => {
     expect(config.buckets).toBe(DEFAULT_BUCKETS);
     expect(config.handler).toBe('echo');
     expect(config.idleTimeoutMs).toBe(DEFAULT_IDLE_TIMEOUT_MS);
+    expect(config.stallTimeoutMs).toBe(10_000);
     expect(config.balancer.enabled).toBe(true);
     expect(config.balancer.deadBand).toBe(DEFAULT_DEAD_BAND);
     expect(config.configFile).toBeNull();
@@ -300,6 +301,7 @@ describe('resolveConfig: config file', () => {
       maxFlowsPerWorker: 5000,
       channelLimitBytes: 1_000_000,
       shutdownTimeoutMs: 1000,
+      stallTimeout: 'off',
       balancer: {
         enabled: false,
         mode: 'packet',
@@ -335,6 +337,7 @@ describe('resolveConfig: config file', () => {
     expect(config.maxFlowsPerWorker).toBe(5000);
     expect(config.channelLimitBytes).toBe(1_000_000);
     expect(config.shutdownTimeoutMs).toBe(1000);
+    expect(config.stallTimeoutMs).toBe(0);
     expect(config.balancer).toEqual({
       enabled: false,
       mode: 'packet',
@@ -415,6 +418,7 @@ describe('resolveConfig: config file', () => {
     ['handlerOptions', { handlerOptions: [] }, 'handlerOptions must be an object'],
     ['channelLimitBytes', { channelLimitBytes: 1000 }, 'channelLimitBytes must be an integer between 65507'],
     ['shutdownTimeout', { shutdownTimeout: 'x' }, 'shutdownTimeout must be a positive duration'],
+    ['stallTimeout', { stallTimeout: 'never' }, 'stallTimeout must be a positive duration'],
     ['logLevel', { logLevel: 'verbose' }, 'logLevel must be one of debug, info, warn, error'],
     ['proxy without backends', { handler: 'proxy' }, 'handler proxy needs at least one backend'],
   ])('rejects %s, naming the file and the field', async (_name, content, message) => {

@@ -124,6 +124,47 @@ describe('bad input', () => {
     }
   });
 
+  it('a worker silent past stallTimeout is killed and replaced; its flows are answered again, the other worker\'s all along', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-stall-'));
+    const file = path.join(dir, 'flowlb.json');
+    fs.writeFileSync(file, JSON.stringify({ stallTimeout: '2500ms', handler: path.join(FIXTURES, 'hang-handler.js') }));
+    let stuckPid = 0;
+    try {
+      const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance', '--config', file]);
+      // One client per worker: the one whose flow hangs its worker, and one on the other worker.
+      const cs: Client[] = [];
+      const lanes: number[] = [];
+      while (!lanes.includes(0) || !lanes.includes(1)) {
+        const c = await client();
+        const w = (await (await fetch(`${svc.httpUrl}/where?src=127.0.0.1:${c.port}`)).json()).worker as number;
+        if (!lanes.includes(w)) { cs[w] = c; lanes.push(w); }
+        if (lanes.length > 40) throw new Error('no flow for both workers in 40 tries');
+      }
+      const stuck = 0, other = 1;
+      stuckPid = (await svc.status()).workers[stuck].pid;
+      await cs[stuck]!.send('hang', svc.udpPort, '127.0.0.1');
+      // The other worker answers throughout: one packet every 100 ms until the stuck one is replaced.
+      let sent = 0;
+      const st = await waitFor(async () => {
+        await cs[other]!.send(`o${sent++}`, svc.udpPort, '127.0.0.1');
+        const s = await svc.status();
+        return s.workers[stuck].restarts === 1 && s.workers[stuck].ready && s.workers[stuck].pid !== stuckPid ? s : null;
+      }, 12_000, 'the stuck worker to be killed and replaced', 100);
+      expect(st.stallKills).toBe(1);
+      expect(isAlive(stuckPid)).toBe(false);
+      // The replaced lane serves the hanging flow's bucket again; the other worker lost nothing.
+      await waitFor(async () => {
+        await cs[stuck]!.send('again', svc.udpPort, '127.0.0.1');
+        return cs[stuck]!.replies.some((r) => r.toString() === 'again') ? true : null;
+      }, 5000, 'a reply from the replacement worker', 200);
+      await waitFor(async () => (cs[other]!.replies.length === sent ? true : null), 3000, `all ${sent} replies of the other worker's flow`, 50);
+      expect(st.workers[other].restarts).toBe(0);
+    } finally {
+      try { if (stuckPid) process.kill(stuckPid, 'SIGKILL'); } catch { /* gone */ }
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('POST /admin/move without its parameters is a 400, not a move of bucket 0 to worker 0', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance']);
     const post = async (query: string): Promise<number> => (await fetch(`${svc.httpUrl}/admin/move${query}`, { method: 'POST' })).status;

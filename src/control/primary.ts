@@ -146,6 +146,9 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   });
   let configJson = JSON.stringify(config);
   let shuttingDown = false;
+  /** Workers killed by the stall watchdog (see below), and its timer. */
+  let stallKills = 0;
+  let watchdog: NodeJS.Timeout | null = null;
   let startupError: Error | null = null;
 
   function fork(lane: number): Worker {
@@ -227,6 +230,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
       http = await startHttp(config.http, {
         get config() { return config; }, dispatcher, workers, balancer, migrator, udp, log,
         get reloads() { return { ok: reloads, rejected: reloadsRejected }; },
+        get stallKills() { return stallKills; },
       });
     } catch (err) {
       for (const s of fronts) try { s.close(); } catch { /* closed */ }
@@ -281,6 +285,24 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   }
   balancer.start();
 
+  // Watchdog: a worker stuck in its handler (an endless loop, a blocking call) is alive and "ready" but serves and
+  // reports nothing; its flows get no answer. Past stallTimeout without a report it is killed, and crash
+  // recovery hands its buckets to the others and forks a replacement (a handler that hangs every time ends up
+  // not restarted, like one that crashes every time). Its queued packets and its flows' state are lost
+  // (counted by the worker-down path); a SIGSTOPped worker is killed the same way.
+  watchdog = setInterval(() => {
+    const limit = config.stallTimeoutMs;
+    if (limit <= 0 || shuttingDown) return;
+    for (let lane = 0; lane < config.workers; lane++) {
+      const w = workers.worker(lane);
+      if (w === null || !workers.isReady(lane) || workers.reportAgeMs(lane) <= limit) continue;
+      stallKills++;
+      log.error('worker stalled (no load report); killing it', { worker: lane, pid: w.process.pid, silentMs: Math.round(workers.reportAgeMs(lane)) });
+      try { w.process.kill('SIGKILL'); } catch { /* gone */ }
+    }
+  }, Math.min(1000, Math.max(100, config.balancer.reportIntervalMs)));
+  watchdog.unref();
+
   const httpEndpoint = http?.endpoint ?? null;
   // One line on stdout whatever the log level: where the service listens (port 0 resolved).
   process.stdout.write(
@@ -295,6 +317,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   async function close(): Promise<void> {
     closing ??= (async () => {
       shuttingDown = true;
+      if (watchdog !== null) clearInterval(watchdog);
       balancer.stop();
       for (const s of fronts) try { s.close(); } catch { /* closed */ }
       migrator.abortAll();

@@ -25,6 +25,8 @@ export interface ServiceView {
   readonly log: Logger;
   /** SIGHUP reloads applied and rejected. */
   readonly reloads?: { readonly ok: number; readonly rejected: number };
+  /** Workers the stall watchdog killed (no load report for stallTimeout). */
+  readonly stallKills?: number;
 }
 
 export interface HttpServer {
@@ -97,6 +99,7 @@ export function buildStatus(v: ServiceView): unknown {
     backends: v.config.backends.map((b) => ({ host: b.host, port: b.port, weight: b.weight })),
     rounds: v.balancer.rounds,
     idleRounds: v.balancer.idleRounds,
+    stallKills: v.stallKills ?? 0,
     overloadSpills: v.balancer.overloadSpills,
     spilledPackets: v.dispatcher.spilledPackets,
     shedPackets: v.balancer.shedPackets,
