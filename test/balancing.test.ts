@@ -2,28 +2,16 @@
  * Load-adaptive balancing with real processes: a worker whose queue passes the limit loses buckets at once,
  * and measured load moves buckets until the shares follow the imbalance index.
  */
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
+import { Client, configFile, FIXTURES, removeConfigFiles, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
 const running: Running[] = [];
 const clients: Client[] = [];
-let tmp: string[] = [];
 afterEach(async () => {
   await stopAll(running, clients);
-  for (const d of tmp) fs.rmSync(d, { recursive: true, force: true });
-  tmp = [];
+  removeConfigFiles();
 });
-
-function configFile(obj: unknown): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
-  tmp.push(dir);
-  const file = path.join(dir, 'flowlb.json');
-  fs.writeFileSync(file, JSON.stringify(obj));
-  return file;
-}
 
 /** Sends `rounds` rounds of one packet per client, `gapMs` apart; bounded. */
 async function traffic(cs: Client[], port: number, rounds: number, gapMs: number, stop: () => boolean): Promise<void> {

@@ -5,32 +5,20 @@
  * slow worker that keeps reporting progress gets more time (no loss, no reorder, state carried over); a stopped
  * one times out, and what it hands over late is counted (migration_late drops, flow states imported or lost).
  */
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { hashTupleStrings, loadHasher, type RawHasher } from '../src/datapath/tuple.js';
-import { Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
+import { Client, configFile, FIXTURES, removeConfigFiles, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
 let hasher: RawHasher;
 beforeAll(async () => { hasher = await loadHasher(); });
 
 const running: Running[] = [];
 const clients: Client[] = [];
-let tmp: string[] = [];
 afterEach(async () => {
   await stopAll(running, clients);
-  for (const d of tmp) fs.rmSync(d, { recursive: true, force: true });
-  tmp = [];
+  removeConfigFiles();
 });
-
-function configFile(obj: unknown): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
-  tmp.push(dir);
-  const file = path.join(dir, 'flowlb.json');
-  fs.writeFileSync(file, JSON.stringify(obj));
-  return file;
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -161,12 +149,12 @@ describe('migration timeout', () => {
   const TIMEOUT_MS = 250;
   const BUCKETS = 64;
 
-  /** 2 workers, static hashing, the slow-seq handler, a short migration timeout and 50 ms reports. */
+  /** 2 workers, static hashing, the seq handler (with its "burn <ms>" packets), a short migration timeout and 50 ms reports. */
   async function service(): Promise<Running> {
     const file = configFile({ balancer: { migrationTimeout: `${TIMEOUT_MS}ms`, reportInterval: '50ms' } });
     const svc = await startFlowlb([
       '--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', String(BUCKETS),
-      '--no-balance', '--handler', path.join(FIXTURES, 'slow-seq-handler.js'), '--log-level', 'error',
+      '--no-balance', '--handler', path.join(FIXTURES, 'seq-handler.js'), '--log-level', 'error',
     ]);
     running.push(svc);
     return svc;

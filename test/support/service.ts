@@ -3,6 +3,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -111,4 +113,20 @@ export class Client {
     return new Promise((resolve, reject) => this.socket.send(payload, port, host, (e) => (e ? reject(e) : resolve())));
   }
   close(): void { try { this.socket.close(); } catch { /* closed */ } }
+}
+
+const configDirs: string[] = [];
+
+/** Writes `obj` as a flowlb JSON config file in a fresh temporary folder; `removeConfigFiles` deletes them all. */
+export function configFile(obj: unknown): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
+  configDirs.push(dir);
+  const file = path.join(dir, 'flowlb.json');
+  fs.writeFileSync(file, JSON.stringify(obj));
+  return file;
+}
+
+/** Deletes every file `configFile` wrote (call it in afterEach). */
+export function removeConfigFiles(): void {
+  for (const d of configDirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
 }
