@@ -12,6 +12,9 @@
  * machine's total busy cores during the run are recorded too: on a shared machine, a proxy pinned to CPU 0
  * shares it with whatever else runs there, and its cycles per query grow with the cache and scheduler churn.
  *
+ * Besides the three proxies (full runs): flowlb with 1 worker, and a bare single-process Node proxy
+ * (bench/fixtures/bare-node-proxy.js), the floor for anything built on Node 20's dgram.
+ *
  * Then one more flowlb run under `--cpu-prof` (primary and workers, through execArgv: Node 20 refuses
  * --cpu-prof in NODE_OPTIONS) at the same rate; the top self-time functions of the primary and of the busier
  * worker go into the JSON, the profiles themselves into results/prof/cpu-per-query/.
@@ -23,7 +26,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  backgroundBusyCores, busyCoresSince, flowlbBuild, machineCpu, makeWorkDir, missingTools, peerSpecs, removeWorkDir, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion,
+  backgroundBusyCores, busyCoresSince, flowlbBuild, freePort, HOST, launch, machineCpu, makeWorkDir, missingTools, peerSpecs, removeWorkDir, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion, waitDnsAnswers,
   type Endpoint, type PeerSpec, type Proxy,
 } from './lib/peers.js';
 import { arg, median, ROOT, sleep, writeResult } from './lib/procs.js';
@@ -56,6 +59,17 @@ function variants(specs: PeerSpec[]): Variant[] {
       out.push({
         name: 'flowlb-1w', label: 'flowlb proxy (1 worker)', unavailable: byName('flowlb').unavailable,
         start: (dir, backends) => startFlowlbProxy({ dir, backends, dns: true, cpus: PROXY_CPU, workers: 1 }),
+      });
+      // The floor for any proxy written on Node 20's dgram: one process, a connected upstream socket per client,
+      // nothing else (bench/fixtures/bare-node-proxy.js). What flowlb costs above it is its own design's price.
+      out.push({
+        name: 'node-bare', label: 'bare Node proxy (1 process)', unavailable: null,
+        start: async (dir, backends) => {
+          const port = await freePort();
+          const l = launch('node-bare', process.execPath, [path.join(ROOT, 'bench/fixtures/bare-node-proxy.js'), HOST, String(port), ...backends.map((b) => `${b.host}:${b.port}`)], { cpus: PROXY_CPU, cwd: dir });
+          await waitDnsAnswers(port, l);
+          return { ...l, port };
+        },
       });
     }
   }
