@@ -24,7 +24,10 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 async function move(svc: Running, bucket: number, to: number): Promise<boolean> {
   const res = await fetch(`http://127.0.0.1:${svc.httpPort}/admin/move?bucket=${bucket}&to=${to}`, { method: 'POST' });
-  return ((await res.json()) as { started: boolean }).started;
+  const body = (await res.json()) as { started: boolean; owner: number | null; migrating: boolean };
+  // owner is a worker, or null exactly while the bucket is in flight (never the primary's internal hold lane).
+  expect(body.owner === null).toBe(body.migrating);
+  return body.started;
 }
 
 interface FlowCheck { worker: Set<string>; counts: number[]; seqs: number[] }

@@ -34,6 +34,12 @@ export interface HttpServer {
   close(): Promise<void>;
 }
 
+/** The worker owning `bucket`, or null while it is migrating or unassigned. */
+function ownerOf(v: ServiceView, bucket: number): number | null {
+  const o = v.dispatcher.table.owner[bucket]!;
+  return o < v.config.workers ? o : null;
+}
+
 /** Ready when every worker is up and owns its share: no bucket unassigned, none held by a dead lane. */
 export function isHealthy(v: ServiceView): boolean {
   if (!v.workers.allReady()) return false;
@@ -135,7 +141,9 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
       }
       const started = v.migrator.start(bucket, to);
       res.writeHead(started ? 202 : 409, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ started, bucket, to, owner: v.dispatcher.table.owner[bucket] }));
+        // owner: the worker that owns the bucket now, or null while it is in flight (the table then holds a hold
+        // lane, which is no worker); migrating says which.
+        .end(JSON.stringify({ started, bucket, to, owner: ownerOf(v, bucket), migrating: v.migrator.isMigrating(bucket) }));
       return;
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') { res.writeHead(405).end(); return; }
