@@ -239,7 +239,9 @@ describe('shutdown', () => {
       const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1', '--log-level', 'info']);
       const c = await client();
       for (let i = 0; i < 40; i++) c.socket.send(`p${i}`, svc.udpPort, '127.0.0.1');
-      await waitFor(async () => ((await svc.status()).workers[0].queueDepth > 10), 10_000, 'packets queued');
+      // The first reply means the worker is serving: ~39 packets (~195 ms of work) still wait behind it. (Polling
+      // /status for the queue depth could miss that short window between two 100 ms reports.)
+      await waitFor(() => c.replies.length >= 1, 10_000, 'the first reply');
       const exited = new Promise<number | null>((resolve) => svc.proc.once('exit', (code) => resolve(code)));
       svc.proc.kill('SIGTERM');
       // A few ms apart, as the two kill(2) calls of `timeout` land (two at once would merge into one pending signal).
