@@ -4,16 +4,15 @@
  */
 import dgram from 'node:dgram';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Client, startFlowlb, waitFor, type Running } from './support/service.js';
+import { Client, configFile, removeConfigFiles, startFlowlb, waitFor, type Running } from './support/service.js';
 
 let cleanups: (() => void)[] = [];
 let running: Running[] = [];
 afterEach(async () => {
   for (const c of cleanups) c();
   cleanups = [];
+  removeConfigFiles();
   await Promise.all(running.map((r) => r.stop('SIGKILL')));
   running = [];
 });
@@ -31,10 +30,7 @@ describe('reload (SIGHUP)', () => {
   it('adds a backend and changes weights without disturbing established flows; rejects a bad file', async () => {
     const a = await idBackend('A');
     const b = await idBackend('B');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-reload-'));
-    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const file = path.join(dir, 'flowlb.json');
-    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}@1`], idleTimeout: '30s' }));
+    const file = configFile({ handler: 'proxy', backends: [`127.0.0.1:${a.port}@1`], idleTimeout: '30s' });
     const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn']);
     running.push(svc);
 
@@ -80,11 +76,8 @@ describe('reload (SIGHUP)', () => {
   it('keeps the command-line flags over the file on every reload, not only the first', async () => {
     const a = await idBackend('A');
     const b = await idBackend('B');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-reload-'));
-    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const file = path.join(dir, 'flowlb.json');
     // The file names B; the flag names A and wins (flags override the file).
-    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${b.port}`], idleTimeout: '30s' }));
+    const file = configFile({ handler: 'proxy', backends: [`127.0.0.1:${b.port}`], idleTimeout: '30s' });
     const svc = await startFlowlb(['--config', file, '--backend', `127.0.0.1:${a.port}`, '--idle-timeout', '20s',
       '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn']);
     running.push(svc);

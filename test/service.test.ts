@@ -5,15 +5,17 @@
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CLI, Client, FIXTURES, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
+import { CLI, Client, configFile, FIXTURES, removeConfigFiles, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
 const running: Running[] = [];
 const clients: Client[] = [];
 
-afterEach(() => stopAll(running, clients));
+afterEach(async () => {
+  await stopAll(running, clients);
+  removeConfigFiles();
+});
 
 async function start(args: string[]): Promise<Running> {
   const r = await startFlowlb(['--http', '127.0.0.1:0', '--log-level', 'warn', ...args]);
@@ -125,9 +127,7 @@ describe('bad input', () => {
   });
 
   it('a worker silent past stallTimeout is killed and replaced; its flows are answered again, the other worker\'s all along', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-stall-'));
-    const file = path.join(dir, 'flowlb.json');
-    fs.writeFileSync(file, JSON.stringify({ stallTimeout: '2500ms', handler: path.join(FIXTURES, 'hang-handler.js') }));
+    const file = configFile({ stallTimeout: '2500ms', handler: path.join(FIXTURES, 'hang-handler.js') });
     let stuckPid = 0;
     try {
       const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance', '--config', file]);
@@ -161,7 +161,6 @@ describe('bad input', () => {
       expect(st.workers[other].restarts).toBe(0);
     } finally {
       try { if (stuckPid) process.kill(stuckPid, 'SIGKILL'); } catch { /* gone */ }
-      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
@@ -205,24 +204,18 @@ describe('shutdown', () => {
   });
 
   it('a worker whose primary is SIGKILLed exits within seconds even with a deep queue of expensive packets', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
-    const file = path.join(dir, 'flowlb.json');
     // 5 ms per packet and 3,000 queued: 15 s of work that a stopping worker must not insist on finishing.
-    fs.writeFileSync(file, JSON.stringify({
+    const file = configFile({
       handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 5000 },
       queue: { flowQueueLimit: 100000 }, balancer: { queueLimit: 1000000 },
-    }));
-    try {
-      const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1']);
-      const c = await client();
-      for (let i = 0; i < 3000; i++) c.socket.send('x', svc.udpPort, '127.0.0.1');
-      await waitFor(async () => ((await svc.status()).workers[0].queueDepth > 500), 10_000, 'a deep queue');
-      const pid: number = (await svc.status()).workers[0].pid;
-      await svc.stop('SIGKILL');
-      await waitFor(() => !isAlive(pid), 5000, 'the orphaned worker to exit');
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
+    const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1']);
+    const c = await client();
+    for (let i = 0; i < 3000; i++) c.socket.send('x', svc.udpPort, '127.0.0.1');
+    await waitFor(async () => ((await svc.status()).workers[0].queueDepth > 500), 10_000, 'a deep queue');
+    const pid: number = (await svc.status()).workers[0].pid;
+    await svc.stop('SIGKILL');
+    await waitFor(() => !isAlive(pid), 5000, 'the orphaned worker to exit');
   });
 
   it('exits 0 on SIGINT', async () => {
@@ -231,49 +224,37 @@ describe('shutdown', () => {
   });
 
   it('exits 0 on one stop request delivered twice at once (as `timeout` does: to the process and its group)', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
-    const file = path.join(dir, 'flowlb.json');
     // 5 ms per packet: 40 queued packets keep the shutdown busy for ~200 ms, when the repeat arrives.
-    fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 5000 } }));
-    try {
-      const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1', '--log-level', 'info']);
-      const c = await client();
-      for (let i = 0; i < 40; i++) c.socket.send(`p${i}`, svc.udpPort, '127.0.0.1');
-      // The first reply means the worker is serving: ~39 packets (~195 ms of work) still wait behind it. (Polling
-      // /status for the queue depth could miss that short window between two 100 ms reports.)
-      await waitFor(() => c.replies.length >= 1, 10_000, 'the first reply');
-      const exited = new Promise<number | null>((resolve) => svc.proc.once('exit', (code) => resolve(code)));
-      svc.proc.kill('SIGTERM');
-      // A few ms apart, as the two kill(2) calls of `timeout` land (two at once would merge into one pending signal).
-      await new Promise((r) => setTimeout(r, 30));
-      svc.proc.kill('SIGTERM');
-      // It used to take the repeat for a second Ctrl-C: "second signal: exiting now", exit 1, queued packets lost.
-      expect(await exited, svc.stderr()).toBe(0);
-      expect(svc.stderr()).not.toMatch(/second signal/);
-      await waitFor(() => c.replies.length === 40, 3000, 'every queued packet answered');
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    const file = configFile({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 5000 } });
+    const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1', '--log-level', 'info']);
+    const c = await client();
+    for (let i = 0; i < 40; i++) c.socket.send(`p${i}`, svc.udpPort, '127.0.0.1');
+    // The first reply means the worker is serving: ~39 packets (~195 ms of work) still wait behind it. (Polling
+    // /status for the queue depth could miss that short window between two 100 ms reports.)
+    await waitFor(() => c.replies.length >= 1, 10_000, 'the first reply');
+    const exited = new Promise<number | null>((resolve) => svc.proc.once('exit', (code) => resolve(code)));
+    svc.proc.kill('SIGTERM');
+    // A few ms apart, as the two kill(2) calls of `timeout` land (two at once would merge into one pending signal).
+    await new Promise((r) => setTimeout(r, 30));
+    svc.proc.kill('SIGTERM');
+    // It used to take the repeat for a second Ctrl-C: "second signal: exiting now", exit 1, queued packets lost.
+    expect(await exited, svc.stderr()).toBe(0);
+    expect(svc.stderr()).not.toMatch(/second signal/);
+    await waitFor(() => c.replies.length === 40, 3000, 'every queued packet answered');
   });
 
   it('starts when its workers become ready one after another over more than 15 s in all', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-test-'));
-    const file = path.join(dir, 'flowlb.json');
     // Worker 0 is ready after ~8 s, worker 1 after ~16 s: never 15 s without progress, but 16 s in all. A fixed 15 s
     // deadline for all of them failed such a start ("workers did not become ready within 15000 ms"), as it did for
     // 32 workers on 2 busy cores.
-    fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'slow-start-handler.js'), handlerOptions: { startMs: 8000, perWorkerMs: 8000 } }));
-    try {
-      const t0 = Date.now();
-      const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn'], 40_000);
-      running.push(svc);
-      expect(Date.now() - t0).toBeGreaterThan(15_000);
-      const c = await client();
-      await c.send('x', svc.udpPort, '127.0.0.1');
-      await waitFor(() => c.replies.length === 1, 5000, 'echo');
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    const file = configFile({ handler: path.join(FIXTURES, 'slow-start-handler.js'), handlerOptions: { startMs: 8000, perWorkerMs: 8000 } });
+    const t0 = Date.now();
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn'], 40_000);
+    running.push(svc);
+    expect(Date.now() - t0).toBeGreaterThan(15_000);
+    const c = await client();
+    await c.send('x', svc.udpPort, '127.0.0.1');
+    await waitFor(() => c.replies.length === 1, 5000, 'echo');
   }, 60_000);
 
   it('exits 0 on SIGTERM while its workers are still starting, and leaves none behind', async () => {

@@ -113,21 +113,17 @@ export interface CliIo {
 
 const stdio: CliIo = { out: (l) => process.stdout.write(l + '\n'), err: (l) => process.stderr.write(l + '\n') };
 
+function cannotWrite(file: string, err: unknown): GenError {
+  return new GenError('ERR_GEN_OPTION', `--json ${file}: cannot write (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+}
+
 function writeJson(file: string, value: unknown): void {
-  try {
-    fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
-  } catch (err) {
-    throw new GenError('ERR_GEN_OPTION', `--json ${file}: cannot write (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
+  try { fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n'); } catch (err) { throw cannotWrite(file, err); }
 }
 
 /** Before a run that may take minutes: a --json file that cannot be written fails now, not after the run. */
 function checkJsonWritable(file: string): void {
-  try {
-    fs.closeSync(fs.openSync(file, 'a'));
-  } catch (err) {
-    throw new GenError('ERR_GEN_OPTION', `--json ${file}: cannot write (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
+  try { fs.closeSync(fs.openSync(file, 'a')); } catch (err) { throw cannotWrite(file, err); }
 }
 
 /**

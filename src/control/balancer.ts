@@ -48,7 +48,7 @@ export class Balancer {
   readonly bucketLoad: Float64Array;
   rounds = 0;
   overloadSpills = 0;
-  /** Rounds that planned nothing because no worker was busier than balancer.minBusy. */
+  /** Rounds that planned nothing: no worker busier than balancer.minBusy, or too little load in all. */
   idleRounds = 0;
   /** Packet mode: queued packets taken from overloaded workers and given to others. */
   shedPackets = 0;

@@ -7,7 +7,7 @@ import cluster, { type Worker } from 'node:cluster';
 import dgram from 'node:dgram';
 import type net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { reloadConfig, type Endpoint, type FlowlbConfig } from '../config.js';
+import { formatEndpoint, reloadConfig, type Endpoint, type FlowlbConfig } from '../config.js';
 import { Dispatcher } from '../datapath/dispatcher.js';
 import { addressBytes, loadHasher } from '../datapath/tuple.js';
 import { BindError, FlowlbError, HandlerLoadError } from '../errors.js';
@@ -34,10 +34,6 @@ export interface RunningService {
   readonly udp: readonly Endpoint[];
   readonly http: Endpoint | null;
   close(): Promise<void>;
-}
-
-function formatEndpoint(e: { host: string; port: number; family: 4 | 6 }): string {
-  return e.family === 6 ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`;
 }
 
 async function bindFront(ep: Endpoint): Promise<dgram.Socket> {

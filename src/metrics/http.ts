@@ -2,7 +2,7 @@
  * The status HTTP listener (loopback by default): /healthz, /status (JSON) and /metrics (Prometheus).
  */
 import http from 'node:http';
-import type { Endpoint, FlowlbConfig } from '../config.js';
+import { formatEndpoint, type Endpoint, type FlowlbConfig } from '../config.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
 import { DROP_MIGRATION_LATE, DROP_REASONS } from '../datapath/counters.js';
 import { BindError } from '../errors.js';
@@ -157,7 +157,7 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
       const srcFamily = (q.get('src') ?? '').startsWith('[') ? 6 : 4;
       const l = v.udp.find((u) => u.family === srcFamily) ?? v.udp[0]!;
       try {
-        const dst = q.get('dst') ?? (l.family === 6 ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`);
+        const dst = q.get('dst') ?? formatEndpoint(l);
         const answer = where(whereHasher!, q.get('src') ?? '', dst, v.config.buckets,
           v.config.handler === 'proxy' ? v.config.backends : [], v.dispatcher.table.owner);
         const w = answer.worker;
@@ -181,7 +181,7 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
-      const where = ep.family === 6 ? `[${ep.host}]:${ep.port}` : `${ep.host}:${ep.port}`;
+      const where = formatEndpoint(ep);
       reject(new BindError(err.code === 'EADDRINUSE' ? `http address ${where} is already in use` : `http address ${where} could not be bound: ${err.message}`));
     });
     server.listen(ep.port, ep.host, () => resolve());

@@ -15,6 +15,7 @@
 import net from 'node:net';
 import client from 'prom-client';
 
+import { formatEndpoint } from '../config.js';
 import { DROP_MIGRATION_LATE, DROP_REASON_COUNT, DROP_REASONS } from '../datapath/counters.js';
 import { MIGRATION_BUCKETS_S } from '../control/migrator.js';
 import { LATENCY_BOUNDS_MS } from '../control/protocol.js';
@@ -323,10 +324,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     backends,
     proxyDrops,
     proxyActiveUpstreams: sawProxy ? activeUpstreams : null,
-    socketDrops: socketDrops(v.udp).map((drops, i) => {
-      const l = v.udp[i]!;
-      return { listener: l.family === 6 ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`, drops };
-    }),
+    socketDrops: socketDrops(v.udp).map((drops, i) => ({ listener: formatEndpoint(v.udp[i]!), drops })),
   };
 }
 
