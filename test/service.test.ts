@@ -34,6 +34,11 @@ function isAlive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch { return false; }
 }
 
+/** Alive and not a zombie (an orphan's zombie stays until whoever inherited it reaps it). */
+function isRunning(pid: number): boolean {
+  try { return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
+}
+
 describe('flow affinity', () => {
   it('keeps every packet of each of 200 flows on one worker, and every worker gets flows', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '4', '--handler', path.join(FIXTURES, 'seq-handler.js'), '--no-balance']);
@@ -121,7 +126,7 @@ describe('bad input', () => {
       expect(await svc.metrics()).toContain(`flowlb_worker_up{worker="${where.worker}"} 0`);
       expect(await svc.metrics()).toContain(`flowlb_worker_up{worker="${1 - where.worker}"} 1`);
     } finally {
-      // A worker spinning in its handler never sees its primary go (stopAll SIGKILLs the primary): kill it here.
+      // A worker spinning in its handler outlives its primary (stopAll SIGKILLs it) by the watchdog's 3 s: kill it now.
       try { process.kill(stuckPid, 'SIGKILL'); } catch { /* gone */ }
     }
   });
@@ -161,6 +166,26 @@ describe('bad input', () => {
       expect(st.workers[other].restarts).toBe(0);
     } finally {
       try { if (stuckPid) process.kill(stuckPid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  });
+
+  it('a worker stuck in its handler ends by itself when its primary is SIGKILLed (orphan watchdog)', async () => {
+    const file = configFile({ stallTimeout: 'off', handler: path.join(FIXTURES, 'hang-handler.js') });
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance', '--config', file]);
+    const c = await client();
+    const where = await (await fetch(`${svc.httpUrl}/where?src=127.0.0.1:${c.port}`)).json();
+    const pids: number[] = (await svc.status()).workers.map((w: { pid: number }) => w.pid);
+    try {
+      await c.send('hang', svc.udpPort, '127.0.0.1');
+      await c.send('ping', svc.udpPort, '127.0.0.1');
+      await new Promise((r) => setTimeout(r, 500));
+      expect(c.replies).toEqual([]); // stuck: it cannot even answer the next packet
+      expect(isRunning(pids[where.worker]!)).toBe(true);
+      svc.proc.kill('SIGKILL');
+      // Without the watchdog thread the stuck worker spun for ever (nobody left to apply the stall timeout).
+      await waitFor(() => pids.every((p) => !isRunning(p)), 10_000, 'both workers of the killed primary to end', 100);
+    } finally {
+      for (const p of pids) try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
     }
   });
 

@@ -24,6 +24,7 @@ import { createLogger, type Logger } from '../log.js';
 import {
   isFlowlbMessage, LATENCY_BOUNDS_MS, type FlowTransfer, type PrimaryToWorker, type WorkerCounters, type WorkerToPrimary,
 } from './protocol.js';
+import { startOrphanWatchdog } from './orphan-watchdog.js';
 import { startReading, stopReading } from './socket-handle.js';
 
 /**
@@ -34,6 +35,9 @@ import { startReading, stopReading } from './socket-handle.js';
 const DRAIN_BUDGET = 256;
 /** A stopping worker serves its queue for at most this long. */
 const SHUTDOWN_DRAIN_MS = 1000;
+/** Orphan watchdog: the parent pid is checked this often, and an orphan gets this long to stop by itself. */
+const ORPHAN_CHECK_MS = 500;
+const ORPHAN_GRACE_MS = SHUTDOWN_DRAIN_MS + 2000;
 const DRAIN_SLICE = 16;
 const DRAIN_TIME_MS = 2;
 /** The sweep visits every owned bucket at least this often relative to the idle timeout. */
@@ -490,6 +494,8 @@ export async function runWorker(): Promise<void> {
   const buffer = (m: unknown, h: unknown): void => { early.push([m, h]); };
   process.on('message', buffer);
   send({ t: 'hello' });
+  // A worker stuck in a handler never sees its primary die; this thread does (see orphan-watchdog.ts).
+  if (startOrphanWatchdog({ everyMs: ORPHAN_CHECK_MS, graceMs: ORPHAN_GRACE_MS }) === null) log.warn('orphan watchdog thread did not start');
   let ctx: HandlerContext = {
     workerId, workers: config.workers, buckets: config.buckets, idleTimeoutMs: config.idleTimeoutMs,
     backends: config.backends, options: config.handlerOptions,
