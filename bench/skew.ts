@@ -17,7 +17,7 @@
  * the steady second half. The sampler records per-worker utilisation meanwhile.
  *
  *   node dist/bench/skew.js [--short] [--cost-us 1000] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15] [--arrivals poisson|paced]
- *                           [--workers 2] [--worker-cpu 0.5]
+ *                           [--workers 2] [--worker-cpu 0.5] [--cap-period-us 10000]
  *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90]
  * --loads: offered rates as fractions of the measured capacity (--short: 0.85 only).
  * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
@@ -68,11 +68,15 @@ async function parent(): Promise<void> {
   // 2 cores and the machine saturates before any one worker does, so skew costs static hashing little.
   const workers = arg('workers', 2);
   const workerCpuWanted = arg('worker-cpu', 1 / workers);
+  // --cap-period-us: the CFS period of the caps (default 10 ms). A throttled worker waits out the rest of its
+  // period, so with 4 workers at 0.25 core a 10 ms period stalls each for 7.5 ms at a time; 4 ms (1 ms quota,
+  // the kernel's minimum) with a smaller --cost-us keeps the stalls short.
+  const capPeriodUs = arg('cap-period-us', 10_000);
   const caps: CpuCap[] = [];
   let capError: string | null = null;
   if (workerCpuWanted > 0) {
     for (let i = 0; i < workers; i++) {
-      const c = createCpuCap(`flowlb-skew-w${i}`, workerCpuWanted);
+      const c = createCpuCap(`flowlb-skew-w${i}`, workerCpuWanted, capPeriodUs);
       if ('error' in c) { capError = c.error; break; }
       caps.push(c);
     }
@@ -287,7 +291,7 @@ async function parent(): Promise<void> {
   const svg = await renderChart(spec, path.join(ROOT, 'results/skew.svg'));
   const file = writeResult('skew', {
     command: `node dist/bench/skew.js ${process.argv.slice(2).join(' ')}`.trim(),
-    workers, costUs, burnClock: clock, workerCpuCap: workerCpu > 0 ? { cores: workerCpu, periodMs: 10, how: caps[0]!.kind } : null, workerCpuCapError: capError,
+    workers, costUs, burnClock: clock, workerCpuCap: workerCpu > 0 ? { cores: workerCpu, periodMs: capPeriodUs / 1000, how: caps[0]!.kind } : null, workerCpuCapError: capError,
     flows, distribution: dist, arrivals, loads, seconds, rounds, windowMs, steadyFromMs, capacities, idealPps: ideal,
     loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     summary, p99Ratio: summary.p99Ratio, steadyP99Ratio: summary.steadyP99Ratio, summaryByLoad,

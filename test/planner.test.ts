@@ -11,6 +11,7 @@ import {
   planEvacuation,
   planMoves,
   planOverload,
+  SETTLE_FRACTION,
   type Move,
   type PlanInput,
 } from '../src/control/planner.js';
@@ -251,6 +252,34 @@ describe('planMoves properties', () => {
         }
       }),
     );
+  });
+
+  it('brings a worker that is outside its band to within a quarter of the band (or one bucket) in one round', () => {
+    fc.assert(
+      fc.property(scenarioArb(true), ({ input: raw }) => {
+        const n = raw.targetShares.length;
+        const input = { ...raw, cooldown: new Uint8Array(n), maxMoves: 100_000 };
+        const total = totalLoad(input.bucketLoad);
+        const before = loadsByWorker(input.owners, input.bucketLoad, n);
+        const after = loadsByWorker(applyMoves(input.owners, planMoves(input)), input.bucketLoad, n);
+        const biggest = Math.max(...input.bucketLoad);
+        for (let w = 0; w < n; w++) {
+          if (!input.alive[w]) continue;
+          const target = input.targetShares[w]! * total, band = input.deadBand * target;
+          if (Math.abs(before[w]! - target) <= band) continue;
+          expect(Math.abs(after[w]! - target)).toBeLessThanOrEqual(Math.max(SETTLE_FRACTION * band, biggest) + 1e-6 * total);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('moves a worker to its target, not to the edge of its dead band', () => {
+    // 100 equal buckets, 50/50, targets 45/55, band 5% of target: the edge is 47.25, the target 45.
+    const owners = Uint16Array.from({ length: 100 }, (_, b) => b % 2);
+    const input = baseInput(owners, new Float64Array(100).fill(1), Float64Array.of(0.45, 0.55));
+    const after = loadsByWorker(applyMoves(owners, planMoves({ ...input, maxMoves: 100 })), input.bucketLoad, 2);
+    expect(Array.from(after)).toEqual([45, 55]);
   });
 
   it('converges over rounds to within max(dead band, one bucket) of target, then stays put', () => {

@@ -252,6 +252,8 @@ export function compactSeries(samples: readonly Sample[]): unknown[] {
     moves: s.migrationsCompleted,
     drops: s.primaryDrops + s.workers.reduce((a, w) => a + w.drops, 0),
     elu: s.workers.map((w) => r3(w.elu)),
+    eluLast: s.workers.map((w) => r3(w.eluLast)),
+    index: s.workers.map((w) => r3(w.index)),
     cpuUtil: s.workers.map((w) => r3(w.cpuUtil)),
     procCpu: s.workers.map((w) => r3(w.procCpu)),
     pps: s.workers.map((w) => Math.round(Number.isFinite(w.pps) ? w.pps : 0)),

@@ -54,6 +54,8 @@ export class Balancer {
   shedPackets = 0;
   movesPlanned = 0;
   lastImbalance = 0;
+  /** Times a worker's index fell by more than INDEX_STEP at once (capacity lost: a hog, throttling). */
+  indexSteps = 0;
   private cooldown: Uint8Array;
   private readonly alive: Uint8Array;
   private timer: NodeJS.Timeout | null = null;
@@ -171,14 +173,19 @@ export class Balancer {
   /**
    * Imbalance index per worker from the slow cpu/elu averages (see LoadModel.cpuSlow), except after a step:
    * when the index from the fast averages is more than INDEX_STEP below the slow one (a hog arrived, capacity
-   * halved), the fast one is taken at once instead of waiting ~2 s for the slow one to follow. Noise (+-0.15 per
-   * report under a CPU limit) stays below the step and does not reach the targets.
+   * halved), the fast one is taken at once instead of waiting ~2 s for the slow one to follow, and the slow
+   * averages restart from the fast ones (the level before the step is history). Noise (+-0.15 per report under
+   * a CPU limit) stays below the step and does not reach the targets.
    */
   private computeIndexes(): void {
     computeIndexes(this.model.indexInputs(this.alive), this.indexes);
     computeIndexes(this.model.workerLoads(this.alive), this.fastIndexes);
     for (let w = 0; w < this.indexes.length; w++) {
-      if (this.fastIndexes[w]! < this.indexes[w]! - INDEX_STEP) this.indexes[w] = this.fastIndexes[w]!;
+      if (this.fastIndexes[w]! < this.indexes[w]! - INDEX_STEP) {
+        this.indexes[w] = this.fastIndexes[w]!;
+        this.model.snapSlow(w);
+        this.indexSteps++;
+      }
     }
   }
 

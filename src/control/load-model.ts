@@ -209,6 +209,17 @@ export class LoadModel {
   }
 
   /**
+   * Restarts a worker's slow averages at its fast ones: the balancer saw a step (see Balancer.computeIndexes), so
+   * the slow averages' history is of a situation that has ended. Without it the slow index trailed the step for
+   * ~1 s, and the moment the fast one was no longer far enough below it the index jumped back up towards it.
+   */
+  snapSlow(worker: number): void {
+    this.checkWorker(worker);
+    this.cpuSlow[worker] = this.cpuUtil[worker]!;
+    this.eluSlow[worker] = this.elu[worker]!;
+  }
+
+  /**
    * Forgets a worker slot (crash, replacement): its averages restart from its replacement's first report.
    * The rates of the buckets it reported restart from 0 too: their new owners' reports rebuild them within
    * a few intervals, and a stale rate that nobody reports would never decay.

@@ -54,6 +54,9 @@ export interface OverloadInput extends PlanInput {
   readonly overloaded: number;
 }
 
+/** A worker a round rebalances is brought to within this fraction of its dead band (see planMoves). */
+export const SETTLE_FRACTION = 0.25;
+
 /** Below this many of T, a load difference is rounding, not imbalance. */
 const REL_EPSILON = 1e-9;
 
@@ -262,7 +265,8 @@ function prepare(input: PlanInput): Prepared {
 }
 
 /**
- * One balance round (RSS++-style greedy). While some live worker is outside its dead band and moves remain:
+ * One balance round (RSS++-style greedy). While some live worker is outside its dead band and moves remain
+ * (a worker outside its band when the round starts stays "outside" until it is within SETTLE_FRACTION of it):
  * take donors from the most over target down and receivers from the most under target up (receivers not in
  * cooldown); the first pair where at least one side is outside its band and some bucket of the donor improves
  * the pair (0 < x < d_D - d_R) gives one move. The bucket is the largest that fits within
@@ -287,7 +291,12 @@ export function planMoves(input: PlanInput): Move[] {
   const dev = new Float64Array(n);
   for (let w = 0; w < n; w++) dev[w] = live(w) ? loads[w]! - shares[w]! * total : 0;
   const band = (w: number) => Math.max(0, input.deadBand) * shares[w]! * total;
-  const outOfBand = (w: number) => Math.abs(dev[w]!) > band(w);
+  // Hysteresis: the dead band decides WHETHER a worker is rebalanced; one that is outside it at the start of the
+  // round is brought to within SETTLE_FRACTION of it, not just over its edge (stopping at the edge left a worker
+  // up to a whole band off target for good, e.g. 0.447 of the packets against a 0.42 target).
+  const active = new Uint8Array(n);
+  for (let w = 0; w < n; w++) if (live(w) && Math.abs(dev[w]!) > band(w)) active[w] = 1;
+  const outOfBand = (w: number) => Math.abs(dev[w]!) > (active[w] !== 0 ? SETTLE_FRACTION * band(w) : band(w));
   const minPositive = new Float64Array(n);
   const donors: number[] = [];
   const receivers: number[] = [];

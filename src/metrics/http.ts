@@ -105,6 +105,7 @@ export function buildStatus(v: ServiceView): unknown {
     backends: v.config.backends.map((b) => ({ host: b.host, port: b.port, weight: b.weight })),
     rounds: v.balancer.rounds,
     idleRounds: v.balancer.idleRounds,
+    indexSteps: v.balancer.indexSteps,
     stallKills: v.stallKills ?? 0,
     overloadSpills: v.balancer.overloadSpills,
     spilledPackets: v.dispatcher.spilledPackets,
