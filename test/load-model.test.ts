@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { LoadModel, NO_REPORTER, type WorkerReport } from '../src/control/load-model.js';
+import { LoadModel, NO_REPORTER, SLOW_DIVISOR, type WorkerReport } from '../src/control/load-model.js';
 
 function report(
   cpuUtil: number,
@@ -96,17 +96,21 @@ describe('LoadModel', () => {
     expect(m.handledPerSec[0]).toBe(-1);
   });
 
-  it('averages the index inputs (cpu, elu) 3x slower than the loads', () => {
+  it('averages the index inputs (cpu, elu) SLOW_DIVISOR times slower than the loads; snapSlow restarts them', () => {
     const m = new LoadModel(1, 4, 0.3);
+    const k = 0.3 / SLOW_DIVISOR;
     m.ingestReport(0, report(0.5, 0.5, { 0: 10 }));
     m.ingestReport(0, report(0.2, 1, { 0: 10 }));
     expect(m.cpuUtil[0]).toBeCloseTo(0.3 * 0.2 + 0.7 * 0.5, 12);
-    expect(m.cpuSlow[0]).toBeCloseTo(0.1 * 0.2 + 0.9 * 0.5, 12);
-    expect(m.eluSlow[0]).toBeCloseTo(0.1 * 1 + 0.9 * 0.5, 12);
+    expect(m.cpuSlow[0]).toBeCloseTo(k * 0.2 + (1 - k) * 0.5, 12);
+    expect(m.eluSlow[0]).toBeCloseTo(k * 1 + (1 - k) * 0.5, 12);
     const [w] = m.indexInputs([1]);
     expect(w!.cpuUtil).toBe(m.cpuSlow[0]);
     expect(w!.elu).toBe(m.eluSlow[0]);
     expect(w!.alive).toBe(true);
+    m.snapSlow(0);
+    expect(m.cpuSlow[0]).toBe(m.cpuUtil[0]);
+    expect(m.eluSlow[0]).toBe(m.elu[0]);
     m.resetWorker(0);
     expect(m.cpuSlow[0]).toBe(0);
   });

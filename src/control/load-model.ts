@@ -38,6 +38,9 @@ export type { WorkerLoad };
 /** `bucketReporter` value of a bucket no live report covers (never seen, or its worker was reset). */
 export const NO_REPORTER = 0xffff;
 
+/** The slow cpu/elu averages (imbalance index) weigh a report SLOW_DIVISOR times less than the fast ones. */
+export const SLOW_DIVISOR = 3;
+
 /** A worker's demand (arrivals x cost per packet) is counted as at most this many times its CPU. */
 export const MAX_DEMAND_RATIO = 8;
 
@@ -79,7 +82,7 @@ export class LoadModel {
   /** Per worker: EWMA of elu (0..1). */
   readonly elu: Float64Array;
   /**
-   * Per worker: cpuUtil and elu averaged 3x slower (weight alpha / 3 per report, ~1 s at 100 ms reports), for
+   * Per worker: cpuUtil and elu averaged SLOW_DIVISOR (3) times slower (weight alpha / 3 per report, ~1 s at 100 ms reports), for
    * the imbalance index only. The index is a ratio of the two (contention), and over 100-300 ms a worker that is
    * throttled (a cgroup CPU limit) or shares its core reads a ratio that jumps by +-0.15 from one report to the
    * next; on the fast averages the target shares swung +-8% every half second and buckets moved back and forth.
@@ -161,7 +164,7 @@ export class LoadModel {
 
     this.cpuUtil[worker] = take * finiteOrZero(r.cpuUtil) + keep * this.cpuUtil[worker]!;
     this.elu[worker] = take * Math.min(1, finiteOrZero(r.elu)) + keep * this.elu[worker]!;
-    const slow = this.reports[worker] === 0 ? 1 : a / 3;
+    const slow = this.reports[worker] === 0 ? 1 : a / SLOW_DIVISOR;
     this.cpuSlow[worker] = slow * finiteOrZero(r.cpuUtil) + (1 - slow) * this.cpuSlow[worker]!;
     this.eluSlow[worker] = slow * Math.min(1, finiteOrZero(r.elu)) + (1 - slow) * this.eluSlow[worker]!;
     const q = finiteOrZero(r.queueDepth);
