@@ -58,7 +58,7 @@ export class Balancer {
   shedPackets = 0;
   movesPlanned = 0;
   lastImbalance = 0;
-  /** Times a worker's index fell by more than INDEX_STEP at once (capacity lost: a hog, throttling). */
+  /** Times a worker's index stepped (fell by INDEX_STEP or rose by INDEX_STEP_UP at once: a hog came or went). */
   indexSteps = 0;
   private cooldown: Uint8Array;
   private readonly alive: Uint8Array;
@@ -177,8 +177,8 @@ export class Balancer {
   /**
    * Imbalance index per worker from the slow cpu/elu averages (see LoadModel.cpuSlow), except after a step:
    * when the index from the fast averages is more than INDEX_STEP below the slow one (a hog arrived, capacity
-   * halved) or INDEX_STEP_UP above it (it left), the fast one is taken at once instead of waiting ~2 s for the slow one to follow, and the slow
-   * averages restart from the fast ones (the level before the step is history). Noise (+-0.15 per report under
+   * halved) or INDEX_STEP_UP above it (it left), the fast one is taken at once instead of waiting ~2 s for the
+   * slow one to follow, and the slow averages restart from the fast ones (the level before the step is history). Noise (+-0.15 per report under
    * a CPU limit) stays below the step and does not reach the targets.
    */
   private computeIndexes(): void {
@@ -187,7 +187,7 @@ export class Balancer {
     for (let w = 0; w < this.indexes.length; w++) {
       const f = this.fastIndexes[w]!, i = this.indexes[w]!;
       if (f < i - INDEX_STEP || f > i + INDEX_STEP_UP) {
-        this.indexes[w] = this.fastIndexes[w]!;
+        this.indexes[w] = f;
         this.model.snapSlow(w);
         this.indexSteps++;
       }
