@@ -189,6 +189,28 @@ describe('bad input', () => {
     }
   });
 
+  it('a replacement worker that is still starting takes no datagram meant for the primary (none lost while it loads)', async () => {
+    // Worker 1 (and its replacement) spends 1.5 s in its handler's init; the front socket reaches it at once.
+    const file = configFile({ handler: path.join(FIXTURES, 'slow-start-handler.js'), handlerOptions: { startMs: 0, perWorkerMs: 1500 } });
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance', '--config', file]);
+    const victim: number = (await svc.status()).workers[1].pid;
+    process.kill(victim, 'SIGKILL');
+    await waitFor(async () => ((await svc.status()).workers[1].pid !== victim ? true : null), 5000, 'a replacement forked', 20);
+    // Its buckets went to worker 0 at once; send while the replacement loads its handler.
+    const cs: Client[] = [];
+    for (let i = 0; i < 8; i++) cs.push(await client());
+    const ROUNDS = 60;
+    for (let r = 0; r < ROUNDS; r++) {
+      await Promise.all(cs.map((c) => c.send(`r${r}`, svc.udpPort, '127.0.0.1')));
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    // Before the fix the starting worker's copy of the front socket read part of these and dropped them uncounted.
+    await waitFor(() => cs.every((c) => c.replies.length === ROUNDS), 5000, 'every reply', 20).catch(async (err: Error) => {
+      const st = await svc.status();
+      throw new Error(`${err.message}: replies ${cs.map((c) => c.replies.length).join(',')} of ${ROUNDS}; received by flowlb ${st.received}`);
+    });
+  });
+
   it('POST /admin/move without its parameters is a 400, not a move of bucket 0 to worker 0', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance']);
     const post = async (query: string): Promise<number> => (await fetch(`${svc.httpUrl}/admin/move${query}`, { method: 'POST' })).status;

@@ -491,7 +491,13 @@ export async function runWorker(): Promise<void> {
   // IPC messages that arrive while no listener is attached are lost (front socket handles among them), so
   // listen at once and replay what came in while the handler was starting.
   const early: [unknown, unknown][] = [];
-  const buffer = (m: unknown, h: unknown): void => { early.push([m, h]); };
+  const buffer = (m: unknown, h: unknown): void => {
+    // A front socket reads from the moment it arrives, and the socket is the primary's: stop reading it now, not
+    // when the handler has loaded. Until then this process took datagrams meant for the primary and dropped them
+    // uncounted (300 of 480 sent while a replacement loaded a handler for 1.5 s).
+    if (isFlowlbMessage(m) && (m as PrimaryToWorker).t === 'front' && h !== undefined) stopReading(h as dgram.Socket);
+    early.push([m, h]);
+  };
   process.on('message', buffer);
   send({ t: 'hello' });
   // A worker stuck in a handler never sees its primary die; this thread does (see orphan-watchdog.ts).
