@@ -272,7 +272,7 @@ export class Balancer {
    * worker it is 7-10%, more than the configured 5%, and the balancer moved buckets after noise (hundreds of
    * moves a minute under a steady load). The band is NOISE_SIGMAS of it: at one sigma a worker left the band
    * by chance in ~1 round of 6, and since a worker outside its band is moved to the middle of it (planMoves),
-   * each such round moved several buckets (52-74 moves per 20 s skew run; 16 at two sigmas, same p99).
+   * each such round moved several buckets (52-74 moves per 20 s skew run; 7-17 at two sigmas, same p99).
    * Bounded by MAX_NOISE_BAND.
    */
   private noiseBand(): number {

@@ -82,10 +82,10 @@ export class LoadModel {
   /** Per worker: EWMA of elu (0..1). */
   readonly elu: Float64Array;
   /**
-   * Per worker: cpuUtil and elu averaged SLOW_DIVISOR (3) times slower (weight alpha / 3 per report, ~1 s at
-   * 100 ms reports), for the imbalance index only. The index is a ratio of the two (contention), and over 100-300 ms a worker that is
-   * throttled (a cgroup CPU limit) or shares its core reads a ratio that jumps by +-0.15 from one report to the
-   * next; on the fast averages the target shares swung +-8% every half second and buckets moved back and forth.
+   * Per worker: cpuUtil and elu averaged SLOW_DIVISOR times slower (weight alpha / SLOW_DIVISOR per report, ~1 s
+   * at 100 ms reports), for the imbalance index only. The index is a ratio of the two (contention), and over
+   * 100-300 ms a worker that is throttled (a cgroup CPU limit) or shares its core reads a ratio that jumps by
+   * +-0.15 from one report to the next; on the fast averages the target shares swung +-8% every half second and buckets moved back and forth.
    * Contention changes on a scale of seconds; the loads the planner compares with the targets stay fast.
    */
   readonly cpuSlow: Float64Array;

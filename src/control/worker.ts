@@ -490,14 +490,15 @@ export async function runWorker(): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'worker', worker: workerId });
   // IPC messages that arrive while no listener is attached are lost (front socket handles among them), so
   // listen at once and replay what came in while the handler was starting.
+  // A front socket is send-only here (the primary reads it) but reads from the moment its handle arrives: this
+  // listener, first and for the whole life of the worker, stops it in that same tick. Stopped only once the handler
+  // had loaded, it took datagrams meant for the primary meanwhile and dropped them uncounted (300 of 480 sent while
+  // a replacement loaded a handler for 1.5 s).
+  process.on('message', (m: unknown, h: unknown) => {
+    if (h !== undefined && isFlowlbMessage(m) && (m as PrimaryToWorker).t === 'front') stopReading(h as dgram.Socket);
+  });
   const early: [unknown, unknown][] = [];
-  const buffer = (m: unknown, h: unknown): void => {
-    // A front socket reads from the moment it arrives, and the socket is the primary's: stop reading it now, not
-    // when the handler has loaded. Until then this process took datagrams meant for the primary and dropped them
-    // uncounted (300 of 480 sent while a replacement loaded a handler for 1.5 s).
-    if (isFlowlbMessage(m) && (m as PrimaryToWorker).t === 'front' && h !== undefined) stopReading(h as dgram.Socket);
-    early.push([m, h]);
-  };
+  const buffer = (m: unknown, h: unknown): void => { early.push([m, h]); };
   process.on('message', buffer);
   send({ t: 'hello' });
   // A worker stuck in a handler never sees its primary die; this thread does (see orphan-watchdog.ts).
@@ -536,8 +537,7 @@ export async function runWorker(): Promise<void> {
       case 'front': {
         const s = handle as dgram.Socket | undefined;
         if (s === undefined) break; // the primary closed the socket before its handle crossed (stopping while we start)
-        // Send-only in this process: the primary reads the front socket.
-        stopReading(s);
+        // Not read here: the first 'message' listener stopped it on arrival.
         s.on('error', (err) => log.warn('front socket error', { err }));
         rt.fronts[msg.listener] = s;
         rt.frontPorts[msg.listener] = s.address().port;
