@@ -10,7 +10,7 @@
  * same hog is the baseline.
  *
  *   node dist/bench/interference.js [--short] [--cost-us 200] [--flows 256] [--load 0.45] [--seconds 30]
- *                                   [--rounds 1] [--interval-ms 250]
+ *                                   [--rounds 1] [--interval-ms 250] [--no-static]
  * --load is the offered rate as a fraction of 2e6 / costUs (two workers' ideal capacity). It must put each
  * worker well above half a core: a mostly idle process sharing a core with a busy loop is woken ahead of it
  * (the scheduler favours the task that slept), so below half a core the hog costs worker 0 almost nothing.
@@ -94,7 +94,8 @@ const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
 const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
 // --compare "ARGS": a third run, adaptive with these extra flowlb arguments (e.g. other intervals), side by side.
 const compareArgs = process.argv.indexOf('--compare') >= 0 ? process.argv[process.argv.indexOf('--compare') + 1]!.split(/\s+/).filter(Boolean) : [];
-const modes: string[] = ['static', 'adaptive', ...(compareArgs.length ? [`adaptive ${compareArgs.join(' ')}`] : [])];
+// --no-static: adaptive runs only (to compare builds of the balancer; the static baseline does not change).
+const modes: string[] = [...(process.argv.includes('--no-static') ? [] : ['static']), 'adaptive', ...(compareArgs.length ? [`adaptive ${compareArgs.join(' ')}`] : [])];
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-interference-'));
 const cfg = path.join(tmp, 'flowlb.json');

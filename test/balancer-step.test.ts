@@ -36,3 +36,80 @@ describe('imbalance index after a step', () => {
     expect(b.indexes[1]).toBeCloseTo(1, 6);
   });
 });
+
+describe('index step seen in the reports themselves', () => {
+  it('steps within two reports at the real cadence (100 ms reports, a round every 2-3 of them)', async () => {
+    const { balancer: b } = await twoReadyWorkers();
+    const feed = (lane: number, cpuUtil: number, elu: number): void =>
+      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+    const round = (reports: number, cpu0: number, elu0: number): void => {
+      for (let i = 0; i < reports; i++) { feed(0, cpu0, elu0); feed(1, 0.6, 0.6); }
+      b.tick();
+    };
+    for (let i = 0; i < 20; i++) round(i % 2 === 0 ? 2 : 3, 0.6, 0.6);
+    expect(b.indexes[0]).toBeCloseTo(1, 6);
+    // A hog arrives: worker 0's loop is busy all the time, it gets 0.48 of its core. With 2-3 reports between
+    // rounds the fast and the slow averages fall together and their gap never reaches INDEX_STEP (it peaks at
+    // 0.19): before the reports themselves were watched, the index was still 0.72 after two rounds and took
+    // seconds to get near 0.48. Now the two reports step the index to what they measured.
+    round(2, 0.48, 1);
+    expect(b.indexSteps).toBe(1);
+    expect(b.indexes[0]).toBeCloseTo(0.48, 6);
+    round(3, 0.48, 1);
+    expect(b.indexSteps).toBe(1);
+    expect(b.indexes[0]).toBeCloseTo(0.48, 6);
+    expect(b.indexes[1]).toBeCloseTo(1, 6);
+  });
+
+  it('follows the fast averages while the worker settles after a step', async () => {
+    const { balancer: b } = await twoReadyWorkers();
+    const feed = (lane: number, cpuUtil: number, elu: number): void =>
+      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+    const round = (reports: number, cpu0: number, elu0: number): void => {
+      for (let i = 0; i < reports; i++) { feed(0, cpu0, elu0); feed(1, 0.6, 0.6); }
+      b.tick();
+    };
+    for (let i = 0; i < 20; i++) round(i % 2 === 0 ? 2 : 3, 0.6, 0.6);
+    round(2, 0.48, 1);
+    expect(b.indexes[0]).toBeCloseTo(0.48, 6);
+    // Load has left the worker: it is no longer busy all the time and the scheduler gives it more (0.6 / 0.9).
+    // Within 8 reports the index is within 0.03 of 0.667; the slow averages alone would still read ~0.60.
+    for (let k = 0; k < 4; k++) round(2, 0.6, 0.9);
+    expect(b.indexes[0]).toBeGreaterThan(0.64);
+    expect(b.indexSteps).toBe(1);
+  });
+
+  it('does not step on a worker whose reports are always far apart (a CPU quota, not saturated)', async () => {
+    const { balancer: b } = await twoReadyWorkers();
+    const feed = (lane: number, cpuUtil: number, elu: number): void =>
+      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+    // Two throttled reports (cpu/elu 0.3), two idle-ish ones (1.0), and so on: each pair is 0.35 from the index.
+    const run = (reports: number): void => {
+      for (let i = 0; i < reports; i++) {
+        if (i % 4 < 2) feed(0, 0.27, 0.9); else feed(0, 0.4, 0.4);
+        feed(1, 0.6, 0.6);
+        if (i % 5 === 4) b.tick();
+      }
+    };
+    run(60);
+    const before = b.indexSteps;
+    run(200);
+    // Without the noise limit the pairs made 20 steps in these 200 reports.
+    expect(b.indexSteps - before).toBe(0);
+  });
+
+  it('does not step on one odd report', async () => {
+    const { balancer: b } = await twoReadyWorkers();
+    const feed = (lane: number, cpuUtil: number, elu: number): void =>
+      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+    for (let i = 0; i < 40; i++) {
+      // Every fifth report of worker 0 reads as heavily contended (a GC pause, a throttled period); the rest not.
+      feed(0, i % 5 === 4 ? 0.3 : 0.6, i % 5 === 4 ? 1 : 0.6);
+      feed(1, 0.6, 0.6);
+      if (i % 2 === 1) b.tick();
+    }
+    // Averaged in as they come (the index settles near 0.76), but never taken as a step.
+    expect(b.indexSteps).toBe(0);
+    expect(b.indexes[0]).toBeGreaterThan(0.7);
+  });
+});

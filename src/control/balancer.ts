@@ -15,7 +15,7 @@ import type { FlowlbConfig } from '../config.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
 import type { Logger } from '../log.js';
 import { DROP_FLOW_QUEUE_FULL, DROP_QUEUE_FULL, DROP_WORKER_DOWN } from '../datapath/counters.js';
-import { computeIndexes, targetShares } from './imbalance.js';
+import { computeIndexes, effectiveCapacity, targetShares } from './imbalance.js';
 import { LoadModel } from './load-model.js';
 import type { Migrator } from './migrator.js';
 import {
@@ -39,6 +39,26 @@ const MIN_BALANCE_LOAD = 0.05;
 const INDEX_STEP = 0.2;
 /** A rise this far is a step too (a hog left); larger than a fall, as capacity gained is less urgent than lost. */
 const INDEX_STEP_UP = 0.3;
+/**
+ * Reports in a row whose own (unsmoothed) index is a step away from the index: the index steps then, even if
+ * the fast average has not moved that far yet (see watchStep).
+ */
+const STEP_REPORTS = 2;
+/**
+ * A report is a step only if it stands out from the worker's usual report-to-index distance by this many times
+ * its running mean (see watchStep).
+ */
+const STEP_NOISE_TIMES = 3;
+/** Weight of one report in that running mean (~2 s at 100 ms reports). */
+const STEP_NOISE_WEIGHT = 0.05;
+/**
+ * For this long after a step the index follows the fast averages. The level a step is taken at is measured
+ * while the worker is still saturated (a hogged worker gets its fair half of the core, 0.48); once load has
+ * left it, it is woken ahead of the hog and gets more (its cpu/elu went 0.48 -> 0.66 as its share went
+ * 0.49 -> 0.40), so the first target overshoots. The slow averages took ~1.5 s to come back, the fast ones take
+ * ~0.6 s.
+ */
+const STEP_SETTLE_MS = 2000;
 /** Upper bound of the noise part of the dead band (see noiseBand). */
 const MAX_NOISE_BAND = 0.15;
 /** The noise part of the dead band, in standard deviations of a worker's packet count (see noiseBand). */
@@ -60,6 +80,15 @@ export class Balancer {
   lastImbalance = 0;
   /** Times a worker's index stepped (fell by INDEX_STEP or rose by INDEX_STEP_UP at once: a hog came or went). */
   indexSteps = 0;
+  /** Per worker: reports in a row whose own index fell a step below the index (< 0) or rose a step above it (> 0). */
+  private readonly stepRun: Int32Array;
+  /** Per worker: sums of cpuUtil and elu over the reports of the current stepRun. */
+  private readonly runCpu: Float64Array;
+  private readonly runElu: Float64Array;
+  /** Per worker: running mean of |report's own index - index| (see watchStep). */
+  private readonly reportNoise: Float64Array;
+  /** Per worker: until when (performance.now()) its index follows the fast averages (see STEP_SETTLE_MS). */
+  private readonly settleUntilMs: Float64Array;
   private cooldown: Uint8Array;
   private readonly alive: Uint8Array;
   private timer: NodeJS.Timeout | null = null;
@@ -98,6 +127,11 @@ export class Balancer {
     this.homeOf = initialAssignment(config.buckets, n);
     this.movedRound = new Float64Array(config.buckets).fill(-Infinity);
     this.pinned = new Uint8Array(config.buckets);
+    this.stepRun = new Int32Array(n);
+    this.runCpu = new Float64Array(n);
+    this.runElu = new Float64Array(n);
+    this.reportNoise = new Float64Array(n);
+    this.settleUntilMs = new Float64Array(n);
   }
 
   get enabled(): boolean {
@@ -118,6 +152,7 @@ export class Balancer {
   /** A reloaded config: balancer settings take effect from the next tick. */
   reconfigure(config: FlowlbConfig): void {
     const restart = this.timer !== null && config.balancer.rebalanceIntervalMs !== this.config.balancer.rebalanceIntervalMs;
+    if (!this.config.balancer.enabled) this.stepRun.fill(0); // runs were not watched while it was off
     this.config = config;
     if (restart) { this.stop(); this.start(); }
   }
@@ -156,6 +191,7 @@ export class Balancer {
       cpuUtil: r.cpuUtil, elu: r.elu, queueDepth: r.queueDepth, intervalMs: r.intervalMs,
       bucketIds: ids, bucketPackets: pk, bucketBytes: by, handledPackets: handled,
     });
+    if (this.enabled) this.watchStep(lane, r.cpuUtil, r.elu);
     // Claim: a worker whose queue passed the set limit handles its work inefficiently; move work off it now.
     // A worker that had to drop queued packets (a flow's queue or the whole queue full) is past its limit too,
     // even if its total depth never reached queueLimit (per-flow caps drop first), and its CPU (capped at one
@@ -176,22 +212,63 @@ export class Balancer {
 
   /**
    * Imbalance index per worker from the slow cpu/elu averages (see LoadModel.cpuSlow), except after a step:
-   * when the index from the fast averages is more than INDEX_STEP below the slow one (a hog arrived, capacity
-   * halved) or INDEX_STEP_UP above it (it left), the fast one is taken at once instead of waiting ~2 s for the
-   * slow one to follow, and the slow averages restart from the fast ones (the level before the step is history). Noise (+-0.15 per report under
-   * a CPU limit) stays below the step and does not reach the targets.
+   *  - STEP_REPORTS reports in a row whose own index was a step away from the index (see watchStep): every
+   *    average of the worker restarts at the mean of those reports, and the index is computed from them;
+   *  - the index from the fast averages more than INDEX_STEP below the slow one (a hog arrived, capacity
+   *    halved) or INDEX_STEP_UP above it (it left): the fast one is taken and the slow averages restart from
+   *    the fast ones.
+   * Either way the level before the step is history, and the index does not wait ~2 s for the slow averages to
+   * follow. Noise (+-0.15 per report under a CPU limit) stays below the step and does not reach the targets.
    */
   private computeIndexes(): void {
     computeIndexes(this.model.indexInputs(this.alive), this.indexes);
     computeIndexes(this.model.workerLoads(this.alive), this.fastIndexes);
+    const now = performance.now();
     for (let w = 0; w < this.indexes.length; w++) {
-      const f = this.fastIndexes[w]!, i = this.indexes[w]!;
-      if (f < i - INDEX_STEP || f > i + INDEX_STEP_UP) {
+      const f = this.fastIndexes[w]!, i = this.indexes[w]!, run = Math.abs(this.stepRun[w]!);
+      if (run >= STEP_REPORTS && this.alive[w] !== 0) {
+        // The reports of the run are the new level: every average restarts there.
+        this.model.restartAt(w, this.runCpu[w]! / run, this.runElu[w]! / run);
+        this.indexes[w] = this.fastIndexes[w] = effectiveCapacity(this.model.cpuUtil[w]!, this.model.elu[w]!);
+        this.stepRun[w] = 0;
+        this.indexSteps++;
+        this.settleUntilMs[w] = now + STEP_SETTLE_MS;
+      } else if (f < i - INDEX_STEP || f > i + INDEX_STEP_UP) {
         this.indexes[w] = f;
         this.model.snapSlow(w);
         this.indexSteps++;
+        this.settleUntilMs[w] = now + STEP_SETTLE_MS;
+      } else if (now < this.settleUntilMs[w]!) {
+        this.indexes[w] = f;
+        this.model.snapSlow(w);
       }
     }
+  }
+
+  /**
+   * Counts the reports in a row whose own index (cpu/elu of that report alone) is a step away from the worker's
+   * index. A hog that arrives shows at once in the reports (elu 1.0, cpu 0.48: 0.48), but with 2-3 reports
+   * between rounds the fast and the slow averages fall together and the gap between them may never reach a
+   * step: seen, 0.82 -> 0.51 over 1.75 s with the gap peaking at 0.19, and 3.7 s to balance. Two reports in a
+   * row rule out a single odd one (a GC pause; +-0.15 per report under a CPU limit). A rise must be
+   * INDEX_STEP_UP: a hogged worker that had a lull of two reports (elu 0.44) read as uncontended (cpu/elu ~1),
+   * stepped up at INDEX_STEP, took load back and saturated again (7.5 s to balance).
+   *
+   * Both limits grow to STEP_NOISE_TIMES the worker's running mean distance between a report and the index
+   * when that is larger: a worker capped by a CFS quota at a quarter core, not saturated, reads cpu/elu
+   * anywhere between 0.25 (a throttled report) and 1 (an idle one), and stepped on noise again and again
+   * (58 index jumps and 236 moves in a 20 s run, against 7-12 jumps with the averages' rule alone).
+   */
+  private watchStep(lane: number, cpu: number, elu: number): void {
+    if (this.model.reports[lane]! <= 1) { this.stepRun[lane] = 0; this.reportNoise[lane] = 0; return; }
+    const own = effectiveCapacity(cpu, elu), i = this.indexes[lane]!, run = this.stepRun[lane]!;
+    const noise = STEP_NOISE_TIMES * this.reportNoise[lane]!;
+    this.reportNoise[lane]! += STEP_NOISE_WEIGHT * (Math.abs(own - i) - this.reportNoise[lane]!);
+    const down = Math.max(INDEX_STEP, noise), up = Math.max(INDEX_STEP_UP, noise);
+    const next = own < i - down ? (run < 0 ? run - 1 : -1) : own > i + up ? (run > 0 ? run + 1 : 1) : 0;
+    if (Math.sign(next) !== Math.sign(run)) { this.runCpu[lane] = 0; this.runElu[lane] = 0; }
+    if (next !== 0) { this.runCpu[lane]! += cpu; this.runElu[lane]! += Math.min(1, elu); }
+    this.stepRun[lane] = next;
   }
 
   private prepare(): void {
@@ -346,6 +423,7 @@ export class Balancer {
     // A replacement: give back its original buckets (with their flows' state, through migrations); the
     // balancer evens out from there. Moves beyond the free hold lanes are retried on the next ticks.
     this.model.resetWorker(lane);
+    this.stepRun[lane] = 0;
     this.restoreHome(lane);
   }
 
@@ -364,6 +442,7 @@ export class Balancer {
     this.lastHandled[lane] = -1;
     this.refreshAlive();
     this.model.resetWorker(lane);
+    this.stepRun[lane] = 0;
     this.computeIndexes();
     targetShares(this.indexes, this.shares);
     const moves = planEvacuation(this.dispatcher.table.owner, lane, this.shares, this.alive);

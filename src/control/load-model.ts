@@ -223,6 +223,16 @@ export class LoadModel {
   }
 
   /**
+   * Restarts a worker's cpu and elu averages, fast and slow, at the given level: the balancer saw a step in the
+   * worker's own reports (see Balancer.watchStep) and these are the reports after it.
+   */
+  restartAt(worker: number, cpuUtil: number, elu: number): void {
+    this.checkWorker(worker);
+    this.cpuUtil[worker] = this.cpuSlow[worker] = finiteOrZero(cpuUtil);
+    this.elu[worker] = this.eluSlow[worker] = Math.min(1, finiteOrZero(elu));
+  }
+
+  /**
    * Forgets a worker slot (crash, replacement): its averages restart from its replacement's first report.
    * The rates of the buckets it reported restart from 0 too: their new owners' reports rebuild them within
    * a few intervals, and a stale rate that nobody reports would never decay.
