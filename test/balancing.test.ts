@@ -141,6 +141,9 @@ describe('balancing', () => {
       const after = await svc.status();
       return {
         moves: after.migrations.completed - before.migrations.completed,
+        // Since start: without the gate the balancer starts moving during the warm-up already, and how many moves
+        // are left for the measured window depends on how fast it got there (2-5 seen).
+        movesSinceStart: after.migrations.completed,
         rounds: after.rounds - before.rounds,
         idleRounds: after.idleRounds - before.idleRounds,
         elu: Math.max(...after.workers.map((w: any) => w.elu)),
@@ -149,10 +152,10 @@ describe('balancing', () => {
     const gated = await run(undefined);
     const open = await run(0);
     const diag = `default: ${gated.moves} moves, ${gated.idleRounds}/${gated.rounds} idle rounds, ELU ${gated.elu.toFixed(2)}; `
-      + `minBusy 0: ${open.moves} moves, ${open.idleRounds}/${open.rounds} idle rounds, ELU ${open.elu.toFixed(2)}`;
+      + `minBusy 0: ${open.moves} moves (${open.movesSinceStart} since start), ${open.idleRounds}/${open.rounds} idle rounds, ELU ${open.elu.toFixed(2)}`;
     expect(gated.idleRounds, diag).toBeGreaterThan(gated.rounds / 2);
     expect(gated.moves, diag).toBeLessThanOrEqual(2);
-    expect(open.moves, diag).toBeGreaterThanOrEqual(4);
+    expect(open.movesSinceStart, diag).toBeGreaterThanOrEqual(4);
     expect(open.idleRounds, diag).toBeLessThan(open.rounds / 2);
   });
 
