@@ -14,11 +14,24 @@ async function twoReadyWorkers() {
   return u;
 }
 
+/**
+ * Report feeders for a balancer with two ready workers: `feed` delivers one report; `round` delivers `reports`
+ * reports of worker 0 (cpu0, elu0) and of an uncontended worker 1 (0.6 / 0.6), then runs a rebalance round.
+ */
+async function fed() {
+  const { balancer: b } = await twoReadyWorkers();
+  const feed = (lane: number, cpuUtil: number, elu: number): void =>
+    b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+  const round = (reports: number, cpu0: number, elu0: number): void => {
+    for (let i = 0; i < reports; i++) { feed(0, cpu0, elu0); feed(1, 0.6, 0.6); }
+    b.tick();
+  };
+  return { b, feed, round };
+}
+
 describe('imbalance index after a step', () => {
   it('takes a fall at once and never jumps back towards the level before it', async () => {
-    const { balancer: b } = await twoReadyWorkers();
-    const feed = (lane: number, cpuUtil: number, elu: number): void =>
-      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+    const { b, feed } = await fed();
     // Uncontended: cpu = elu, index 1 for both.
     for (let i = 0; i < 40; i++) { feed(0, 0.6, 0.6); feed(1, 0.6, 0.6); b.tick(); }
     expect(b.indexes[0]).toBeCloseTo(1, 6);
@@ -39,13 +52,7 @@ describe('imbalance index after a step', () => {
 
 describe('index step seen in the reports themselves', () => {
   it('steps within two reports at the real cadence (100 ms reports, a round every 2-3 of them)', async () => {
-    const { balancer: b } = await twoReadyWorkers();
-    const feed = (lane: number, cpuUtil: number, elu: number): void =>
-      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
-    const round = (reports: number, cpu0: number, elu0: number): void => {
-      for (let i = 0; i < reports; i++) { feed(0, cpu0, elu0); feed(1, 0.6, 0.6); }
-      b.tick();
-    };
+    const { b, round } = await fed();
     for (let i = 0; i < 20; i++) round(i % 2 === 0 ? 2 : 3, 0.6, 0.6);
     expect(b.indexes[0]).toBeCloseTo(1, 6);
     // A hog arrives: worker 0's loop is busy all the time, it gets 0.48 of its core. With 2-3 reports between
@@ -62,13 +69,7 @@ describe('index step seen in the reports themselves', () => {
   });
 
   it('follows the fast averages while the worker settles after a step', async () => {
-    const { balancer: b } = await twoReadyWorkers();
-    const feed = (lane: number, cpuUtil: number, elu: number): void =>
-      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
-    const round = (reports: number, cpu0: number, elu0: number): void => {
-      for (let i = 0; i < reports; i++) { feed(0, cpu0, elu0); feed(1, 0.6, 0.6); }
-      b.tick();
-    };
+    const { b, round } = await fed();
     for (let i = 0; i < 20; i++) round(i % 2 === 0 ? 2 : 3, 0.6, 0.6);
     round(2, 0.48, 1);
     expect(b.indexes[0]).toBeCloseTo(0.48, 6);
@@ -80,9 +81,7 @@ describe('index step seen in the reports themselves', () => {
   });
 
   it('does not step on a worker whose reports are always far apart (a CPU quota, not saturated)', async () => {
-    const { balancer: b } = await twoReadyWorkers();
-    const feed = (lane: number, cpuUtil: number, elu: number): void =>
-      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+    const { b, feed } = await fed();
     // Two throttled reports (cpu/elu 0.3), two idle-ish ones (1.0), and so on: each pair is 0.35 from the index.
     const run = (reports: number): void => {
       for (let i = 0; i < reports; i++) {
@@ -99,9 +98,7 @@ describe('index step seen in the reports themselves', () => {
   });
 
   it('does not step on one odd report', async () => {
-    const { balancer: b } = await twoReadyWorkers();
-    const feed = (lane: number, cpuUtil: number, elu: number): void =>
-      b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100 }));
+    const { b, feed } = await fed();
     for (let i = 0; i < 40; i++) {
       // Every fifth report of worker 0 reads as heavily contended (a GC pause, a throttled period); the rest not.
       feed(0, i % 5 === 4 ? 0.3 : 0.6, i % 5 === 4 ? 1 : 0.6);
