@@ -190,6 +190,7 @@ export interface ClusterSnapshot {
     readonly extended: number; readonly lateReleases: number; readonly lateFlowsImported: number; readonly lateFlowsLost: number;
   };
   readonly rounds: number;
+  readonly indexSteps: number;
   readonly overloadSpills: number;
   readonly movesPlanned: number;
   /** Packet mode: packets redirected away from an overloaded worker, and queued packets it handed back. */
@@ -316,6 +317,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
       extended: m.extended, lateReleases: m.lateReleases, lateFlowsImported: m.lateFlowsImported, lateFlowsLost: m.lateFlowsLost,
     },
     rounds: b.rounds,
+    indexSteps: b.indexSteps,
     overloadSpills: b.overloadSpills,
     movesPlanned: b.movesPlanned,
     spilledPackets: d.spilledPackets,
@@ -433,6 +435,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_buckets_owned', type: 'gauge', help: 'Hash buckets the worker owns (buckets being migrated count for nobody).', read: perWorker((l) => l.buckets) },
   { name: 'flowlb_imbalance_ratio', type: 'gauge', help: 'The worst worker\'s distance from its target share as a fraction of all load, at the last rebalance round (0 = perfect).', read: (s) => [{ value: s.imbalance }] },
   { name: 'flowlb_rebalance_rounds_total', type: 'counter', help: 'Rebalance rounds the balancer ran.', read: (s) => [{ value: s.rounds }] },
+  { name: 'flowlb_index_steps_total', type: 'counter', help: 'Times a worker\'s imbalance index stepped at once (its CPU share fell or rose sharply: a CPU hog came or went).', read: (s) => [{ value: s.indexSteps }] },
   { name: 'flowlb_overload_spills_total', type: 'counter', help: 'Times an overloaded worker (queue past the limit) had buckets moved off at once.', read: (s) => [{ value: s.overloadSpills }] },
   { name: 'flowlb_spilled_packets_total', type: 'counter', help: 'Packet mode: packets the primary sent to another worker than their bucket\'s owner because the owner was overloaded.', read: (s) => [{ value: s.spilledPackets }] },
   { name: 'flowlb_shed_packets_total', type: 'counter', help: 'Packet mode: queued packets an overloaded worker handed back, re-sent to another worker.', read: (s) => [{ value: s.shedPackets }] },
