@@ -226,20 +226,19 @@ export class Balancer {
     const now = performance.now();
     for (let w = 0; w < this.indexes.length; w++) {
       const f = this.fastIndexes[w]!, i = this.indexes[w]!, run = Math.abs(this.stepRun[w]!);
+      let stepped = false;
       if (run >= STEP_REPORTS && this.alive[w] !== 0) {
         // The reports of the run are the new level: every average restarts there.
         this.model.restartAt(w, this.runCpu[w]! / run, this.runElu[w]! / run);
-        this.indexes[w] = this.fastIndexes[w] = effectiveCapacity(this.model.cpuUtil[w]!, this.model.elu[w]!);
+        this.fastIndexes[w] = effectiveCapacity(this.model.cpuUtil[w]!, this.model.elu[w]!);
         this.stepRun[w] = 0;
-        this.indexSteps++;
-        this.settleUntilMs[w] = now + STEP_SETTLE_MS;
+        stepped = true;
       } else if (f < i - INDEX_STEP || f > i + INDEX_STEP_UP) {
-        this.indexes[w] = f;
-        this.model.snapSlow(w);
-        this.indexSteps++;
-        this.settleUntilMs[w] = now + STEP_SETTLE_MS;
-      } else if (now < this.settleUntilMs[w]!) {
-        this.indexes[w] = f;
+        stepped = true;
+      }
+      if (stepped) { this.indexSteps++; this.settleUntilMs[w] = now + STEP_SETTLE_MS; }
+      if (stepped || now < this.settleUntilMs[w]!) {
+        this.indexes[w] = this.fastIndexes[w]!;
         this.model.snapSlow(w);
       }
     }

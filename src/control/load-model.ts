@@ -218,13 +218,13 @@ export class LoadModel {
    */
   snapSlow(worker: number): void {
     this.checkWorker(worker);
-    this.cpuSlow[worker] = this.cpuUtil[worker]!;
-    this.eluSlow[worker] = this.elu[worker]!;
+    this.restartAt(worker, this.cpuUtil[worker]!, this.elu[worker]!);
   }
 
   /**
    * Restarts a worker's cpu and elu averages, fast and slow, at the given level: the balancer saw a step in the
-   * worker's own reports (see Balancer.watchStep) and these are the reports after it.
+   * worker's own reports (see Balancer.watchStep) and these are the reports after it; snapSlow restarts them at
+   * the fast averages.
    */
   restartAt(worker: number, cpuUtil: number, elu: number): void {
     this.checkWorker(worker);
