@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { createCpuCap } from '../bench/lib/cpucap.js';
 import { Client, configFile, FIXTURES, removeConfigFiles, startFlowlb, stopAll, waitFor, type Running } from './support/service.js';
 
 const running: Running[] = [];
@@ -118,6 +119,38 @@ describe('balancing', () => {
       queue: { flowQueueLimit: 100000 },
     });
     expect(st.overloadSpills).toBe(0);
+  });
+
+  it('reads a worker\'s cgroup CPU quota: its index stays at or below it, and follows it into and out of the cgroup', async (ctx) => {
+    // A real cgroup (CFS bandwidth, v1 or v2) capping worker 1 at a quarter core. Needs root and a cgroup cpu
+    // controller; without them the test is skipped, saying why.
+    const cap = createCpuCap(`flowlb-test-${process.pid}`, 0.25, 4000);
+    if ('error' in cap) { ctx.skip(`no cgroup CPU cap here: ${cap.error}`); return; }
+    try {
+      const svc = await startFlowlb(['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn']);
+      running.push(svc);
+      const before = await svc.status();
+      expect(before.workers.map((w: { cpuLimit: number }) => w.cpuLimit)).toEqual([0, 0]);
+      cap.apply(before.workers[1].pid);
+      // Idle, a worker counts as a full core; under the quota, as a quarter.
+      const st = await waitFor(async () => {
+        const s = await svc.status();
+        return s.workers[1].cpuLimit > 0 && s.workers[1].index < 0.3 ? s : null;
+      }, 5000, 'worker 1 to report its quota', 100);
+      expect(st.workers[1].cpuLimit).toBeCloseTo(0.25, 6);
+      expect(st.workers[0].cpuLimit).toBe(0);
+      expect(st.workers[1].index).toBeLessThanOrEqual(0.25 + 1e-9);
+      expect(st.workers[0].index).toBeGreaterThan(0.9);
+      expect(await svc.metrics()).toMatch(/^flowlb_worker_cpu_limit_cores\{worker="1"\} 0\.25$/m);
+      cap.release();
+      const after = await waitFor(async () => {
+        const s = await svc.status();
+        return s.workers[1].cpuLimit === 0 ? s : null;
+      }, 5000, 'worker 1 to report no quota after leaving the cgroup', 100);
+      expect(after.workers[1].cpuLimit).toBe(0);
+    } finally {
+      cap.release();
+    }
   });
 
   it('moves nothing while no worker is busy (balancer.minBusy), and the same uneven load moves buckets with minBusy 0', async () => {

@@ -70,6 +70,24 @@ describe('effectiveCapacity', () => {
     );
   });
 
+  it('never goes above the CPU limit, and is unchanged by a limit of a core or more (or none)', () => {
+    const limit = fc.double({ min: 0.01, max: 4, noNaN: true });
+    fc.assert(
+      fc.property(util, elu, limit, (c, e, l) => {
+        const free = effectiveCapacity(c, e);
+        expect(effectiveCapacity(c, e, l)).toBeCloseTo(Math.min(l, free), 12);
+        expect(effectiveCapacity(c, e, 0)).toBe(free);
+      }),
+    );
+    // A quarter-core quota, not saturated: a report that was not throttled reads cpu ~ elu (ratio 1); the quota
+    // is the ceiling. One that was throttled reads its quota anyway.
+    expect(effectiveCapacity(0.2, 0.2, 0.25)).toBeCloseTo(0.25, 12);
+    expect(effectiveCapacity(0.25, 1, 0.25)).toBeCloseTo(0.25, 12);
+    // A neighbour on the core below the quota still shows.
+    expect(effectiveCapacity(0.1, 1, 0.25)).toBeCloseTo(0.1, 12);
+    expect(computeIndexes([{ alive: true, cpuUtil: 0.3, elu: 0.3, queueDepth: 0, cpuLimit: 0.5 }])[0]).toBeCloseTo(0.5, 12);
+  });
+
   it('is continuous: a small change of a measurement moves it little', () => {
     fc.assert(
       fc.property(util, elu, fc.double({ min: -1e-4, max: 1e-4, noNaN: true }), (c, e, delta) => {

@@ -6,11 +6,12 @@ function report(
   cpuUtil: number,
   elu: number,
   buckets: Record<number, number>,
-  opts: { queueDepth?: number; intervalMs?: number; bytesPerPacket?: number; handled?: number } = {},
+  opts: { queueDepth?: number; intervalMs?: number; bytesPerPacket?: number; handled?: number; cpuLimit?: number } = {},
 ): WorkerReport {
   const ids = Object.keys(buckets).map(Number);
   return {
     handledPackets: opts.handled,
+    cpuLimit: opts.cpuLimit,
     cpuUtil,
     elu,
     queueDepth: opts.queueDepth ?? 0,
@@ -177,11 +178,16 @@ describe('LoadModel', () => {
 
   it('builds WorkerLoad views with the caller liveness', () => {
     const m = new LoadModel(2, 4, 1);
-    m.ingestReport(1, report(0.5, 1, {}, { queueDepth: 12 }));
+    m.ingestReport(1, report(0.5, 1, {}, { queueDepth: 12, cpuLimit: 0.25 }));
     expect(m.workerLoads(Uint8Array.from([1, 0]))).toEqual([
-      { alive: true, cpuUtil: 0, elu: 0, queueDepth: 0 },
-      { alive: false, cpuUtil: 0.5, elu: 1, queueDepth: 12 },
+      { alive: true, cpuUtil: 0, elu: 0, queueDepth: 0, cpuLimit: 0 },
+      { alive: false, cpuUtil: 0.5, elu: 1, queueDepth: 12, cpuLimit: 0.25 },
     ]);
+    // The quota is the latest report's, not averaged; a slot reset forgets it.
+    m.ingestReport(1, report(0.5, 1, {}, { cpuLimit: 0.5 }));
+    expect(m.cpuLimit[1]).toBe(0.5);
+    m.resetWorker(1);
+    expect(m.cpuLimit[1]).toBe(0);
   });
 
   it('keeps every bucket load finite and non-negative, adding up to each reporting worker CPU', () => {

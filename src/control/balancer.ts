@@ -189,7 +189,7 @@ export class Balancer {
     this.lastHandled[lane] = handledNow;
     this.model.ingestReport(lane, {
       cpuUtil: r.cpuUtil, elu: r.elu, queueDepth: r.queueDepth, intervalMs: r.intervalMs,
-      bucketIds: ids, bucketPackets: pk, bucketBytes: by, handledPackets: handled,
+      bucketIds: ids, bucketPackets: pk, bucketBytes: by, handledPackets: handled, cpuLimit: r.cpuLimit,
     });
     if (this.enabled) this.watchStep(lane, r.cpuUtil, r.elu);
     // Claim: a worker whose queue passed the set limit handles its work inefficiently; move work off it now.
@@ -230,7 +230,7 @@ export class Balancer {
       if (run >= STEP_REPORTS && this.alive[w] !== 0) {
         // The reports of the run are the new level: every average restarts there.
         this.model.restartAt(w, this.runCpu[w]! / run, this.runElu[w]! / run);
-        this.fastIndexes[w] = effectiveCapacity(this.model.cpuUtil[w]!, this.model.elu[w]!);
+        this.fastIndexes[w] = effectiveCapacity(this.model.cpuUtil[w]!, this.model.elu[w]!, this.model.cpuLimit[w]!);
         this.stepRun[w] = 0;
         stepped = true;
       } else if (f < i - INDEX_STEP || f > i + INDEX_STEP_UP) {
@@ -260,7 +260,7 @@ export class Balancer {
    */
   private watchStep(lane: number, cpu: number, elu: number): void {
     if (this.model.reports[lane]! <= 1) { this.stepRun[lane] = 0; this.reportNoise[lane] = 0; return; }
-    const own = effectiveCapacity(cpu, elu), i = this.indexes[lane]!, run = this.stepRun[lane]!;
+    const own = effectiveCapacity(cpu, elu, this.model.cpuLimit[lane]!), i = this.indexes[lane]!, run = this.stepRun[lane]!;
     const noise = STEP_NOISE_TIMES * this.reportNoise[lane]!;
     this.reportNoise[lane]! += STEP_NOISE_WEIGHT * (Math.abs(own - i) - this.reportNoise[lane]!);
     const down = Math.max(INDEX_STEP, noise), up = Math.max(INDEX_STEP_UP, noise);

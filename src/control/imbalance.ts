@@ -9,6 +9,7 @@
  *     ratio_i     = min(1, cpu_i / elu_i)               CPU share the worker gets while it has work
  *     evidence_i  = min(1, elu_i / ELU_EVIDENCE)        how far we trust that ratio (ELU_EVIDENCE = 0.25)
  *     capacity_i  = max(MIN_CAPACITY, 1 - evidence_i * (1 - ratio_i))          (MIN_CAPACITY = 0.05)
+ *     capacity_i  = min(limit_i, capacity_i)            when the worker's cgroup has a CPU quota below a core
  *     index_i     = capacity_i   (0 for a dead worker)
  *     share_i     = index_i / sum_j index_j
  *
@@ -37,12 +38,18 @@
  * badly starved but live worker in the table instead of dividing by zero; the overload path (queue past its
  * limit) takes care of it if even that is too much.
  *
+ * A CPU quota (cgroup CFS bandwidth: limit_i = quota / period, cpu-limit.ts) is a ceiling the ratio shows
+ * only while the worker is saturated. Below that, whether a report caught the worker throttled decides what
+ * it reads: 4 workers capped at a quarter core read cpu/elu anywhere between 0.25 and 1 from report to
+ * report, and the balancer chased that noise. Known, the quota bounds the index from above; contention
+ * beyond it (a neighbour on the same core) still shows in the ratio.
+ *
  * This is the patent claim's "imbalance distribution index for each processor from its percentage of
  * capacity usage", with buckets distributed "in proportion to the index and in reverse proportion to the
  * total index" (share_i = index_i / sum index).
  *
  * Properties (tested): equal measurements give equal indexes; index is non-decreasing in cpu and
- * non-increasing in elu; shares sum to 1 over live workers; dead workers get 0.
+ * non-increasing in elu; never above the CPU limit; shares sum to 1 over live workers; dead workers get 0.
  */
 
 /** One worker's smoothed measurements (see load-model.ts for how they are averaged). */
@@ -54,6 +61,8 @@ export interface WorkerLoad {
   readonly elu: number;
   /** Packets queued in the worker (smoothed). */
   readonly queueDepth: number;
+  /** The worker's cgroup CPU quota in cores (its latest report); 0 or absent = none. */
+  readonly cpuLimit?: number;
 }
 
 /** ELU above which cpu/elu is fully trusted as a contention measurement. */
@@ -65,13 +74,17 @@ function clean(x: number): number {
   return Number.isFinite(x) && x > 0 ? x : 0;
 }
 
-/** "How much of a core the worker gets", in cores, in [MIN_CAPACITY, 1]. Pure; used by `computeIndexes`. */
-export function effectiveCapacity(cpuUtil: number, elu: number): number {
+/**
+ * "How much of a core the worker gets", in cores, in [MIN_CAPACITY, 1], and never above `cpuLimit` (the worker's
+ * cgroup CPU quota in cores; 0 = none). Pure; used by `computeIndexes`.
+ */
+export function effectiveCapacity(cpuUtil: number, elu: number, cpuLimit = 0): number {
+  const cap = Math.min(1, clean(cpuLimit) || 1);
   const e = Math.min(1, clean(elu));
-  if (e === 0) return 1;
+  if (e === 0) return cap;
   const ratio = Math.min(1, clean(cpuUtil) / e);
   const evidence = Math.min(1, e / ELU_EVIDENCE);
-  return Math.max(MIN_CAPACITY, 1 - evidence * (1 - ratio));
+  return Math.min(cap, Math.max(MIN_CAPACITY, 1 - evidence * (1 - ratio)));
 }
 
 /** The imbalance index of every worker: its effective capacity, 0 when dead. */
@@ -79,7 +92,7 @@ export function computeIndexes(workers: readonly WorkerLoad[], out?: Float64Arra
   const idx = out ?? new Float64Array(workers.length);
   for (let i = 0; i < workers.length; i++) {
     const w = workers[i]!;
-    idx[i] = w.alive ? effectiveCapacity(w.cpuUtil, w.elu) : 0;
+    idx[i] = w.alive ? effectiveCapacity(w.cpuUtil, w.elu, w.cpuLimit) : 0;
   }
   return idx;
 }

@@ -65,6 +65,8 @@ export interface WorkerReport {
    * packets (arrivals), i.e. the worker keeps up.
    */
   readonly handledPackets?: number;
+  /** The worker's cgroup CPU quota in cores (see cpu-limit.ts); absent or 0 = none. */
+  readonly cpuLimit?: number;
 }
 
 function finiteOrZero(x: number): number {
@@ -90,6 +92,8 @@ export class LoadModel {
    */
   readonly cpuSlow: Float64Array;
   readonly eluSlow: Float64Array;
+  /** Per worker: its cgroup CPU quota in cores as of its latest report (not averaged); 0 = none. */
+  readonly cpuLimit: Float64Array;
   /** Per worker: EWMA of queue depth (packets). */
   readonly queueDepth: Float64Array;
   /** Per worker: the queue depth of the last report, unsmoothed (packets). */
@@ -134,6 +138,7 @@ export class LoadModel {
     this.elu = new Float64Array(workers);
     this.cpuSlow = new Float64Array(workers);
     this.eluSlow = new Float64Array(workers);
+    this.cpuLimit = new Float64Array(workers);
     this.queueDepth = new Float64Array(workers);
     this.lastQueueDepth = new Float64Array(workers);
     this.packetsPerSec = new Float64Array(workers);
@@ -167,6 +172,7 @@ export class LoadModel {
     const slow = this.reports[worker] === 0 ? 1 : a / SLOW_DIVISOR;
     this.cpuSlow[worker] = slow * finiteOrZero(r.cpuUtil) + (1 - slow) * this.cpuSlow[worker]!;
     this.eluSlow[worker] = slow * Math.min(1, finiteOrZero(r.elu)) + (1 - slow) * this.eluSlow[worker]!;
+    this.cpuLimit[worker] = finiteOrZero(r.cpuLimit ?? 0);
     const q = finiteOrZero(r.queueDepth);
     this.lastQueueDepth[worker] = q;
     this.queueDepth[worker] = take * q + keep * this.queueDepth[worker]!;
@@ -244,6 +250,7 @@ export class LoadModel {
     this.cpuSlow[worker] = 0;
     this.eluSlow[worker] = 0;
     this.queueDepth[worker] = 0;
+    this.cpuLimit[worker] = 0;
     this.lastQueueDepth[worker] = 0;
     this.packetsPerSec[worker] = 0;
     this.handledPerSec[worker] = -1;
@@ -308,7 +315,7 @@ export class LoadModel {
   private views(alive: ArrayLike<number>, cpu: Float64Array, elu: Float64Array): WorkerLoad[] {
     const out: WorkerLoad[] = [];
     for (let w = 0; w < this.workers; w++) {
-      out.push({ alive: alive[w] !== 0 && alive[w] !== undefined, cpuUtil: cpu[w]!, elu: elu[w]!, queueDepth: this.queueDepth[w]! });
+      out.push({ alive: alive[w] !== 0 && alive[w] !== undefined, cpuUtil: cpu[w]!, elu: elu[w]!, queueDepth: this.queueDepth[w]!, cpuLimit: this.cpuLimit[w]! });
     }
     return out;
   }

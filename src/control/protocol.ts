@@ -58,6 +58,8 @@ export type WorkerToPrimary =
     activeQueues: number; counters: WorkerCounters; memRss: number;
     /** Cumulative user + system CPU time of the worker process, microseconds. */
     cpuUs: number;
+    /** The worker's cgroup CPU quota in cores (see cpu-limit.ts); 0 = none. */
+    cpuLimit: number;
     handlerCounters?: Record<string, number>;
   }
   | { t: 'released'; bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }

@@ -24,6 +24,7 @@ import { createLogger, type Logger } from '../log.js';
 import {
   isFlowlbMessage, LATENCY_BOUNDS_MS, type FlowTransfer, type PrimaryToWorker, type WorkerCounters, type WorkerToPrimary,
 } from './protocol.js';
+import { CpuLimitReader } from './cpu-limit.js';
 import { startOrphanWatchdog } from './orphan-watchdog.js';
 import { startReading, stopReading } from './socket-handle.js';
 
@@ -583,6 +584,7 @@ export async function runWorker(): Promise<void> {
   // EMFILE, and the whole report was lost with it. Keep the last value instead.
   let lastRss = 0;
   const readRss = (): number => { try { return (lastRss = process.memoryUsage.rss()); } catch { return lastRss; } };
+  const cpuLimit = new CpuLimitReader();
   let seq = 0;
   let lastWall = performance.now();
   let lastCpu = process.cpuUsage();
@@ -601,7 +603,7 @@ export async function runWorker(): Promise<void> {
     send({
       t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
       peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters,
-      memRss: readRss(), cpuUs: cpu.user + cpu.system, handlerCounters,
+      memRss: readRss(), cpuUs: cpu.user + cpu.system, cpuLimit: cpuLimit.read(), handlerCounters,
     });
     lastWall = now; lastCpu = cpu; lastElu = elu;
   }, config.balancer.reportIntervalMs);

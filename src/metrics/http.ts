@@ -75,6 +75,8 @@ export function buildStatus(v: ServiceView): unknown {
       // The last report's figures, unsmoothed (the two above are the balancer's EWMAs).
       cpuLast: r?.cpuUtil ?? 0,
       eluLast: r?.elu ?? 0,
+      // The worker's cgroup CPU quota in cores (0: none); its index never goes above it.
+      cpuLimit: v.balancer.model.cpuLimit[lane],
       index: v.balancer.indexes[lane],
       targetShare: v.balancer.shares[lane],
       buckets: counts[lane],

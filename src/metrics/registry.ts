@@ -158,6 +158,8 @@ export interface LaneSnapshot {
   /** The balancer's smoothed view. */
   readonly cpuUtil: number;
   readonly elu: number;
+  /** The worker's cgroup CPU quota in cores, 0 = none. */
+  readonly cpuLimit: number;
   readonly imbalanceIndex: number;
   readonly targetShare: number;
   readonly buckets: number;
@@ -262,6 +264,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
       spilling: (d.spillTo[lane] ?? -1) >= 0,
       cpuUtil: num(b.model.cpuUtil[lane]),
       elu: num(b.model.elu[lane]),
+      cpuLimit: num(b.model.cpuLimit[lane]),
       imbalanceIndex: num(b.indexes[lane]),
       targetShare: num(b.shares[lane]),
       buckets: owned[lane]!,
@@ -424,6 +427,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_queue_limit_packets', type: 'gauge', help: 'Queue depth past which a worker counts as overloaded and loses buckets at once.', read: (s) => [{ value: s.queueLimit }] },
   { name: 'flowlb_cpu_utilization_ratio', type: 'gauge', help: 'Worker process CPU time over wall time (1 = one core), smoothed as the balancer sees it.', read: perWorker((l) => l.cpuUtil) },
   { name: 'flowlb_event_loop_utilization_ratio', type: 'gauge', help: 'Worker event-loop utilisation (0 to 1), smoothed as the balancer sees it.', read: perWorker((l) => l.elu) },
+  { name: 'flowlb_worker_cpu_limit_cores', type: 'gauge', help: 'CPU quota of the worker\'s cgroup in cores (CFS bandwidth; 0 = none); its imbalance index never exceeds it.', read: perWorker((l) => l.cpuLimit) },
   { name: 'flowlb_worker_resident_memory_bytes', type: 'gauge', help: 'Resident set size of the worker process at its latest report.', read: perWorker((l) => l.rssBytes) },
   {
     name: 'flowlb_worker_cpu_seconds_total', type: 'counter', help: 'CPU time (user + system) of the lane\'s current worker process; resets when the worker restarts.',
