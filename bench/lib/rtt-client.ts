@@ -13,6 +13,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import { fileURLToPath } from 'node:url';
 import { AliasTable, makeRng } from '../../src/gen/flows.js';
+import { socketDrops } from '../../src/metrics/socket-drops.js';
 
 const HERE = fileURLToPath(import.meta.url);
 const HEADER_BYTES = 16;
@@ -55,6 +56,13 @@ export interface GroupResult {
 }
 export interface ClientResult extends GroupResult {
   achievedPps: number;
+  /**
+   * Where a loss happened on the client's side, so it is not put on flowlb: sends that failed (an error from the
+   * socket, e.g. ENOBUFS) and replies the kernel dropped at the client's own sockets (receive buffer full; the
+   * `drops` column of /proc/net/udp over this run, null where it cannot be read).
+   */
+  sendErrors: number;
+  clientSocketDrops: number | null;
   groups: GroupResult[];
   perFlowSent: number[];
   perFlowReceived: number[];
@@ -112,6 +120,11 @@ async function childMain(): Promise<void> {
   let sizeBytes = HEADER_BYTES;
   // Rebound per run; the sockets (and their source ports) live until close.
   let onReply: (msg: Buffer) => void = () => {};
+  let socketErrors = 0;
+  const clientDrops = (): number | null => {
+    const d = socketDrops(sockets.map((s) => ({ family: 4 as const, host: '127.0.0.1', port: s.address().port })));
+    return d.some((x) => x === null) ? null : d.reduce((a: number, x) => a + x!, 0);
+  };
   const usNow = (): number => Number(process.hrtime.bigint() / 1000n);
 
   const open = async (c: OpenCmd): Promise<void> => {
@@ -122,7 +135,8 @@ async function childMain(): Promise<void> {
     for (let f = 0; f < c.weights.length; f++) {
       const s = dgram.createSocket({ type: 'udp4', recvBufferSize: 1 << 20, sendBufferSize: 1 << 20 });
       s.on('message', (m) => onReply(m));
-      s.on('error', () => { /* ICMP port unreachable while no server listens: not a reply, not fatal */ });
+      // ICMP port unreachable while no server listens, or a failed send: not a reply, not fatal; counted.
+      s.on('error', () => { socketErrors++; });
       await new Promise<void>((r) => s.bind({ address: '127.0.0.1', port: 0, exclusive: true }, () => r()));
       sockets.push(s);
     }
@@ -143,6 +157,7 @@ async function childMain(): Promise<void> {
     const startUs = usNow() + 50_000;
     const windowUs = windowMs * 1000, slotUs = 1e6 / c.ratePps;
     let sent = 0, connected = 0;
+    const errorsBefore = socketErrors, dropsBefore = clientDrops();
     // Poisson arrivals: exponential gaps with mean slotUs (the aggregate of many independent sources);
     // otherwise evenly spaced.
     let nextUs = 0;
@@ -199,7 +214,11 @@ async function childMain(): Promise<void> {
       const whole = summarise(
         (w) => sentW.reduce((a, x) => a + x[w]!, 0), (w) => recvW.reduce((a, x) => a + x[w]!, 0), (w) => rttW.flatMap((x) => x[w]!),
       );
-      resolve({ ...whole, achievedPps: sent / (c.durationMs / 1000), groups: groupResults, perFlowSent, perFlowReceived });
+      const dropsAfter = clientDrops();
+      resolve({
+        ...whole, achievedPps: sent / (c.durationMs / 1000), groups: groupResults, perFlowSent, perFlowReceived,
+        sendErrors: socketErrors - errorsBefore, clientSocketDrops: dropsBefore === null || dropsAfter === null ? null : dropsAfter - dropsBefore,
+      });
     };
     for (const s of sockets) {
       try { s.disconnect(); } catch { /* was not connected */ }

@@ -307,7 +307,10 @@ export function sumDrops(st: any): Record<string, number> {
   const out: Record<string, number> = {};
   const add = (o: Record<string, number>): void => { for (const [k, v] of Object.entries(o ?? {})) out[k] = (out[k] ?? 0) + v; };
   add(st.dropped);
-  for (const w of st.workers) add(w.drops);
+  for (const w of st.workers) { add(w.drops); if (w.replyErrors > 0) add({ reply_errors: w.replyErrors }); }
+  // Datagrams the kernel dropped at flowlb's front sockets (receive buffer full) never reach flowlb's counters.
+  const kernel = (st.kernelDrops ?? []).reduce((a: number, x: number | null) => a + (x ?? 0), 0);
+  if (kernel > 0) out.kernel_front_rcvbuf = kernel;
   return out;
 }
 

@@ -87,6 +87,8 @@ export function buildStatus(v: ServiceView): unknown {
       flowsActive: c?.flowsActive ?? 0,
       handled: c?.handled ?? 0,
       replies: c?.replies ?? 0,
+      // Replies the worker could not send (no front socket, or the send failed): lost after flowlb handled them.
+      replyErrors: c?.replyErrors ?? 0,
       // The worker's own drops plus migration_late, counted for it by the primary (packets it handed over too late).
       drops: Object.fromEntries(DROP_REASONS.map((n, i) => [n, (c?.drops[i] ?? 0) + (i === DROP_MIGRATION_LATE ? v.migrator.lateDropped[lane]! : 0)])
         .filter(([, x]) => x !== 0)),
