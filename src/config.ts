@@ -102,7 +102,7 @@ export interface FlowlbConfig {
   readonly listen: readonly Endpoint[];
   readonly workers: number;
   readonly buckets: number;
-  /** 'echo', 'proxy', or an absolute path to a handler module. */
+  /** 'echo', 'proxy', 'sockperf', or an absolute path to a handler module. */
   readonly handler: string;
   readonly handlerOptions: Readonly<Record<string, unknown>>;
   readonly backends: readonly BackendSpec[];
@@ -315,7 +315,7 @@ function readDurationValue(value: unknown, what: string): number {
 
 function readHandlerName(value: unknown, what: string): string {
   if (typeof value !== 'string' || value.trim() === '') {
-    throw new ConfigError(`${what} must be echo, proxy or the path of a handler module, got ${show(value)}`);
+    throw new ConfigError(`${what} must be echo, proxy, sockperf or the path of a handler module, got ${show(value)}`);
   }
   return value.trim();
 }
@@ -586,13 +586,13 @@ function applyFlags(draft: ConfigDraft, flags: ServeFlags): void {
 }
 
 function resolveHandler(handler: string, what: string, cwd: string): string {
-  if (handler === 'echo' || handler === 'proxy') return handler;
+  if (handler === 'echo' || handler === 'proxy' || handler === 'sockperf') return handler;
   const file = path.resolve(cwd, handler);
   let isFile: boolean;
   try {
     isFile = statSync(file).isFile();
   } catch {
-    throw new ConfigError(`${what} ${show(handler)}: no such file ${file} (expected echo, proxy or a module path)`);
+    throw new ConfigError(`${what} ${show(handler)}: no such file ${file} (expected echo, proxy, sockperf or a module path)`);
   }
   if (!isFile) throw new ConfigError(`${what} ${show(handler)}: ${file} is not a file`);
   return file;

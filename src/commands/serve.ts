@@ -44,7 +44,7 @@ export const SERVE_OPTIONS = {
   ),
   workers: valueOption(`Worker processes, 1 to ${MAX_WORKERS}`, `${defaultWorkers()} (available CPUs)`),
   buckets: valueOption(`Hash buckets flows are grouped in, a power of two up to ${MAX_BUCKETS}`, String(DEFAULT_BUCKETS)),
-  handler: valueOption('Packet handler: echo, proxy, or the path of a module exporting a FlowHandler', DEFAULT_HANDLER),
+  handler: valueOption('Packet handler: echo, proxy, sockperf (answers sockperf ping-pong), or the path of a module exporting a FlowHandler', DEFAULT_HANDLER),
   backend: listOption(
     `Upstream for the proxy handler, HOST:PORT[@WEIGHT] (weight 1 to ${MAX_BACKEND_WEIGHT}); repeat for several; replaces the config file's list`,
     'none',

@@ -600,6 +600,8 @@ export async function runWorker(): Promise<void> {
     const counters = rt.snapshotCounters();
     // A handler's own drops of a packet it accepted: no backend to send it to (proxy) is a drop reason of its own.
     if (handlerCounters) counters.drops[DROP_NO_BACKEND] = (handlerCounters.dropped_no_backend ?? 0) + (handlerCounters.dropped_connect_failed ?? 0);
+    // A datagram the handler could not parse (sockperf's: not a sockperf message) is malformed.
+    if (handlerCounters?.dropped_malformed) counters.drops[DROP_MALFORMED]! += handlerCounters.dropped_malformed;
     send({
       t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
       peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters,

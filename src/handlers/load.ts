@@ -12,12 +12,14 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { FlowlbError, HandlerLoadError } from '../errors.js';
 import { createEchoHandler } from './echo.js';
 import { createProxyHandler } from './proxy.js';
+import { createSockperfHandler } from './sockperf.js';
 import type { FlowHandler, HandlerContext, HandlerFactory } from './types.js';
 
 /** The handler names that need no module. */
 export const BUILTIN_HANDLERS: Readonly<Record<string, HandlerFactory>> = {
   echo: createEchoHandler,
   proxy: createProxyHandler,
+  sockperf: createSockperfHandler,
 };
 
 /** The config spec a factory came from, for messages of instantiateHandler. */
