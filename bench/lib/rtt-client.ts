@@ -166,8 +166,11 @@ async function childMain(): Promise<void> {
       if (m.length < HEADER_BYTES) return;
       const f = m.readUInt32BE(0);
       const sendUs = m.readDoubleBE(8);
-      const w = Math.floor((sendUs - startUs) / windowUs);
-      if (f >= flows || w < 0 || w >= windows) return;
+      // Clamped as the send side clamps it: a batch that began before the end may send its last packets a few
+      // microseconds after it; they count as sent in the last window, and so must their replies (before, such
+      // replies were ignored and a run showed 3-5 packets "lost" in its last second with no drop anywhere).
+      const w = Math.min(windows - 1, Math.floor((sendUs - startUs) / windowUs));
+      if (f >= flows || w < 0) return;
       const g = groups[f]!;
       recvW[g]![w]!++;
       perFlowReceived[f]!++;
