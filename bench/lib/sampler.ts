@@ -24,6 +24,10 @@ export interface WorkerSample {
   readonly elu: number;
   /** Event-loop utilisation of the worker's last report (one report interval, unsmoothed). */
   readonly eluLast: number;
+  /** CPU utilisation of the worker's last report, unsmoothed. */
+  readonly cpuLast: number;
+  /** The balancer's running mean distance between a report's own index and the index (/status stepNoise). */
+  readonly stepNoise: number;
   /** CPU of the worker process over the last interval, from /proc (1 = one core); NaN on the first sample. */
   readonly procCpu: number;
   readonly buckets: number;
@@ -183,7 +187,7 @@ export class Sampler {
       dispatched.push(w.dispatchedPackets);
       const prevCpu = prev?.cpu.get(w.pid);
       workers.push({
-        id: w.id, pid: w.pid, cpuUtil: w.cpuUtil, elu: w.elu, eluLast: w.eluLast ?? NaN,
+        id: w.id, pid: w.pid, cpuUtil: w.cpuUtil, elu: w.elu, eluLast: w.eluLast ?? NaN, cpuLast: w.cpuLast ?? NaN, stepNoise: w.stepNoise ?? NaN,
         procCpu: prev && prevCpu !== undefined && dt > 0 ? (c - prevCpu) / dt : NaN,
         buckets: w.buckets, targetShare: w.targetShare, index: w.index, queueDepth: w.queueDepth,
         pps: prev && dt > 0 && prev.dispatched[w.id] !== undefined ? (w.dispatchedPackets - prev.dispatched[w.id]!) / dt : NaN,
@@ -253,6 +257,8 @@ export function compactSeries(samples: readonly Sample[]): unknown[] {
     drops: s.primaryDrops + s.workers.reduce((a, w) => a + w.drops, 0),
     elu: s.workers.map((w) => r3(w.elu)),
     eluLast: s.workers.map((w) => r3(w.eluLast)),
+    cpuLast: s.workers.map((w) => r3(w.cpuLast)),
+    stepNoise: s.workers.map((w) => r3(w.stepNoise)),
     index: s.workers.map((w) => r3(w.index)),
     cpuUtil: s.workers.map((w) => r3(w.cpuUtil)),
     procCpu: s.workers.map((w) => r3(w.procCpu)),

@@ -86,7 +86,8 @@ export class Balancer {
   private readonly runCpu: Float64Array;
   private readonly runElu: Float64Array;
   /** Per worker: running mean of |report's own index - index| (see watchStep). */
-  private readonly reportNoise: Float64Array;
+  /** Per worker: running mean |own index of a report - index| (see watchStep); read by /status as stepNoise. */
+  readonly reportNoise: Float64Array;
   /** Per worker: until when (performance.now()) its index follows the fast averages (see STEP_SETTLE_MS). */
   private readonly settleUntilMs: Float64Array;
   private cooldown: Uint8Array;

@@ -78,6 +78,9 @@ export function buildStatus(v: ServiceView): unknown {
       // The worker's cgroup CPU quota in cores (0: none); its index never goes above it.
       cpuLimit: v.balancer.model.cpuLimit[lane],
       index: v.balancer.indexes[lane],
+      // The worker's usual distance between a report's own cpu/elu and its index: a report counts towards a step
+      // only if it is more than 3x this away (see Balancing in the README).
+      stepNoise: v.balancer.reportNoise[lane],
       targetShare: v.balancer.shares[lane],
       buckets: counts[lane],
       queueDepth: r?.queueDepth ?? 0,
