@@ -94,6 +94,18 @@ describe('cgroup CPU limit: CpuLimitReader on a cgroup tree', () => {
     expect(reader.read()).toBe(0);
   });
 
+  it('keeps the last value when a read fails for another reason than a missing file (EMFILE)', () => {
+    const { proc, mnt } = tree(2, '/a', { 'a/cpu.max': '25000 100000\n' });
+    const reader = new CpuLimitReader(proc);
+    expect(reader.read()).toBe(0.25);
+    // A directory where the file should be: EISDIR, as an error other than "not there" stands in for EMFILE.
+    fs.rmSync(path.join(mnt, 'a/cpu.max'));
+    fs.mkdirSync(path.join(mnt, 'a/cpu.max'));
+    expect(reader.read()).toBe(0.25);
+    fs.rmSync(path.join(mnt, 'a/cpu.max'), { recursive: true });
+    expect(reader.read()).toBe(0);
+  });
+
   it('no cgroup mount, no /proc files, a v2 mount without the cpu controller: 0, no throw', () => {
     const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-cg-'));
     dirs.push(empty);

@@ -85,7 +85,6 @@ export class Balancer {
   /** Per worker: sums of cpuUtil and elu over the reports of the current stepRun. */
   private readonly runCpu: Float64Array;
   private readonly runElu: Float64Array;
-  /** Per worker: running mean of |report's own index - index| (see watchStep). */
   /** Per worker: running mean |own index of a report - index| (see watchStep); read by /status as stepNoise. */
   readonly reportNoise: Float64Array;
   /** Per worker: until when (performance.now()) its index follows the fast averages (see STEP_SETTLE_MS). */

@@ -93,19 +93,37 @@ export function parseCfsQuota(quotaText: string, periodText: string): number {
   return Number.isFinite(quota) && quota > 0 && Number.isFinite(period) && period > 0 ? quota / period : 0;
 }
 
+/** A file's text, or null when it is not there (or not ours to read); other errors (EMFILE) throw. */
 function readOr(file: string): string | null {
-  try { return fs.readFileSync(file, 'utf8'); } catch { return null; }
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EACCES' || code === 'EPERM' || code === 'EINVAL') return null;
+    throw err;
+  }
 }
 
 export class CpuLimitReader {
   private readonly mounts: CpuMount[];
+  private last = 0;
 
   constructor(private readonly procDir = '/proc/self') {
-    this.mounts = parseCpuMounts(readOr(path.join(procDir, 'mountinfo')) ?? '');
+    let info = '';
+    try { info = readOr(path.join(procDir, 'mountinfo')) ?? ''; } catch { /* no descriptor to spare: no limit known */ }
+    this.mounts = parseCpuMounts(info);
   }
 
-  /** Cores this process may use by its cgroups' CPU quotas (the smallest along the path), 0 if unlimited. */
+  /**
+   * Cores this process may use by its cgroups' CPU quotas (the smallest along the path), 0 if unlimited. A read
+   * that fails for want of a descriptor (a proxy holding a socket per flow hits EMFILE) keeps the last value: a
+   * ceiling that came and went with the descriptor count would make the index jump.
+   */
   read(): number {
+    try { return (this.last = this.readNow()); } catch { return this.last; }
+  }
+
+  private readNow(): number {
     if (this.mounts.length === 0) return 0;
     const procCgroup = readOr(path.join(this.procDir, 'cgroup'));
     if (procCgroup === null) return 0;
