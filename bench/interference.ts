@@ -173,7 +173,7 @@ for (let round = 0; round < rounds; round++) {
           moves: s1.migrations.completed - s0.migrations.completed, drops: diffDrops(sumDrops(s0), sumDrops(s1)),
         };
         runs.push(out);
-        console.log(`\nround ${round} ${mode}: sent ${res.sent}, lost ${res.lost}, drops in flowlb ${JSON.stringify(out.drops)}, at the client: ${res.sendErrors} send errors, ${res.clientSocketDrops ?? '?'} replies dropped by its kernel; moves ${out.moves}; RTT p50 ${res.rtt?.p50Us} us, p99 ${res.rtt?.p99Us} us`);
+        console.log(`\nround ${round} ${mode}: sent ${res.sent}, lost ${res.lost}, drops in flowlb ${JSON.stringify(out.drops)}, at the client: ${res.sendErrors} socket errors (failed sends, ICMP unreachable), ${res.clientSocketDrops ?? '?'} replies dropped by its kernel; moves ${out.moves}; RTT p50 ${res.rtt?.p50Us} us, p99 ${res.rtt?.p99Us} us`);
         console.log('  phase  | buckets w0/w1 (end) | target share w0/w1 | pkts/s w0/w1 | ELU w0/w1   | CPU w0/w1   | max/mean ELU (settled, worst) | RTT p99 (median s, worst s)');
         for (const p of ph) {
           const f2 = (a: number[]): string => a.map((x) => x.toFixed(2)).join('/');

@@ -197,7 +197,7 @@ async function parent(): Promise<void> {
           };
           runs.push(out);
           const dropsTotal = Object.values(out.drops).reduce((a, b) => a + b, 0);
-          console.log(`round ${round} load ${load} (${ratePps} pps) ${mode.padEnd(8)}: sent ${res.sent} (${Math.round(res.achievedPps)} pps), replies ${res.received}, lost ${res.lost}, dropped in flowlb ${dropsTotal} ${JSON.stringify(out.drops)}, client send errors ${res.sendErrors}, client socket drops ${res.clientSocketDrops ?? "?"}; ` +
+          console.log(`round ${round} load ${load} (${ratePps} pps) ${mode.padEnd(8)}: sent ${res.sent} (${Math.round(res.achievedPps)} pps), replies ${res.received}, lost ${res.lost}, dropped in flowlb ${dropsTotal} ${JSON.stringify(out.drops)}, client socket errors ${res.sendErrors}, client socket drops ${res.clientSocketDrops ?? "?"}; ` +
             `RTT p50 ${us(res.rtt?.p50Us)} p99 ${us(res.rtt?.p99Us)}; steady (2nd half) p50 ${us(res.steady?.p50Us)} p99 ${us(res.steady?.p99Us)}; ` +
             `busiest worker ${(out.busiestPpsShare * 100).toFixed(1)}% of packets; max/mean ELU ${out.steadyMaxOverMeanElu.toFixed(3)}, CPU ${out.steadyMaxOverMeanCpu.toFixed(3)}; moves ${out.moves}; ` +
             `machine busy ${out.machineBusy.toFixed(2)} cores of which flowlb ${out.flowlbCpu.toFixed(2)}`);

@@ -57,8 +57,8 @@ export interface GroupResult {
 export interface ClientResult extends GroupResult {
   achievedPps: number;
   /**
-   * Where a loss happened on the client's side, so it is not put on flowlb: sends that failed (an error from the
-   * socket, e.g. ENOBUFS) and replies the kernel dropped at the client's own sockets (receive buffer full; the
+   * Where a loss happened on the client's side, so it is not put on flowlb: errors its sockets reported (a send
+   * that failed, e.g. ENOBUFS, or an ICMP port unreachable while nothing listened) and replies the kernel dropped at the client's own sockets (receive buffer full; the
    * `drops` column of /proc/net/udp over this run, null where it cannot be read).
    */
   sendErrors: number;
