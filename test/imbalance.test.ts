@@ -76,7 +76,7 @@ describe('effectiveCapacity', () => {
       fc.property(util, elu, limit, (c, e, l) => {
         const free = effectiveCapacity(c, e);
         expect(effectiveCapacity(c, e, l)).toBeCloseTo(Math.min(l, free), 12);
-        expect(effectiveCapacity(c, e, 0)).toBe(free);
+        expect(effectiveCapacity(c, e, 1 + l)).toBe(free);
       }),
     );
     // A quarter-core quota, not saturated: a report that was not throttled reads cpu ~ elu (ratio 1); the quota

@@ -270,6 +270,15 @@ export class Balancer {
     this.stepRun[lane] = next;
   }
 
+  /**
+   * A new process in the slot (crash, replacement): its averages restart from its first report, and a step run
+   * counted on the old process's reports must not restart them at the old level on the next round.
+   */
+  private forget(lane: number): void {
+    this.model.resetWorker(lane);
+    this.stepRun[lane] = 0;
+  }
+
   private prepare(): void {
     this.refreshAlive();
     this.computeIndexes();
@@ -421,8 +430,7 @@ export class Balancer {
     if (this.workers.restarts(lane) === 0) return; // first start: initialAssign gave it its buckets
     // A replacement: give back its original buckets (with their flows' state, through migrations); the
     // balancer evens out from there. Moves beyond the free hold lanes are retried on the next ticks.
-    this.model.resetWorker(lane);
-    this.stepRun[lane] = 0;
+    this.forget(lane);
     this.restoreHome(lane);
   }
 
@@ -440,8 +448,7 @@ export class Balancer {
     this.lastQueueDrops[lane] = 0;
     this.lastHandled[lane] = -1;
     this.refreshAlive();
-    this.model.resetWorker(lane);
-    this.stepRun[lane] = 0;
+    this.forget(lane);
     this.computeIndexes();
     targetShares(this.indexes, this.shares);
     const moves = planEvacuation(this.dispatcher.table.owner, lane, this.shares, this.alive);

@@ -25,6 +25,14 @@ import {
   isFlowlbMessage, LATENCY_BOUNDS_MS, type FlowTransfer, type PrimaryToWorker, type WorkerCounters, type WorkerToPrimary,
 } from './protocol.js';
 import { CpuLimitReader } from './cpu-limit.js';
+
+/**
+ * A handler's own drops of packets it accepted (its `counters()` keys), and the drop reason each adds to: no
+ * backend to send it to (proxy), or a datagram the handler could not parse (sockperf: not a sockperf message).
+ */
+const HANDLER_DROPS: readonly (readonly [string, number])[] = [
+  ['dropped_no_backend', DROP_NO_BACKEND], ['dropped_connect_failed', DROP_NO_BACKEND], ['dropped_malformed', DROP_MALFORMED],
+];
 import { startOrphanWatchdog } from './orphan-watchdog.js';
 import { startReading, stopReading } from './socket-handle.js';
 
@@ -598,10 +606,12 @@ export async function runWorker(): Promise<void> {
     const eluNow = performance.eventLoopUtilization(elu, lastElu).utilization;
     const handlerCounters = (handler as { counters?: () => Record<string, number> }).counters?.();
     const counters = rt.snapshotCounters();
-    // A handler's own drops of a packet it accepted: no backend to send it to (proxy) is a drop reason of its own.
-    if (handlerCounters) counters.drops[DROP_NO_BACKEND] = (handlerCounters.dropped_no_backend ?? 0) + (handlerCounters.dropped_connect_failed ?? 0);
-    // A datagram the handler could not parse (sockperf's: not a sockperf message) is malformed.
-    if (handlerCounters?.dropped_malformed) counters.drops[DROP_MALFORMED]! += handlerCounters.dropped_malformed;
+    if (handlerCounters) {
+      for (const [key, reason] of HANDLER_DROPS) {
+        const x = handlerCounters[key];
+        if (typeof x === 'number' && x > 0) counters.drops[reason]! += x;
+      }
+    }
     send({
       t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
       peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters,
