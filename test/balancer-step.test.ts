@@ -110,3 +110,83 @@ describe('index step seen in the reports themselves', () => {
     expect(b.indexes[0]).toBeGreaterThan(0.7);
   });
 });
+
+describe('index step seen in the scheduler share (run / (run + wait) of the event-loop thread)', () => {
+  /**
+   * Worker 0 as measured beside a busy loop on its core (bench/interference.ts, docs/balancing-bench.md): hogged,
+   * cpu/elu 0.45 / 0.85 and share 0.5; once the hog has gone, cpu/elu 0.48 / 0.6 (its own index 0.8, less than
+   * INDEX_STEP_UP above the hogged index 0.53) and share 0.91. `sched` false: the kernel gives no schedstat.
+   */
+  async function hogComesAndGoes(sched: boolean) {
+    const { balancer: b } = await twoReadyWorkers();
+    const feed = (lane: number, cpuUtil: number, elu: number, schedRun: number, schedWait: number): void =>
+      b.onReport(lane, report(counters(), {
+        cpuUtil, elu, queueDepth: 0, intervalMs: 100, schedRun: sched ? schedRun : -1, schedWait: sched ? schedWait : -1,
+      }));
+    const round = (reports: number, w0: [number, number, number, number]): void => {
+      for (let i = 0; i < reports; i++) { feed(0, ...w0); feed(1, 0.6, 0.6, 0.55, 0.05); }
+      b.tick();
+    };
+    for (let i = 0; i < 20; i++) round(i % 2 === 0 ? 2 : 3, [0.6, 0.6, 0.55, 0.05]);
+    expect(b.indexes[0]).toBeCloseTo(1, 6);
+    // The hog arrives; cpu/elu steps the index down by itself (own 0.53, 0.47 below).
+    for (let i = 0; i < 10; i++) round(i % 2 === 0 ? 2 : 3, [0.45, 0.85, 0.45, 0.45]);
+    const hogged = b.indexes[0]!, steps = b.indexSteps;
+    expect(hogged).toBeLessThan(0.6);
+    // The hog leaves.
+    round(2, [0.48, 0.6, 0.48, 0.05]);
+    return { b, hogged, steps };
+  }
+
+  it('steps up within two reports when the hog leaves, where cpu/elu alone is within its step', async () => {
+    const { b, hogged, steps } = await hogComesAndGoes(true);
+    expect(b.indexSteps).toBe(steps + 1);
+    expect(b.indexStepsBySched).toBe(1);
+    // The level is the two reports' cpu/elu; the share only said that they are a step.
+    expect(b.indexes[0]).toBeCloseTo(0.8, 6);
+    expect(b.indexes[0]).toBeGreaterThan(hogged + 0.2);
+    expect(b.schedShare[0]).toBeCloseTo(0.48 / 0.53, 6);
+  });
+
+  it('without the share the same reports do not step (the averages follow slowly)', async () => {
+    const { b, hogged, steps } = await hogComesAndGoes(false);
+    expect(b.indexSteps).toBe(steps);
+    expect(b.indexStepsBySched).toBe(0);
+    // Still settling after the hog's step, the index follows the fast averages (0.64), short of the reports.
+    expect(b.indexes[0]).toBeLessThan(0.7);
+    expect(b.schedShare[0]).toBe(-1);
+  });
+
+  it('does not step on a share that swings from report to report (a CPU quota, not saturated)', async () => {
+    const { balancer: b } = await twoReadyWorkers();
+    // Throttled reports wait a lot (share 0.33) and read lower (cpu/elu 0.5 / 0.6, own index 0.83), others not (0.96, 1.0):
+    // every report is either side of the worker's recent share by far more than SCHED_STEP.
+    let n = 0;
+    const run = (reports: number): void => {
+      for (let i = 0; i < reports; i++, n++) {
+        const throttled = n % 4 < 2;
+        b.onReport(0, report(counters(), { cpuUtil: throttled ? 0.5 : 0.6, elu: 0.6, queueDepth: 0, intervalMs: 100, schedRun: throttled ? 0.3 : 0.55, schedWait: throttled ? 0.6 : 0.02 }));
+        b.onReport(1, report(counters(), { cpuUtil: 0.6, elu: 0.6, queueDepth: 0, intervalMs: 100, schedRun: 0.55, schedWait: 0.05 }));
+        if (i % 5 === 4) b.tick();
+      }
+    };
+    run(60);
+    const before = b.indexSteps;
+    run(200);
+    expect(b.indexSteps - before).toBe(0);
+  });
+
+  it('does not step when the share and cpu/elu disagree on the direction', async () => {
+    const { balancer: b } = await twoReadyWorkers();
+    const feed = (cpuUtil: number, elu: number, schedRun: number, schedWait: number): void => {
+      b.onReport(0, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100, schedRun, schedWait }));
+      b.onReport(1, report(counters(), { cpuUtil: 0.6, elu: 0.6, queueDepth: 0, intervalMs: 100, schedRun: 0.55, schedWait: 0.05 }));
+    };
+    for (let i = 0; i < 40; i++) { feed(0.5, 0.6, 0.5, 0.05); if (i % 2) b.tick(); }
+    const steps = b.indexSteps, index = b.indexes[0]!;
+    // The share falls (the machine got busier around it) while cpu/elu reads a touch above the index.
+    for (let i = 0; i < 6; i++) { feed(0.52, 0.6, 0.5, 0.5); if (i % 2) b.tick(); }
+    expect(b.indexSteps).toBe(steps);
+    expect(b.indexes[0]).toBeGreaterThanOrEqual(index - 0.01);
+  });
+});

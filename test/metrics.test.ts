@@ -245,7 +245,7 @@ describe('metrics from the primary\'s objects', () => {
     const undocumented = METRIC_DEFS.map((d) => d.name).filter((name) => !docs.includes(`\`${name}\``));
     expect(undocumented).toEqual([]);
     for (const d of METRIC_DEFS) {
-      if (d.name !== 'flowlb_worker_cpu_seconds_total' && d.name !== 'flowlb_socket_receive_drops_total' && !d.name.startsWith('flowlb_backend_') && !d.name.startsWith('flowlb_proxy_')) {
+      if (d.name !== 'flowlb_worker_cpu_seconds_total' && d.name !== 'flowlb_worker_cpu_wait_seconds_total' && d.name !== 'flowlb_socket_receive_drops_total' && !d.name.startsWith('flowlb_backend_') && !d.name.startsWith('flowlb_proxy_')) {
         expect(e.types.get(d.name), d.name).toBe(d.type);
       }
     }
@@ -266,6 +266,18 @@ describe('metrics from the primary\'s objects', () => {
     const e = parseExposition(await createMetrics(view).render());
     expect(value(e, 'flowlb_worker_cpu_seconds_total', { worker: '0' })).toBe(2.5);
     expect(e.samples.some((s) => s.name === 'flowlb_worker_cpu_seconds_total' && s.labels.worker === '1')).toBe(false);
+  });
+
+  it('shows the worker CPU wait counter when reports carry it, and nothing where the kernel does not say', async () => {
+    const { view, workers } = await unitService();
+    workers.attach(0, fakeWorker(1));
+    workers.attach(1, fakeWorker(2));
+    workers.ingestReport(0, report(counters(), { schedWaitUs: 1_250_000 }));
+    workers.ingestReport(1, report(counters(), { schedWaitUs: -1 }));
+    const e = parseExposition(await createMetrics(view).render());
+    expect(e.types.get('flowlb_worker_cpu_wait_seconds_total')).toBe('counter');
+    expect(value(e, 'flowlb_worker_cpu_wait_seconds_total', { worker: '0' })).toBe(1.25);
+    expect(e.samples.some((s) => s.name === 'flowlb_worker_cpu_wait_seconds_total' && s.labels.worker === '1')).toBe(false);
   });
 });
 

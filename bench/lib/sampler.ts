@@ -30,6 +30,15 @@ export interface WorkerSample {
   readonly stepNoise: number;
   /** CPU of the worker process over the last interval, from /proc (1 = one core); NaN on the first sample. */
   readonly procCpu: number;
+  /**
+   * The worker's main thread over the last interval, from /proc/PID/task/PID/schedstat: time it waited on a run
+   * queue (runnable, not running) per second of wall time, and its time on a CPU over (on CPU + waiting). NaN on the
+   * first sample or where schedstat is absent.
+   */
+  readonly waitFrac: number;
+  readonly schedShare: number;
+  /** The balancer's recent scheduler share of the worker (/status schedShare). */
+  readonly lbSchedShare: number;
   readonly buckets: number;
   readonly targetShare: number;
   readonly index: number;
@@ -52,6 +61,9 @@ export interface Sample {
   readonly imbalance: number;
   readonly rounds: number;
   readonly migrationsCompleted: number;
+  /** The balancer's index steps so far, and those of them that the scheduler share decided (/status). */
+  readonly indexSteps: number;
+  readonly indexStepsBySched: number;
   readonly migrationTimeouts: number;
   readonly received: number;
   /** Sum of the primary's drop counters. */
@@ -70,6 +82,16 @@ export interface SamplerOptions {
   readonly intervalMs?: number;
   /** Also scrape /metrics each poll for the dispatch latency histogram. Default false. */
   readonly metrics?: boolean;
+}
+
+/** [ns on a CPU, ns waiting on a run queue] of a thread, from schedstat; NaNs where it cannot be read. */
+function schedstat(pid: number): [number, number] {
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ');
+    return [Number(f[0]), Number(f[1])];
+  } catch {
+    return [NaN, NaN];
+  }
 }
 
 function procCpuSeconds(pid: number): number {
@@ -134,7 +156,7 @@ export class Sampler {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private stopped = false;
-  private last: { tMs: number; cpu: Map<number, number>; dispatched: number[]; machine: [number, number]; primaryCpu: number } | null = null;
+  private last: { tMs: number; cpu: Map<number, number>; sched: Map<number, [number, number]>; dispatched: number[]; machine: [number, number]; primaryCpu: number } | null = null;
   private lastHist: number[] | null = null;
 
   constructor(private readonly opts: SamplerOptions) {
@@ -179,16 +201,23 @@ export class Sampler {
     const prev = this.last;
     const dt = prev ? (tMs - prev.tMs) / 1000 : 0;
     const cpu = new Map<number, number>();
+    const sched = new Map<number, [number, number]>();
     const dispatched: number[] = [];
     const workers: WorkerSample[] = [];
     for (const w of st.workers as any[]) {
       const c = procCpuSeconds(w.pid);
       cpu.set(w.pid, c);
+      const ss = schedstat(w.pid), pss = prev?.sched.get(w.pid);
+      sched.set(w.pid, ss);
+      const dRun = pss ? ss[0] - pss[0] : NaN, dWait = pss ? ss[1] - pss[1] : NaN;
       dispatched.push(w.dispatchedPackets);
       const prevCpu = prev?.cpu.get(w.pid);
       workers.push({
         id: w.id, pid: w.pid, cpuUtil: w.cpuUtil, elu: w.elu, eluLast: w.eluLast ?? NaN, cpuLast: w.cpuLast ?? NaN, stepNoise: w.stepNoise ?? NaN,
         procCpu: prev && prevCpu !== undefined && dt > 0 ? (c - prevCpu) / dt : NaN,
+        waitFrac: dt > 0 ? dWait / (dt * 1e9) : NaN,
+        schedShare: dRun + dWait > 0 ? dRun / (dRun + dWait) : NaN,
+        lbSchedShare: w.schedShare ?? NaN,
         buckets: w.buckets, targetShare: w.targetShare, index: w.index, queueDepth: w.queueDepth,
         pps: prev && dt > 0 && prev.dispatched[w.id] !== undefined ? (w.dispatchedPackets - prev.dispatched[w.id]!) / dt : NaN,
         handled: w.handled, drops: sumValues(w.drops), flowsActive: w.flowsActive, rssBytes: w.rssBytes,
@@ -214,9 +243,9 @@ export class Sampler {
       machineBusy = (machine[0] - prev.machine[0]) / CLK_TCK / dt;
       flowlbCpu = (primaryCpu - prev.primaryCpu) / dt + workers.reduce((a, w) => a + w.procCpu, 0);
     }
-    this.last = { tMs, cpu, dispatched, machine, primaryCpu };
+    this.last = { tMs, cpu, sched, dispatched, machine, primaryCpu };
     this.samples.push({
-      tMs, imbalance: st.imbalance, rounds: st.rounds,
+      tMs, imbalance: st.imbalance, rounds: st.rounds, indexSteps: st.indexSteps ?? NaN, indexStepsBySched: st.indexStepsBySched ?? NaN,
       migrationsCompleted: st.migrations.completed, migrationTimeouts: st.migrations.timeouts,
       received: st.received, primaryDrops: sumValues(st.dropped), workers, machineBusy, flowlbCpu,
       ...(dispatchLatency ? { dispatchLatency } : {}),
@@ -254,6 +283,8 @@ export function compactSeries(samples: readonly Sample[]): unknown[] {
     t: r3(s.tMs / 1000),
     imbalance: r3(s.imbalance),
     moves: s.migrationsCompleted,
+    steps: s.indexSteps,
+    stepsBySched: s.indexStepsBySched,
     drops: s.primaryDrops + s.workers.reduce((a, w) => a + w.drops, 0),
     elu: s.workers.map((w) => r3(w.elu)),
     eluLast: s.workers.map((w) => r3(w.eluLast)),
@@ -262,6 +293,9 @@ export function compactSeries(samples: readonly Sample[]): unknown[] {
     index: s.workers.map((w) => r3(w.index)),
     cpuUtil: s.workers.map((w) => r3(w.cpuUtil)),
     procCpu: s.workers.map((w) => r3(w.procCpu)),
+    waitFrac: s.workers.map((w) => r3(w.waitFrac)),
+    schedShare: s.workers.map((w) => r3(w.schedShare)),
+    lbSchedShare: s.workers.map((w) => r3(w.lbSchedShare)),
     pps: s.workers.map((w) => Math.round(Number.isFinite(w.pps) ? w.pps : 0)),
     buckets: s.workers.map((w) => w.buckets),
     share: s.workers.map((w) => r3(w.targetShare)),

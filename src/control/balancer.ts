@@ -59,6 +59,21 @@ const STEP_NOISE_WEIGHT = 0.05;
  * ~0.6 s.
  */
 const STEP_SETTLE_MS = 2000;
+/**
+ * The scheduler's view of a worker (sched-stat.ts): share = run / (run + wait) of its event-loop thread. A report
+ * whose share is this far from the worker's recent share (or STEP_NOISE_TIMES its usual distance, if larger) says
+ * its contention changed (see watchStep). Measured with a busy loop on the worker's core: 0.49-0.60 hogged,
+ * 0.82-0.95 free, 0.03-0.05 apart from one report to the next at either level.
+ */
+const SCHED_STEP = 0.15;
+/** ... but only in a report where the thread was runnable (on a CPU or waiting) at least this much of the time. */
+const SCHED_MIN_RUNNABLE = 0.2;
+/**
+ * Weight of one report in the worker's recent share (the reference a report is compared with; ~1 s at 100 ms
+ * reports). At 0.3 the first report of a new level pulled the reference so far that the second one was within
+ * SCHED_STEP of it (a hog left: 0.55 -> 0.79, 0.75; the second 0.135 above the moved reference).
+ */
+const SCHED_ALPHA = 0.1;
 /** Upper bound of the noise part of the dead band (see noiseBand). */
 const MAX_NOISE_BAND = 0.15;
 /** The noise part of the dead band, in standard deviations of a worker's packet count (see noiseBand). */
@@ -80,13 +95,23 @@ export class Balancer {
   lastImbalance = 0;
   /** Times a worker's index stepped (fell by INDEX_STEP or rose by INDEX_STEP_UP at once: a hog came or went). */
   indexSteps = 0;
+  /** Of those, steps over reports of which at least one counted only by the scheduler share (see watchStep). */
+  indexStepsBySched = 0;
   /** Per worker: reports in a row whose own index fell a step below the index (< 0) or rose a step above it (> 0). */
   private readonly stepRun: Int32Array;
+  /** Per worker: 1 if a report of the current stepRun counted only by the scheduler share. */
+  private readonly runBySched: Uint8Array;
   /** Per worker: sums of cpuUtil and elu over the reports of the current stepRun. */
   private readonly runCpu: Float64Array;
   private readonly runElu: Float64Array;
   /** Per worker: running mean |own index of a report - index| (see watchStep); read by /status as stepNoise. */
   readonly reportNoise: Float64Array;
+  /** Per worker: its recent scheduler share run / (run + wait), -1 before the first usable report (see watchStep). */
+  readonly schedShare: Float64Array;
+  /** Per worker: running mean |a report's share - schedShare|. */
+  private readonly schedNoise: Float64Array;
+  /** Per worker: the share of the last usable report (schedShare restarts there at a step). */
+  private readonly schedLast: Float64Array;
   /** Per worker: until when (performance.now()) its index follows the fast averages (see STEP_SETTLE_MS). */
   private readonly settleUntilMs: Float64Array;
   private cooldown: Uint8Array;
@@ -129,8 +154,12 @@ export class Balancer {
     this.pinned = new Uint8Array(config.buckets);
     this.stepRun = new Int32Array(n);
     this.runCpu = new Float64Array(n);
+    this.runBySched = new Uint8Array(n);
     this.runElu = new Float64Array(n);
     this.reportNoise = new Float64Array(n);
+    this.schedShare = new Float64Array(n).fill(-1);
+    this.schedNoise = new Float64Array(n);
+    this.schedLast = new Float64Array(n).fill(-1);
     this.settleUntilMs = new Float64Array(n);
   }
 
@@ -191,7 +220,7 @@ export class Balancer {
       cpuUtil: r.cpuUtil, elu: r.elu, queueDepth: r.queueDepth, intervalMs: r.intervalMs,
       bucketIds: ids, bucketPackets: pk, bucketBytes: by, handledPackets: handled, cpuLimit: r.cpuLimit,
     });
-    if (this.enabled) this.watchStep(lane, r.cpuUtil, r.elu);
+    if (this.enabled) this.watchStep(lane, r.cpuUtil, r.elu, r.schedRun ?? -1, r.schedWait ?? -1);
     // Claim: a worker whose queue passed the set limit handles its work inefficiently; move work off it now.
     // A worker that had to drop queued packets (a flow's queue or the whole queue full) is past its limit too,
     // even if its total depth never reached queueLimit (per-flow caps drop first), and its CPU (capped at one
@@ -230,6 +259,8 @@ export class Balancer {
       if (run >= STEP_REPORTS && this.alive[w] !== 0) {
         // The reports of the run are the new level: every average restarts there.
         this.model.restartAt(w, this.runCpu[w]! / run, this.runElu[w]! / run);
+        if (this.schedLast[w]! >= 0) this.schedShare[w] = this.schedLast[w]!;
+        if (this.runBySched[w] !== 0) this.indexStepsBySched++;
         this.fastIndexes[w] = effectiveCapacity(this.model.cpuUtil[w]!, this.model.elu[w]!, this.model.cpuLimit[w]!);
         this.stepRun[w] = 0;
         stepped = true;
@@ -257,17 +288,48 @@ export class Balancer {
    * when that is larger: a worker capped by a CFS quota at a quarter core, not saturated, reads cpu/elu
    * anywhere between 0.25 (a throttled report) and 1 (an idle one), and stepped on noise again and again
    * (58 index jumps and 236 moves in a 20 s run, against 7-12 jumps with the averages' rule alone).
+   *
+   * The scheduler's share (sched-stat.ts) decides the direction when it moved by a step: a report whose share
+   * rose (or fell) by SCHED_STEP from the worker's recent share counts towards a step up (down) whenever its own
+   * index is above (below) the index at all. cpu/elu cannot tell a hog leaving from a lull: a hogged worker's
+   * reports read 0.48-0.80, a freed one's 0.76-0.91, and its noise (3 x 0.10) held the rise for seconds; its
+   * share reads 0.49-0.60 against 0.82-0.95 and moves in one report. The level stays cpu/elu's (the restart is
+   * at the reports' cpu and elu): the share only says that the contention changed, and which way.
    */
-  private watchStep(lane: number, cpu: number, elu: number): void {
-    if (this.model.reports[lane]! <= 1) { this.stepRun[lane] = 0; this.reportNoise[lane] = 0; return; }
+  private watchStep(lane: number, cpu: number, elu: number, schedRun: number, schedWait: number): void {
+    if (this.model.reports[lane]! <= 1) {
+      this.stepRun[lane] = 0; this.reportNoise[lane] = 0; this.schedShare[lane] = -1; this.schedNoise[lane] = 0;
+      return;
+    }
     const own = effectiveCapacity(cpu, elu, this.model.cpuLimit[lane]!), i = this.indexes[lane]!, run = this.stepRun[lane]!;
     const noise = STEP_NOISE_TIMES * this.reportNoise[lane]!;
     this.reportNoise[lane]! += STEP_NOISE_WEIGHT * (Math.abs(own - i) - this.reportNoise[lane]!);
     const down = Math.max(INDEX_STEP, noise), up = Math.max(INDEX_STEP_UP, noise);
-    const next = own < i - down ? (run < 0 ? run - 1 : -1) : own > i + up ? (run > 0 ? run + 1 : 1) : 0;
-    if (Math.sign(next) !== Math.sign(run)) { this.runCpu[lane] = 0; this.runElu[lane] = 0; }
+    const sched = this.schedDirection(lane, schedRun, schedWait);
+    const byOwn = own < i - down ? -1 : own > i + up ? 1 : 0;
+    const bySched = sched < 0 && own < i ? -1 : sched > 0 && own > i ? 1 : 0;
+    const dir = byOwn !== 0 ? byOwn : bySched;
+    const next = dir < 0 ? (run < 0 ? run - 1 : -1) : dir > 0 ? (run > 0 ? run + 1 : 1) : 0;
+    if (Math.sign(next) !== Math.sign(run)) { this.runCpu[lane] = 0; this.runElu[lane] = 0; this.runBySched[lane] = 0; }
     if (next !== 0) { this.runCpu[lane]! += cpu; this.runElu[lane]! += Math.min(1, elu); }
+    if (byOwn === 0 && bySched !== 0) this.runBySched[lane] = 1;
     this.stepRun[lane] = next;
+  }
+
+  /**
+   * -1 / +1 when this report's scheduler share is a step below / above the worker's recent share, else 0 (also
+   * when the kernel does not report it, or the thread was runnable too little of the interval to say).
+   */
+  private schedDirection(lane: number, run: number, wait: number): number {
+    if (!(run >= 0 && wait >= 0) || run + wait < SCHED_MIN_RUNNABLE) return 0;
+    const share = run / (run + wait), ref = this.schedShare[lane]!;
+    this.schedLast[lane] = share;
+    if (ref < 0) { this.schedShare[lane] = share; return 0; }
+    const limit = Math.max(SCHED_STEP, STEP_NOISE_TIMES * this.schedNoise[lane]!);
+    const dir = share < ref - limit ? -1 : share > ref + limit ? 1 : 0;
+    this.schedNoise[lane]! += STEP_NOISE_WEIGHT * (Math.abs(share - ref) - this.schedNoise[lane]!);
+    this.schedShare[lane] = ref + SCHED_ALPHA * (share - ref);
+    return dir;
   }
 
   /**

@@ -60,6 +60,14 @@ export type WorkerToPrimary =
     cpuUs: number;
     /** The worker's cgroup CPU quota in cores (see cpu-limit.ts); 0 = none. */
     cpuLimit: number;
+    /**
+     * The event-loop thread over the interval (sched-stat.ts): time on a CPU and time runnable but waiting for one,
+     * as fractions of the interval's wall time; -1 when the kernel does not say.
+     */
+    schedRun: number;
+    schedWait: number;
+    /** Cumulative wait of the event-loop thread for a CPU, microseconds; -1 when the kernel does not say. */
+    schedWaitUs: number;
     handlerCounters?: Record<string, number>;
   }
   | { t: 'released'; bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }

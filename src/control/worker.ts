@@ -25,6 +25,9 @@ import {
   isFlowlbMessage, LATENCY_BOUNDS_MS, type FlowTransfer, type PrimaryToWorker, type WorkerCounters, type WorkerToPrimary,
 } from './protocol.js';
 import { CpuLimitReader } from './cpu-limit.js';
+import { startOrphanWatchdog } from './orphan-watchdog.js';
+import { SchedStatReader } from './sched-stat.js';
+import { startReading, stopReading } from './socket-handle.js';
 
 /**
  * A handler's own drops of packets it accepted (its `counters()` keys), and the drop reason each adds to: no
@@ -33,8 +36,6 @@ import { CpuLimitReader } from './cpu-limit.js';
 const HANDLER_DROPS: readonly (readonly [string, number])[] = [
   ['dropped_no_backend', DROP_NO_BACKEND], ['dropped_connect_failed', DROP_NO_BACKEND], ['dropped_malformed', DROP_MALFORMED],
 ];
-import { startOrphanWatchdog } from './orphan-watchdog.js';
-import { startReading, stopReading } from './socket-handle.js';
 
 /**
  * A drain turn serves packets in slices of DRAIN_SLICE until DRAIN_BUDGET packets or DRAIN_TIME_MS have passed,
@@ -593,6 +594,8 @@ export async function runWorker(): Promise<void> {
   let lastRss = 0;
   const readRss = (): number => { try { return (lastRss = process.memoryUsage.rss()); } catch { return lastRss; } };
   const cpuLimit = new CpuLimitReader();
+  const sched = new SchedStatReader();
+  sched.sample(performance.now());
   let seq = 0;
   let lastWall = performance.now();
   let lastCpu = process.cpuUsage();
@@ -604,6 +607,7 @@ export async function runWorker(): Promise<void> {
     const wallUs = (now - lastWall) * 1000;
     const cpuUtil = wallUs > 0 ? (cpu.user - lastCpu.user + cpu.system - lastCpu.system) / wallUs : 0;
     const eluNow = performance.eventLoopUtilization(elu, lastElu).utilization;
+    const { run: schedRun, wait: schedWait } = sched.sample(now);
     const handlerCounters = (handler as { counters?: () => Record<string, number> }).counters?.();
     const counters = rt.snapshotCounters();
     if (handlerCounters) {
@@ -615,7 +619,7 @@ export async function runWorker(): Promise<void> {
     send({
       t: 'report', seq: seq++, intervalMs: now - lastWall, cpuUtil, elu: eluNow, queueDepth: rt.queue.depth,
       peakQueueDepth: rt.queue.takePeakDepth(), activeQueues: rt.queue.activeFlows(), counters,
-      memRss: readRss(), cpuUs: cpu.user + cpu.system, cpuLimit: cpuLimit.read(), handlerCounters,
+      memRss: readRss(), cpuUs: cpu.user + cpu.system, cpuLimit: cpuLimit.read(), schedRun, schedWait, schedWaitUs: sched.waitUs, handlerCounters,
     });
     lastWall = now; lastCpu = cpu; lastElu = elu;
   }, config.balancer.reportIntervalMs);
@@ -626,6 +630,7 @@ export async function runWorker(): Promise<void> {
     stopping = true;
     clearInterval(sweepTimer);
     clearInterval(reportTimer);
+    sched.close();
     await rt.shutdown();
     // Let queued replies leave before the process ends.
     setImmediate(() => {

@@ -81,6 +81,11 @@ export function buildStatus(v: ServiceView): unknown {
       // The worker's usual distance between a report's own cpu/elu and its index: a report counts towards a step
       // only if it is more than 3x this away (see Balancing in the README).
       stepNoise: v.balancer.reportNoise[lane],
+      // The event-loop thread in the last report: time on a CPU and time runnable but waiting for one, over wall
+      // time (-1: the kernel does not say); and the balancer's recent run / (run + wait) (-1: none yet).
+      schedRunLast: r?.schedRun ?? -1,
+      schedWaitLast: r?.schedWait ?? -1,
+      schedShare: v.balancer.schedShare[lane],
       targetShare: v.balancer.shares[lane],
       buckets: counts[lane],
       queueDepth: r?.queueDepth ?? 0,
@@ -113,6 +118,7 @@ export function buildStatus(v: ServiceView): unknown {
     rounds: v.balancer.rounds,
     idleRounds: v.balancer.idleRounds,
     indexSteps: v.balancer.indexSteps,
+    indexStepsBySched: v.balancer.indexStepsBySched,
     stallKills: v.stallKills ?? 0,
     overloadSpills: v.balancer.overloadSpills,
     spilledPackets: v.dispatcher.spilledPackets,

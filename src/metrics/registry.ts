@@ -153,6 +153,8 @@ export interface LaneSnapshot {
   readonly rssBytes: number;
   /** Cumulative CPU of the live process, if its report carries `cpuUs` (seconds); null otherwise. */
   readonly cpuSeconds: number | null;
+  /** Cumulative time the live process's event-loop thread waited for a CPU (seconds), if the kernel says; null otherwise. */
+  readonly cpuWaitSeconds: number | null;
   /** Packet mode: the lane's new packets currently go to another worker. */
   readonly spilling: boolean;
   /** The balancer's smoothed view. */
@@ -239,6 +241,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     addArray(latencyCounts, c?.latencyCounts);
     latencySumMs += t.latencySumMs + num(c?.latencySumMs);
     const cpuUs = (r as { cpuUs?: number } | null)?.cpuUs;
+    const waitUs = (r as { schedWaitUs?: number } | null)?.schedWaitUs;
     lanes.push({
       up: w.isUp(lane, stalledAfterMs(v.config.balancer.reportIntervalMs)),
       restarts: w.restarts(lane),
@@ -261,6 +264,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
       activeQueues: num(r?.activeQueues),
       rssBytes: num(r?.memRss),
       cpuSeconds: typeof cpuUs === 'number' && Number.isFinite(cpuUs) ? cpuUs / 1e6 : null,
+      cpuWaitSeconds: typeof waitUs === 'number' && Number.isFinite(waitUs) && waitUs >= 0 ? waitUs / 1e6 : null,
       spilling: (d.spillTo[lane] ?? -1) >= 0,
       cpuUtil: num(b.model.cpuUtil[lane]),
       elu: num(b.model.elu[lane]),
@@ -432,6 +436,11 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   {
     name: 'flowlb_worker_cpu_seconds_total', type: 'counter', help: 'CPU time (user + system) of the lane\'s current worker process; resets when the worker restarts.',
     read: (s) => s.lanes.flatMap((l, i) => (l.cpuSeconds === null ? [] : [{ value: l.cpuSeconds, labels: { worker: String(i) } }])),
+  },
+  {
+    name: 'flowlb_worker_cpu_wait_seconds_total', type: 'counter',
+    help: 'Time the worker\'s event-loop thread was runnable but waiting for a CPU (kernel schedstat run delay): contention from other processes on its core; resets when the worker restarts.',
+    read: (s) => s.lanes.flatMap((l, i) => (l.cpuWaitSeconds === null ? [] : [{ value: l.cpuWaitSeconds, labels: { worker: String(i) } }])),
   },
   // balancer
   { name: 'flowlb_imbalance_index', type: 'gauge', help: 'The balancer\'s imbalance index of the worker (its capacity estimate; 1 = average).', read: perWorker((l) => l.imbalanceIndex) },

@@ -26,7 +26,7 @@ export function counters(over: Partial<WorkerCounters> = {}): WorkerCounters {
 export function report(c: WorkerCounters, extra: Partial<WorkerReportMsg> = {}): WorkerReportMsg {
   return {
     t: 'report', seq: 1, intervalMs: 200, cpuUtil: 0.5, elu: 0.4, queueDepth: 7, peakQueueDepth: 9, activeQueues: 2,
-    counters: c, memRss: 50_000_000, cpuUs: 0, cpuLimit: 0, ...extra,
+    counters: c, memRss: 50_000_000, cpuUs: 0, cpuLimit: 0, schedRun: -1, schedWait: -1, schedWaitUs: -1, ...extra,
   };
 }
 
