@@ -149,7 +149,7 @@ describe('index step seen in the scheduler share (run / (run + wait) of the even
   });
 
   it('without the share the same reports do not step (the averages follow slowly)', async () => {
-    const { b, hogged, steps } = await hogComesAndGoes(false);
+    const { b, steps } = await hogComesAndGoes(false);
     expect(b.indexSteps).toBe(steps);
     expect(b.indexStepsBySched).toBe(0);
     // Still settling after the hog's step, the index follows the fast averages (0.64), short of the reports.

@@ -388,13 +388,16 @@ export async function waitForQuiet(maxWaitMs: number, busyCores = 0.4, forMs = 3
  * drain their queues on the shared cores while the next measurement runs.
  */
 export async function killLb(lb: Lb): Promise<void> {
+  let pids: number[] = [];
   try {
-    const st = await Promise.race([lb.status(), sleep(1000).then(() => null)]);
-    for (const w of (st?.workers ?? []) as { pid: number }[]) { try { process.kill(w.pid, 'SIGKILL'); } catch { /* gone */ } }
-  } catch { /* not answering: the primary's kill below still ends it */ }
+    pids = ((await Promise.race([lb.status(), sleep(1000).then(() => null)]))?.workers ?? []).map((w: { pid: number }) => w.pid);
+  } catch { /* not answering: the primary's kill below still ends it, and its workers follow it (orphan watchdog) */ }
+  // The primary first: killed after its workers, it saw them die and forked replacements, which then failed their
+  // cluster handshake with EPIPE as it went (an unhandled-error trace in the benchmark's output).
   if (lb.proc.exitCode === null && lb.proc.signalCode === null) {
     const exited = new Promise((r) => lb.proc.once('exit', r));
     lb.proc.kill('SIGKILL');
     await exited;
   }
+  for (const pid of pids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
 }
