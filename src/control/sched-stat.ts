@@ -38,9 +38,15 @@ export class SchedStatReader {
   private lastWallMs = 0;
   private readonly out: SchedSample = { run: -1, wait: -1 };
 
-  /** `file`: the schedstat file of the calling thread (a test may point it elsewhere). */
-  constructor(file = '/proc/thread-self/schedstat') {
-    try { this.fd = fs.openSync(file, 'r'); } catch { this.fd = -1; }
+  /**
+   * `file`: the schedstat file of the calling thread (a test may point it elsewhere). By default
+   * /proc/thread-self (Linux >= 3.17), else the main thread's own task entry (its thread id is the process id):
+   * the worker constructs this on its main thread.
+   */
+  constructor(file?: string) {
+    for (const f of file !== undefined ? [file] : ['/proc/thread-self/schedstat', `/proc/self/task/${process.pid}/schedstat`]) {
+      try { this.fd = fs.openSync(f, 'r'); break; } catch { this.fd = -1; }
+    }
   }
 
   get available(): boolean {
