@@ -157,7 +157,7 @@ describe('flowlb under Prometheus', () => {
     const rules = groups.flatMap((g) => g.rules);
     expect(rules.map((r) => r.name).sort()).toEqual([
       'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbKernelReceiveDrops', 'FlowlbMigrationTimeouts', 'FlowlbPacketsDropped',
-      'FlowlbQueueNearLimit', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting',
+      'FlowlbQueueNearLimit', 'FlowlbWorkerCpuContention', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting',
     ]);
     for (const r of rules) {
       expect(r.health, `${r.name}: ${r.lastError ?? ''}`).toBe('ok');
@@ -175,7 +175,7 @@ describe('flowlb under Prometheus', () => {
   it('passes promtool check rules and check config on deploy/', () => {
     const rules = promtool(['check', 'rules', ALERTS]);
     expect(rules.code, rules.out).toBe(0);
-    expect(rules.out).toContain('SUCCESS: 9 rules found');
+    expect(rules.out).toContain('SUCCESS: 10 rules found');
     const config = promtool(['check', 'config', PROM_CONFIG]);
     expect(config.code, config.out).toBe(0);
   });
@@ -194,6 +194,7 @@ function alertTests(rulesFile: string): string {
   const names = [
     'FlowlbDown', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting', 'FlowlbPacketsDropped', 'FlowlbDropRatioHigh',
     'FlowlbImbalanceHigh', 'FlowlbQueueNearLimit', 'FlowlbMigrationTimeouts', 'FlowlbKernelReceiveDrops',
+    'FlowlbWorkerCpuContention',
   ];
   const quiet = names.map((n) => `      - eval_time: 10m\n        alertname: ${n}\n        exp_alerts: []`).join('\n');
   return `rule_files:
@@ -227,7 +228,18 @@ tests:
         values: '0 0 0 0 0 0 1x5'
       - series: 'flowlb_socket_receive_drops_total{job="flowlb",instance="a",listener="127.0.0.1:5300"}'
         values: '0+600x10'
+      - series: 'flowlb_worker_cpu_wait_seconds_total{job="flowlb",instance="a",worker="0"}'
+        values: '0+24x20'
+      - series: 'flowlb_worker_cpu_wait_seconds_total{job="flowlb",instance="a",worker="1"}'
+        values: '0+6x20'
     alert_rule_test:
+      - eval_time: 16m
+        alertname: FlowlbWorkerCpuContention
+        exp_alerts:
+          - exp_labels: { severity: warning, job: flowlb, instance: a, worker: '0' }
+            exp_annotations:
+              summary: 'flowlb worker 0 on a waits for a CPU 40% of the time'
+              description: 'Other processes (or a CPU quota) take the worker''s core: its event loop was ready to run but waited more than a quarter of the time for 10 minutes. The balancer gives it less load (its imbalance index falls); if every worker waits, the host is oversubscribed: give flowlb dedicated cores or fewer workers.'
       - eval_time: 7m
         alertname: FlowlbKernelReceiveDrops
         exp_alerts:
@@ -310,6 +322,8 @@ tests:
         values: '0+6000x12'
       - series: 'flowlb_imbalance_ratio{job="flowlb",instance="a"}'
         values: '0.04x12'
+      - series: 'flowlb_worker_cpu_wait_seconds_total{job="flowlb",instance="a",worker="0"}'
+        values: '0+6x12'
       - series: 'flowlb_bucket_migrations_total{job="flowlb",instance="a",outcome="timeout"}'
         values: '0x12'
     alert_rule_test:
