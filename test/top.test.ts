@@ -19,7 +19,7 @@ import { CLI, LOOPBACK, startFlowlb } from './support/service.js';
 
 function worker(id: number, over: Partial<TopWorker> = {}): TopWorker {
   return {
-    id, pid: 1000 + id, ready: true, restarts: 0, cpuUtil: 0.5, elu: 0.4, targetShare: 0.5, buckets: 512, queueDepth: 3,
+    id, pid: 1000 + id, ready: true, restarts: 0, cpuUtil: 0.5, elu: 0.4, schedWaitLast: 0.02, targetShare: 0.5, buckets: 512, queueDepth: 3,
     pps: 100, dispatchedPackets: 10_000, flowsActive: 20, drops: {}, rssBytes: 64 * 1024 * 1024, ...over,
   };
 }
@@ -70,6 +70,17 @@ describe('top view', () => {
     expect(r1).toMatch(/\s500\s/);
     expect(r1).toMatch(/\s10\s/); // drops/s of worker 1
     expect(r0).toMatch(/\s42\s/); // queue depth
+  });
+
+  it('shows each worker\'s wait for a CPU, and a dash where the kernel does not say', () => {
+    const lines = renderTop(at(status({ workers: [worker(0, { schedWaitLast: 0.42 }), worker(1, { schedWaitLast: -1 })] }), 0), null, 120, opts);
+    const header = lines.find((l) => l.includes('ELU'))!;
+    const col = header.indexOf('WAIT');
+    expect(col).toBeGreaterThan(header.indexOf('ELU'));
+    // Right-aligned under its header.
+    expect(rowOf(lines, 0).slice(col - 1, col + 4).trim()).toBe('42%');
+    expect(rowOf(lines, 1).slice(col - 1, col + 4).trim()).toBe('-');
+    expect(parseStatus({ ...status(), workers: [{ id: 0, ready: true }] })!.workers[0]!.schedWaitLast).toBe(-1);
   });
 
   it('falls back to the balancer\'s pps without a previous sample and marks down workers', () => {

@@ -12,6 +12,8 @@ export interface TopWorker {
   readonly restarts: number;
   readonly cpuUtil: number;
   readonly elu: number;
+  /** The event-loop thread's wait for a CPU over wall time in the last report; -1 when the kernel does not say. */
+  readonly schedWaitLast: number;
   readonly targetShare: number;
   readonly buckets: number;
   readonly queueDepth: number;
@@ -97,6 +99,7 @@ export function parseStatus(json: unknown): TopStatus | null {
       restarts: numberOr0(w.restarts),
       cpuUtil: numberOr0(w.cpuUtil),
       elu: numberOr0(w.elu),
+      schedWaitLast: typeof w.schedWaitLast === 'number' && Number.isFinite(w.schedWaitLast) ? w.schedWaitLast : -1,
       targetShare: numberOr0(w.targetShare),
       buckets: numberOr0(w.buckets),
       queueDepth: numberOr0(w.queueDepth),
@@ -164,6 +167,8 @@ function columnsFor(totalBuckets: number): readonly Column[] {
   return [
     ['CPU', 5, (w) => percent(w.cpuUtil)],
     ['ELU', 5, (w) => percent(w.elu)],
+    // Time the loop was ready but waited for a CPU: other processes on its core (or a CPU quota).
+    ['WAIT', 5, (w) => (w.schedWaitLast >= 0 ? percent(w.schedWaitLast) : '-')],
     ['SHARE', 7, (w) => `${(w.buckets * 100 / Math.max(1, totalBuckets)).toFixed(1)}%`],
     ['TARGET', 7, (w) => `${(w.targetShare * 100).toFixed(1)}%`],
     ['PPS', 8, (_w, pps) => formatCount(pps)],
@@ -231,6 +236,6 @@ export function renderTop(current: TopSample, previous: TopSample | null, width:
     lines.push(`${left}${bar(x.cpuUtil, barWidth)}  ${columns.map(([, cw, f]) => pad(f(x, pps, dropRate), cw)).join('')}`);
   }
   lines.push('');
-  lines.push('q or Ctrl-C quits   LOAD = worker CPU (1 core = full)   SHARE = buckets owned');
+  lines.push('q or Ctrl-C quits   LOAD = worker CPU (1 core = full)   SHARE = buckets owned   WAIT = ready, waiting for a CPU');
   return lines.map((l) => fit(l, w));
 }
