@@ -61,9 +61,9 @@ const STEP_NOISE_WEIGHT = 0.05;
 const STEP_SETTLE_MS = 2000;
 /**
  * The scheduler's view of a worker (sched-stat.ts): share = run / (run + wait) of its event-loop thread. A report
- * whose share is this far from the worker's recent share (or STEP_NOISE_TIMES its usual distance, if larger) says
- * its contention changed (see watchStep). Measured with a busy loop on the worker's core: 0.49-0.60 hogged,
- * 0.82-0.95 free, 0.03-0.05 apart from one report to the next at either level.
+ * whose share is this far above the worker's recent share (or STEP_NOISE_TIMES its usual distance, if larger)
+ * says its contention fell (see watchStep). Measured with a busy loop on the worker's core, 250 ms samples:
+ * 0.49-0.60 hogged (standard deviation 0.02-0.04 over a run), 0.82-0.95 free (0.04-0.13).
  */
 const SCHED_STEP = 0.15;
 /** ... but only in a report where the thread was runnable (on a CPU or waiting) at least this much of the time. */
@@ -295,9 +295,10 @@ export class Balancer {
    * one's 0.76-0.91, and its noise (3 x 0.10) held the rise for seconds; its share reads 0.49-0.60 against
    * 0.82-0.95 and moves in one report. The level stays cpu/elu's (the restart is at the reports' cpu and elu):
    * the share only says that the contention fell. Not for a fall: a hog arriving is plain in cpu/elu (elu 1, cpu
-   * 0.5), and with the share's help the run could start at the first report after the hog came, which covers
-   * part of the time before it: the step level came out 0.537 on average against 0.513 (19 runs each), the
-   * hogged worker kept more load for its first second, and balanced within 2 s in 5 of 19 runs against 13.
+   * 0.5; stepped 0.44-0.49 s after it came without the share), and with the share deciding falls too the hogged
+   * worker's raw ELU was balanced within 2 s of the hog's arrival in 5 of 19 runs against 13 of 19 without it
+   * (a run's first report after the hog came covers time before it and could start the run; that this was the
+   * cause is not shown). docs/balancing-bench.md, session 7.
    */
   private watchStep(lane: number, cpu: number, elu: number, schedRun: number, schedWait: number): void {
     if (this.model.reports[lane]! <= 1) {

@@ -7,8 +7,8 @@
  * up with a packet, and that wait counts as idle loop time. Measured beside a busy loop on the same core (250 ms
  * samples, bench/interference.ts): the hogged worker's cpu/elu read 0.50-0.96 from one sample to the next, the same
  * range as a free worker's 0.76-1.0, while its share of runnable time spent on a CPU, run / (run + wait), read
- * 0.49-0.60 against 0.82-0.95 once the hog had gone. The latter tells a hog arriving or leaving from a lull in one
- * or two reports; the former could not (see Balancer.watchStep).
+ * 0.49-0.60 against 0.82-0.95 once the hog had gone. The latter tells a hog leaving from a lull in one or two
+ * reports; the former could not (see Balancer.watchStep). A hog arriving is plain in cpu/elu already.
  *
  * The report timer runs on the worker's main thread, which is the thread that runs the event loop, so
  * /proc/thread-self is the loop's thread (helper threads are not counted: they do not serve packets). Control plane
