@@ -34,11 +34,16 @@ async function fed() {
   // schedRun / schedWait: the event-loop thread's time on a CPU and waiting for one; -1: the kernel does not say.
   const feed = (lane: number, cpuUtil: number, elu: number, schedRun = -1, schedWait = -1): void =>
     b.onReport(lane, report(counters(), { cpuUtil, elu, queueDepth: 0, intervalMs: 100, schedRun, schedWait }));
+  // One report of worker 0 and one of an uncontended worker 1 (cpu/elu 0.6 / 0.6, share 0.92).
+  const feedPair = (cpuUtil: number, elu: number, schedRun: number, schedWait: number): void => {
+    feed(0, cpuUtil, elu, schedRun, schedWait);
+    feed(1, 0.6, 0.6, 0.55, 0.05);
+  };
   const round = (reports: number, cpu0: number, elu0: number): void => {
     for (let i = 0; i < reports; i++) { feed(0, cpu0, elu0); feed(1, 0.6, 0.6); }
     b.tick();
   };
-  return { b, feed, round };
+  return { b, feed, feedPair, round };
 }
 
 describe('imbalance index after a step', () => {
@@ -181,11 +186,7 @@ describe('index step seen in the scheduler share (run / (run + wait) of the even
   });
 
   it('does not step when the share and cpu/elu disagree on the direction', async () => {
-    const { b, feed: feedLane } = await fed();
-    const feed = (cpuUtil: number, elu: number, schedRun: number, schedWait: number): void => {
-      feedLane(0, cpuUtil, elu, schedRun, schedWait);
-      feedLane(1, 0.6, 0.6, 0.55, 0.05);
-    };
+    const { b, feedPair: feed } = await fed();
     // Contended to begin with: share 0.5, cpu/elu 0.4 / 0.6 (index 0.67).
     for (let i = 0; i < 40; i++) { feed(0.4, 0.6, 0.4, 0.4); if (i % 2) b.tick(); }
     const steps = b.indexSteps, index = b.indexes[0]!;
@@ -196,11 +197,7 @@ describe('index step seen in the scheduler share (run / (run + wait) of the even
   });
 
   it('does not step down on the share: a fall is cpu/elu\'s to see', async () => {
-    const { b, feed: feedLane } = await fed();
-    const feed = (cpuUtil: number, elu: number, schedRun: number, schedWait: number): void => {
-      feedLane(0, cpuUtil, elu, schedRun, schedWait);
-      feedLane(1, 0.6, 0.6, 0.55, 0.05);
-    };
+    const { b, feedPair: feed } = await fed();
     for (let i = 0; i < 40; i++) { feed(0.5, 0.6, 0.5, 0.05); if (i % 2) b.tick(); }
     const steps = b.indexSteps;
     // The share falls from 0.91 to 0.5 while cpu/elu falls by less than INDEX_STEP (0.83 -> 0.7): with the share
