@@ -50,6 +50,26 @@ describe('SchedStatReader', () => {
     }
   });
 
+  it('opens the file when it appears (a worker that started without a descriptor to spare)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-sched-'));
+    const file = path.join(dir, 'schedstat');
+    try {
+      const r = new SchedStatReader(file);
+      expect(r.available).toBe(false);
+      expect(r.sample(0)).toEqual({ run: -1, wait: -1 });
+      fs.writeFileSync(file, '1000000 0 1\n');
+      expect(r.sample(100)).toEqual({ run: -1, wait: -1 }); // opened now: the first figure needs a second sample
+      expect(r.available).toBe(true);
+      fs.writeFileSync(file, '21000000 10000000 3\n');
+      const s = r.sample(200);
+      expect(s.run).toBeCloseTo(0.2, 9);
+      expect(s.wait).toBeCloseTo(0.1, 9);
+      r.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('says nothing where the file does not exist', () => {
     const r = new SchedStatReader('/nonexistent/flowlb/schedstat');
     expect(r.available).toBe(false);

@@ -12,7 +12,7 @@
  *
  * The report timer runs on the worker's main thread, which is the thread that runs the event loop, so
  * /proc/thread-self is the loop's thread (helper threads are not counted: they do not serve packets). Control plane
- * only: read once per load report through a descriptor opened once.
+ * only: read once per load report through a descriptor kept open.
  */
 import fs from 'node:fs';
 
@@ -32,6 +32,8 @@ export interface SchedSample {
 
 export class SchedStatReader {
   private fd = -1;
+  /** Files to open, in order of preference; emptied by close(). */
+  private files: string[];
   private readonly buf = Buffer.alloc(128);
   private lastRun = -1;
   private lastWait = -1;
@@ -44,8 +46,15 @@ export class SchedStatReader {
    * the worker constructs this on its main thread.
    */
   constructor(file?: string) {
-    for (const f of file !== undefined ? [file] : ['/proc/thread-self/schedstat', `/proc/self/task/${process.pid}/schedstat`]) {
-      try { this.fd = fs.openSync(f, 'r'); break; } catch { this.fd = -1; }
+    this.files = file !== undefined ? [file] : ['/proc/thread-self/schedstat', `/proc/self/task/${process.pid}/schedstat`];
+    this.open();
+  }
+
+  /** Opens the first file that opens. Tried again at every sample while none is open: a worker that started out of
+   * descriptors (EMFILE) gets the figures once it has one to spare. */
+  private open(): void {
+    for (const f of this.files) {
+      try { this.fd = fs.openSync(f, 'r'); return; } catch { this.fd = -1; }
     }
   }
 
@@ -82,9 +91,11 @@ export class SchedStatReader {
   close(): void {
     if (this.fd >= 0) try { fs.closeSync(this.fd); } catch { /* closed */ }
     this.fd = -1;
+    this.files = [];
   }
 
   private readNow(): [number, number] | null {
+    if (this.fd < 0) this.open();
     if (this.fd < 0) return null;
     try {
       // procfs regenerates the text on a read at offset 0: one descriptor serves every report.
