@@ -18,8 +18,9 @@
  *
  *   node dist/bench/skew.js [--short] [--cost-us 1000] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15] [--arrivals poisson|paced]
  *                           [--workers 2] [--worker-cpu 0.5] [--cap-period-us 10000]
- *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90]
+ *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90] [--adaptive-args "ARGS"]
  * --loads: offered rates as fractions of the measured capacity (--short: 0.85 only).
+ * --adaptive-args: extra flowlb flags for the adaptive runs only (e.g. "--queue-limit 64"; static runs unchanged).
  * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
  * Writes results/skew.json and results/skew.svg.
  */
@@ -90,6 +91,8 @@ async function parent(): Promise<void> {
   const cfg = path.join(tmp, 'flowlb.json');
   fs.writeFileSync(cfg, JSON.stringify({ handler: path.join(ROOT, 'test/fixtures/burn-handler.js'), handlerOptions: { costUs, clock } }));
   const baseArgs = ['--config', cfg, '--workers', String(workers)];
+  const adaptiveIdx = process.argv.indexOf('--adaptive-args');
+  const adaptiveArgs = adaptiveIdx >= 0 ? process.argv[adaptiveIdx + 1]!.split(/\s+/).filter(Boolean) : [];
   /** Starts flowlb on `port` and puts each worker into its CPU cap (if any). */
   const startLb = async (port: number, args: string[]): Promise<Lb> => {
     const lb = await startOn(port, args);
@@ -167,7 +170,7 @@ async function parent(): Promise<void> {
       for (const load of loads) for (const mode of ['static', 'adaptive'] as const) {
         const ratePps = Math.round(load * capacityPps);
         const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
-        const lb = await startLb(udpPort, [...baseArgs, ...(mode === 'static' ? ['--no-balance'] : [])]);
+        const lb = await startLb(udpPort, [...baseArgs, ...(mode === 'static' ? ['--no-balance'] : adaptiveArgs)]);
         try {
           // Warm-up with other flows (JIT in primary and workers); the balancer learns nothing about the measured flows.
           await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 64, ratePps: ratePps * 0.3, durationMs: short ? 1000 : 2000, sizeBytes, procs: 1, drainMs: 300 });
