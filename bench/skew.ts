@@ -154,7 +154,7 @@ async function parent(): Promise<void> {
     return { saturatedPps, capacityPps: lo, trials };
   };
 
-  interface RunOut { load: number; capacityPps: number; ratePps: number; quiet: { quiet: boolean; waitedMs: number; busyCores: number } | null; machineBusy: number; flowlbCpu: number; round: number; mode: string; client: ClientResult; samples: Sample[]; moves: number; drops: Record<string, number>; migrationTimeouts: number; steadyMaxOverMeanElu: number; steadyMaxOverMeanCpu: number; busiestPpsShare: number; migrationP50Ms: number | null; migrationP99Ms: number | null; idleBefore: boolean }
+  interface RunOut { load: number; capacityPps: number; ratePps: number; quiet: { quiet: boolean; waitedMs: number; busyCores: number } | null; machineBusy: number; flowlbCpu: number; round: number; mode: string; client: ClientResult; samples: Sample[]; moves: number; overloadSpills: number; drops: Record<string, number>; migrationTimeouts: number; steadyMaxOverMeanElu: number; steadyMaxOverMeanCpu: number; busiestPpsShare: number; migrationP50Ms: number | null; migrationP99Ms: number | null; idleBefore: boolean }
   const runs: RunOut[] = [];
   const capacities: { round: number; saturatedPps: number; capacityPps: number; trials: Trial[] }[] = [];
   let nextOffer = ideal;
@@ -191,6 +191,8 @@ async function parent(): Promise<void> {
             round, mode, load, client: res, samples, idleBefore, quiet, capacityPps, ratePps,
             machineBusy: mean(window(samples, 0, durationMs).map((x) => x.machineBusy)), flowlbCpu: mean(window(samples, 0, durationMs).map((x) => x.flowlbCpu)),
             moves: s1.migrations.completed - s0.migrations.completed,
+            // Rounds of moves the overload path made (a worker's queue past --queue-limit, or queue drops).
+            overloadSpills: (s1.overloadSpills ?? 0) - (s0.overloadSpills ?? 0),
             migrationTimeouts: s1.migrations.timeouts - s0.migrations.timeouts,
             drops: diffDrops(sumDrops(s0), sumDrops(s1)),
             steadyMaxOverMeanElu: mean(elus), steadyMaxOverMeanCpu: mean(cpus),
@@ -202,7 +204,7 @@ async function parent(): Promise<void> {
           const dropsTotal = Object.values(out.drops).reduce((a, b) => a + b, 0);
           console.log(`round ${round} load ${load} (${ratePps} pps) ${mode.padEnd(8)}: sent ${res.sent} (${Math.round(res.achievedPps)} pps), replies ${res.received}, lost ${res.lost}, dropped in flowlb ${dropsTotal} ${JSON.stringify(out.drops)}, client socket errors ${res.sendErrors}, client socket drops ${res.clientSocketDrops ?? "?"}; ` +
             `RTT p50 ${us(res.rtt?.p50Us)} p99 ${us(res.rtt?.p99Us)}; steady (2nd half) p50 ${us(res.steady?.p50Us)} p99 ${us(res.steady?.p99Us)}; ` +
-            `busiest worker ${(out.busiestPpsShare * 100).toFixed(1)}% of packets; max/mean ELU ${out.steadyMaxOverMeanElu.toFixed(3)}, CPU ${out.steadyMaxOverMeanCpu.toFixed(3)}; moves ${out.moves}; ` +
+            `busiest worker ${(out.busiestPpsShare * 100).toFixed(1)}% of packets; max/mean ELU ${out.steadyMaxOverMeanElu.toFixed(3)}, CPU ${out.steadyMaxOverMeanCpu.toFixed(3)}; moves ${out.moves} (overload spills ${out.overloadSpills}); ` +
             `machine busy ${out.machineBusy.toFixed(2)} cores of which flowlb ${out.flowlbCpu.toFixed(2)}`);
         } finally { await killLb(lb); }
       }
@@ -299,7 +301,7 @@ async function parent(): Promise<void> {
     loadavgAtStart, loadavgAtEnd: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     summary, p99Ratio: summary.p99Ratio, steadyP99Ratio: summary.steadyP99Ratio, summaryByLoad,
     runs: runs.map((r) => ({
-      round: r.round, load: r.load, mode: r.mode, capacityPps: r.capacityPps, ratePps: r.ratePps, idleBefore: r.idleBefore, quietBefore: r.quiet, machineBusyCores: r.machineBusy, flowlbCpuCores: r.flowlbCpu, moves: r.moves, migrationTimeouts: r.migrationTimeouts, drops: r.drops,
+      round: r.round, load: r.load, mode: r.mode, capacityPps: r.capacityPps, ratePps: r.ratePps, idleBefore: r.idleBefore, quietBefore: r.quiet, machineBusyCores: r.machineBusy, flowlbCpuCores: r.flowlbCpu, moves: r.moves, overloadSpills: r.overloadSpills, migrationTimeouts: r.migrationTimeouts, drops: r.drops,
       steadyMaxOverMeanElu: r.steadyMaxOverMeanElu, steadyMaxOverMeanCpu: r.steadyMaxOverMeanCpu, busiestPpsShare: r.busiestPpsShare,
       migrationP50Ms: r.migrationP50Ms, migrationMaxRecentMs: r.migrationP99Ms,
       client: { ...r.client, groups: undefined, perFlowSent: r.client.perFlowSent.slice(0, 8), perFlowReceived: r.client.perFlowReceived.slice(0, 8) },
