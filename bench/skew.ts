@@ -18,9 +18,11 @@
  *
  *   node dist/bench/skew.js [--short] [--cost-us 1000] [--flows 256] [--zipf 1.1] [--loads 0.85,1,1.15] [--arrivals poisson|paced]
  *                           [--workers 2] [--worker-cpu 0.5] [--cap-period-us 10000]
- *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90] [--adaptive-args "ARGS"]
+ *                           [--seconds 20] [--rounds 3] [--interval-ms 250] [--quiet-wait 90] [--adaptive-args "ARGS"] [--compare "ARGS"]
  * --loads: offered rates as fractions of the measured capacity (--short: 0.85 only).
  * --adaptive-args: extra flowlb flags for the adaptive runs only (e.g. "--queue-limit 64"; static runs unchanged).
+ * --compare "ARGS": a third mode, `compare`: adaptive with these extra flags, on the same client sockets (so the same
+ *   flows land in the same buckets) right after the adaptive run of each round; side by side with it.
  * Full runs first wait (at most --quiet-wait s) for the machine to be idle before each measurement.
  * Writes results/skew.json and results/skew.svg.
  */
@@ -93,6 +95,10 @@ async function parent(): Promise<void> {
   const baseArgs = ['--config', cfg, '--workers', String(workers)];
   const adaptiveIdx = process.argv.indexOf('--adaptive-args');
   const adaptiveArgs = adaptiveIdx >= 0 ? process.argv[adaptiveIdx + 1]!.split(/\s+/).filter(Boolean) : [];
+  const compareIdx = process.argv.indexOf('--compare');
+  const compareArgs = compareIdx >= 0 ? process.argv[compareIdx + 1]!.split(/\s+/).filter(Boolean) : null;
+  const modes: readonly string[] = compareArgs ? ['static', 'adaptive', 'compare'] : ['static', 'adaptive'];
+  const argsOf = (mode: string): string[] => (mode === 'static' ? ['--no-balance'] : mode === 'compare' ? compareArgs ?? [] : adaptiveArgs);
   /** Starts flowlb on `port` and puts each worker into its CPU cap (if any). */
   const startLb = async (port: number, args: string[]): Promise<Lb> => {
     const lb = await startOn(port, args);
@@ -167,10 +173,10 @@ async function parent(): Promise<void> {
     const udpPort = await freeUdpPort();
     const client = await startRttClient({ weights: Array.from(flowWeights(flows, parseDistribution(dist))), sizeBytes });
     try {
-      for (const load of loads) for (const mode of ['static', 'adaptive'] as const) {
+      for (const load of loads) for (const mode of modes) {
         const ratePps = Math.round(load * capacityPps);
         const quiet = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
-        const lb = await startLb(udpPort, [...baseArgs, ...(mode === 'static' ? ['--no-balance'] : adaptiveArgs)]);
+        const lb = await startLb(udpPort, [...baseArgs, ...argsOf(mode)]);
         try {
           // Warm-up with other flows (JIT in primary and workers); the balancer learns nothing about the measured flows.
           await runGenerator({ target: { host: '127.0.0.1', port: lb.port }, flows: 64, ratePps: ratePps * 0.3, durationMs: short ? 1000 : 2000, sizeBytes, procs: 1, drainMs: 300 });
@@ -216,7 +222,7 @@ async function parent(): Promise<void> {
   const summarise = (load: number): Record<string, any> => {
     const by = (mode: string): RunOut[] => runs.filter((r) => r.mode === mode && r.load === load);
     const med = (mode: string, f: (r: RunOut) => number | null | undefined): number => median(by(mode).map((r) => f(r) ?? NaN));
-    const sm: Record<string, any> = Object.fromEntries(['static', 'adaptive'].map((mode) => [mode, {
+    const sm: Record<string, any> = Object.fromEntries(modes.map((mode) => [mode, {
       ratePps: med(mode, (r) => r.ratePps),
       rttP50Us: med(mode, (r) => r.client.rtt?.p50Us), rttP99Us: med(mode, (r) => r.client.rtt?.p99Us),
       rttP999Us: med(mode, (r) => r.client.rtt?.p999Us),
@@ -225,6 +231,7 @@ async function parent(): Promise<void> {
       throughputPps: med(mode, (r) => r.client.received / seconds),
       droppedInFlowlb: med(mode, (r) => Object.values(r.drops).reduce((a, b) => a + b, 0)),
       moves: med(mode, (r) => r.moves),
+      overloadSpills: med(mode, (r) => r.overloadSpills),
       steadyMaxOverMeanElu: med(mode, (r) => r.steadyMaxOverMeanElu),
       steadyMaxOverMeanCpu: med(mode, (r) => r.steadyMaxOverMeanCpu),
       busiestPpsShare: med(mode, (r) => r.busiestPpsShare),
@@ -235,7 +242,11 @@ async function parent(): Promise<void> {
     sm.rounds = [...new Set(runs.map((r) => r.round))].map((round) => {
       const st = runs.find((r) => r.round === round && r.load === load && r.mode === 'static');
       const ad = runs.find((r) => r.round === round && r.load === load && r.mode === 'adaptive');
-      return { round, staticBusiestShare: st?.busiestPpsShare, staticP99Us: st?.client.rtt?.p99Us, adaptiveP99Us: ad?.client.rtt?.p99Us, ratio: (st?.client.rtt?.p99Us ?? NaN) / (ad?.client.rtt?.p99Us ?? NaN) };
+      const cp = runs.find((r) => r.round === round && r.load === load && r.mode === 'compare');
+      return {
+        round, staticBusiestShare: st?.busiestPpsShare, staticP99Us: st?.client.rtt?.p99Us, adaptiveP99Us: ad?.client.rtt?.p99Us, ratio: (st?.client.rtt?.p99Us ?? NaN) / (ad?.client.rtt?.p99Us ?? NaN),
+        ...(cp ? { compareP99Us: cp.client.rtt?.p99Us, compareOverloadSpills: cp.overloadSpills } : {}),
+      };
     });
     return sm;
   };
@@ -244,12 +255,16 @@ async function parent(): Promise<void> {
     const sm = summaryByLoad[String(load)]!;
     console.log(`\nload ${load} x capacity, medians over ${rounds} round(s); ${flows} flows ${dist}, burn ${costUs} us, ${seconds} s per run:`);
     console.log('  mode      |  pps | RTT p50 | RTT p99 | p99 2nd half | loss %  | replies/s | drops | moves | max/mean ELU (2nd half) | busiest worker share');
-    for (const mode of ['static', 'adaptive']) {
+    for (const mode of modes) {
       const x = sm[mode];
       console.log(`  ${mode.padEnd(9)} | ${String(x.ratePps).padStart(4)} | ${us(x.rttP50Us).padStart(7)} | ${us(x.rttP99Us).padStart(7)} | ${us(x.steadyP99Us).padStart(12)} | ${x.lossPct.toFixed(2).padStart(7)} | ${Math.round(x.throughputPps).toString().padStart(9)} | ${String(x.droppedInFlowlb).padStart(5)} | ${String(x.moves).padStart(5)} | ${x.steadyMaxOverMeanElu.toFixed(3).padStart(23)} | ${(x.busiestPpsShare * 100).toFixed(1)}%`);
     }
     console.log(`  p99 static / adaptive: whole run ${sm.p99Ratio.toFixed(1)}x, second half ${sm.steadyP99Ratio.toFixed(1)}x (target >= 5x); per round: ` +
       sm.rounds.map((r: any) => `static split ${(r.staticBusiestShare * 100).toFixed(0)}% -> ${r.ratio.toFixed(1)}x`).join(', '));
+    if (compareArgs) {
+      console.log(`  compare (adaptive ${compareArgs.join(' ')}) / adaptive p99, same flows, per round: ` +
+        sm.rounds.map((r: any) => `${(r.compareP99Us / r.adaptiveP99Us).toFixed(2)}x (${us(r.compareP99Us)} vs ${us(r.adaptiveP99Us)}, ${r.compareOverloadSpills} spills)`).join(', '));
+    }
   }
   const summary = summaryByLoad[String(loads[0])]!;
 
