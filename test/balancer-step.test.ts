@@ -185,6 +185,17 @@ describe('index step seen in the scheduler share (run / (run + wait) of the even
     expect(stepsAfterSettling(b, run)).toBe(0);
   });
 
+  it('does not step on the share in a new worker\'s first reports (its usual distance is not known yet)', async () => {
+    const { b, feedPair } = await fed();
+    // Pairs of reports that wait a lot (share 0.5, own index 0.8) and pairs that do not (0.95, own 0.9): a fresh
+    // worker under ordinary load. Without the warm-up the second kind made steps from the first pairs on.
+    for (let n = 0; n < 28; n++) {
+      if (n % 4 < 2) feedPair(0.48, 0.6, 0.3, 0.3); else feedPair(0.54, 0.6, 0.57, 0.03);
+      if (n % 3 === 2) b.tick();
+    }
+    expect(b.indexStepsBySched).toBe(0);
+  });
+
   it('does not step when the share and cpu/elu disagree on the direction', async () => {
     const { b, feedPair: feed } = await fed();
     // Contended to begin with: share 0.5, cpu/elu 0.4 / 0.6 (index 0.67).

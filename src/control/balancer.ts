@@ -69,6 +69,12 @@ const SCHED_STEP = 0.15;
 /** ... but only in a report where the thread was runnable (on a CPU or waiting) at least this much of the time. */
 const SCHED_MIN_RUNNABLE = 0.2;
 /**
+ * ... and only once the worker has sent this many reports (3 s at 100 ms): its usual distance (the noise limit)
+ * starts at 0 and needs that long to be known. Without it, a freshly started worker under ordinary load stepped on
+ * the share's report-to-report swings, and a test that waits for demand balancing took 3.5-19 s instead of 1-3 s.
+ */
+const SCHED_WARMUP_REPORTS = 30;
+/**
  * Weight of one report in the worker's recent share (the reference a report is compared with; ~1 s at 100 ms
  * reports). At 0.3 the first report of a new level pulled the reference so far that the second one was within
  * SCHED_STEP of it (a hog left: 0.55 -> 0.79, 0.75; the second 0.135 above the moved reference).
@@ -333,7 +339,7 @@ export class Balancer {
     const dir = share < ref - limit ? -1 : share > ref + limit ? 1 : 0;
     this.schedNoise[lane]! += STEP_NOISE_WEIGHT * (Math.abs(share - ref) - this.schedNoise[lane]!);
     this.schedShare[lane] = ref + SCHED_ALPHA * (share - ref);
-    return dir;
+    return this.model.reports[lane]! > SCHED_WARMUP_REPORTS ? dir : 0;
   }
 
   /**
