@@ -308,16 +308,17 @@ export class Balancer {
    */
   private watchStep(lane: number, cpu: number, elu: number, schedRun: number, schedWait: number): void {
     if (this.model.reports[lane]! <= 1) {
-      this.stepRun[lane] = 0; this.reportNoise[lane] = 0; this.schedShare[lane] = -1; this.schedNoise[lane] = 0;
+      this.stepRun[lane] = 0; this.reportNoise[lane] = 0;
+      this.schedShare[lane] = -1; this.schedNoise[lane] = 0; this.schedLast[lane] = -1;
       return;
     }
     const own = effectiveCapacity(cpu, elu, this.model.cpuLimit[lane]!), i = this.indexes[lane]!, run = this.stepRun[lane]!;
     const noise = STEP_NOISE_TIMES * this.reportNoise[lane]!;
     this.reportNoise[lane]! += STEP_NOISE_WEIGHT * (Math.abs(own - i) - this.reportNoise[lane]!);
     const down = Math.max(INDEX_STEP, noise), up = Math.max(INDEX_STEP_UP, noise);
-    const sched = this.schedDirection(lane, schedRun, schedWait);
+    const rose = this.schedRose(lane, schedRun, schedWait);
     const byOwn = own < i - down ? -1 : own > i + up ? 1 : 0;
-    const bySched = sched > 0 && own > i ? 1 : 0;
+    const bySched = rose && own > i ? 1 : 0;
     const dir = byOwn !== 0 ? byOwn : bySched;
     const next = dir < 0 ? (run < 0 ? run - 1 : -1) : dir > 0 ? (run > 0 ? run + 1 : 1) : 0;
     if (Math.sign(next) !== Math.sign(run)) { this.runCpu[lane] = 0; this.runElu[lane] = 0; this.runBySched[lane] = 0; }
@@ -327,19 +328,19 @@ export class Balancer {
   }
 
   /**
-   * -1 / +1 when this report's scheduler share is a step below / above the worker's recent share, else 0 (also
-   * when the kernel does not report it, or the thread was runnable too little of the interval to say).
+   * Folds this report's scheduler share into the worker's recent share and noise; true when it is a step above
+   * the recent share (false also when the kernel does not report it, the thread was runnable too little of the
+   * interval to say, or the worker is still in its warm-up).
    */
-  private schedDirection(lane: number, run: number, wait: number): number {
-    if (!(run >= 0 && wait >= 0) || run + wait < SCHED_MIN_RUNNABLE) return 0;
+  private schedRose(lane: number, run: number, wait: number): boolean {
+    if (!(run >= 0 && wait >= 0) || run + wait < SCHED_MIN_RUNNABLE) return false;
     const share = run / (run + wait), ref = this.schedShare[lane]!;
     this.schedLast[lane] = share;
-    if (ref < 0) { this.schedShare[lane] = share; return 0; }
-    const limit = Math.max(SCHED_STEP, STEP_NOISE_TIMES * this.schedNoise[lane]!);
-    const dir = share < ref - limit ? -1 : share > ref + limit ? 1 : 0;
+    if (ref < 0) { this.schedShare[lane] = share; return false; }
+    const rose = share > ref + Math.max(SCHED_STEP, STEP_NOISE_TIMES * this.schedNoise[lane]!);
     this.schedNoise[lane]! += STEP_NOISE_WEIGHT * (Math.abs(share - ref) - this.schedNoise[lane]!);
     this.schedShare[lane] = ref + SCHED_ALPHA * (share - ref);
-    return this.model.reports[lane]! > SCHED_WARMUP_REPORTS ? dir : 0;
+    return rose && this.model.reports[lane]! > SCHED_WARMUP_REPORTS;
   }
 
   /**

@@ -240,8 +240,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     addArray(latencyCounts, t.latencyCounts);
     addArray(latencyCounts, c?.latencyCounts);
     latencySumMs += t.latencySumMs + num(c?.latencySumMs);
-    const cpuUs = (r as { cpuUs?: number } | null)?.cpuUs;
-    const waitUs = (r as { schedWaitUs?: number } | null)?.schedWaitUs;
+    const cpuUs = r?.cpuUs, waitUs = r?.schedWaitUs;
     lanes.push({
       up: w.isUp(lane, stalledAfterMs(v.config.balancer.reportIntervalMs)),
       restarts: w.restarts(lane),
@@ -354,6 +353,14 @@ function perWorker(read: (l: LaneSnapshot) => number): (s: ClusterSnapshot) => S
   return (s) => s.lanes.map((l, i) => ({ value: read(l), labels: { worker: String(i) } }));
 }
 
+/** Like perWorker, but a worker whose figure is unknown (null) has no sample at all. */
+function perWorkerKnown(read: (l: LaneSnapshot) => number | null): (s: ClusterSnapshot) => Sample[] {
+  return (s) => s.lanes.flatMap((l, i) => {
+    const value = read(l);
+    return value === null ? [] : [{ value, labels: { worker: String(i) } }];
+  });
+}
+
 function perBackend(read: (b: BackendSnapshot) => number): (s: ClusterSnapshot) => Sample[] {
   return (s) => [...s.backends].map(([backend, b]) => ({ value: read(b), labels: { backend } }));
 }
@@ -435,12 +442,12 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_worker_resident_memory_bytes', type: 'gauge', help: 'Resident set size of the worker process at its latest report.', read: perWorker((l) => l.rssBytes) },
   {
     name: 'flowlb_worker_cpu_seconds_total', type: 'counter', help: 'CPU time (user + system) of the lane\'s current worker process; resets when the worker restarts.',
-    read: (s) => s.lanes.flatMap((l, i) => (l.cpuSeconds === null ? [] : [{ value: l.cpuSeconds, labels: { worker: String(i) } }])),
+    read: perWorkerKnown((l) => l.cpuSeconds),
   },
   {
     name: 'flowlb_worker_cpu_wait_seconds_total', type: 'counter',
     help: 'Time the worker\'s event-loop thread was runnable but waiting for a CPU (kernel schedstat run delay): contention from other processes on its core; resets when the worker restarts.',
-    read: (s) => s.lanes.flatMap((l, i) => (l.cpuWaitSeconds === null ? [] : [{ value: l.cpuWaitSeconds, labels: { worker: String(i) } }])),
+    read: perWorkerKnown((l) => l.cpuWaitSeconds),
   },
   // balancer
   { name: 'flowlb_imbalance_index', type: 'gauge', help: 'The balancer\'s imbalance index of the worker (its capacity estimate; 1 = average).', read: perWorker((l) => l.imbalanceIndex) },
