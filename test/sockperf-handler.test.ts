@@ -57,13 +57,19 @@ describe('sockperf handler', () => {
     await c.send(message(8, 1), svc.udpPort, '127.0.0.1'); // throughput: no answer
     await c.send('hello', svc.udpPort, '127.0.0.1'); // not sockperf
     await c.send(message(9, 2), svc.udpPort, '127.0.0.1'); // no client flag: not a client's message
+    // Text whose bytes 8-9 happen to have both flag bits set ('no' = 0x6e6f), and a message whose length field
+    // is not its size: neither is sockperf's.
+    await c.send('garbage-not-sockperf', svc.udpPort, '127.0.0.1');
+    const wrongLength = message(11, 3, 64);
+    wrongLength.writeUInt32BE(100, 10);
+    await c.send(wrongLength, svc.udpPort, '127.0.0.1');
     await c.send(message(10, 3), svc.udpPort, '127.0.0.1');
     await waitFor(() => c.replies.length >= 2, 5000, 'two answers');
     const st = await waitFor(async () => {
       const s = await svc.status();
-      return s.workers[0].drops.malformed === 2 ? s : null;
-    }, 5000, 'two malformed drops');
-    expect(st.workers[0].handled).toBe(5);
+      return s.workers[0].handled === 7 ? s : null;
+    }, 5000, 'seven datagrams handled');
+    expect(st.workers[0].drops.malformed).toBe(4);
     expect(c.replies.length).toBe(2);
     const [a, b] = c.replies as [Buffer, Buffer];
     expect(a.length).toBe(64);
@@ -72,6 +78,6 @@ describe('sockperf handler', () => {
     expect(a.subarray(10).equals(message(7, 3, 64).subarray(10))).toBe(true);
     expect(b.readBigUInt64BE(0)).toBe(10n);
     expect(b.readUInt16BE(8)).toBe(2);
-    expect(await svc.metrics()).toMatch(/^flowlb_dropped_packets_total\{reason="malformed"\} 2$/m);
+    expect(await svc.metrics()).toMatch(/^flowlb_dropped_packets_total\{reason="malformed"\} 4$/m);
   });
 });
