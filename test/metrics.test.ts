@@ -212,7 +212,10 @@ describe('metrics from the primary\'s objects', () => {
 
     workers.attach(0, fakeWorker(11));
     workers.ingestReport(0, report(counters(), {
-      handlerCounters: { 'requests@10.0.0.1:53': 10, 'responses@10.0.0.1:53': 9, 'requests@[::1]:99': 4, 'refused@[::1]:99': 4, dropped_no_backend: 2, active_upstreams: 3 },
+      handlerCounters: {
+        'requests@10.0.0.1:53': 10, 'responses@10.0.0.1:53': 9, 'requests@[::1]:99': 4, 'refused@[::1]:99': 4, dropped_no_backend: 2, active_upstreams: 3,
+        'marked_down@[::1]:99': 1, 'down@[::1]:99': 1,
+      },
     }));
     workers.attach(1, fakeWorker(12));
     workers.ingestReport(1, report(counters(), { handlerCounters: { 'requests@10.0.0.1:53': 5, 'responses@10.0.0.1:53': 5, active_upstreams: 1 } }));
@@ -224,6 +227,9 @@ describe('metrics from the primary\'s objects', () => {
     expect(value(e, 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(0);
     expect(value(e, 'flowlb_proxy_dropped_packets_total', { reason: 'no_backend' })).toBe(2);
     expect(value(e, 'flowlb_proxy_upstream_sockets')).toBe(4);
+    expect(value(e, 'flowlb_backend_marked_down_total', { backend: '[::1]:99' })).toBe(1);
+    expect(value(e, 'flowlb_backend_down_workers', { backend: '[::1]:99' })).toBe(1);
+    expect(value(e, 'flowlb_backend_down_workers', { backend: '10.0.0.1:53' })).toBe(0);
 
     // Worker 0 is replaced: its handler counters restart at 0 but the totals keep what it had counted.
     workers.detach(0);
@@ -233,8 +239,16 @@ describe('metrics from the primary\'s objects', () => {
     expect(value(e, 'flowlb_backend_requests_total', { backend: '10.0.0.1:53' })).toBe(16);
     expect(value(e, 'flowlb_backend_requests_total', { backend: '[::1]:99' })).toBe(4);
     expect(value(e, 'flowlb_proxy_upstream_sockets')).toBe(2);
-    // The refusing backend answered: up again.
+    // The refusing backend answered: up again. The dead process's "down" was a level, not a count: not kept.
     expect(value(e, 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(1);
+    expect(value(e, 'flowlb_backend_down_workers', { backend: '[::1]:99' })).toBe(0);
+    expect(value(e, 'flowlb_backend_marked_down_total', { backend: '[::1]:99' })).toBe(1);
+
+    // A worker that has a backend out of its table makes it down, even while it answers others.
+    workers.ingestReport(1, report(counters(), { handlerCounters: { 'requests@10.0.0.1:53': 9, 'responses@10.0.0.1:53': 9, 'down@10.0.0.1:53': 1 } }));
+    e = parseExposition(await metrics.render());
+    expect(value(e, 'flowlb_backend_up', { backend: '10.0.0.1:53' })).toBe(0);
+    expect(value(e, 'flowlb_backend_down_workers', { backend: '10.0.0.1:53' })).toBe(1);
   });
 
   it('documents every metric it emits, with a valid exposition', async () => {

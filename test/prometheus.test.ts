@@ -156,8 +156,9 @@ describe('flowlb under Prometheus', () => {
     }, 15_000, 'every rule to be evaluated', 200);
     const rules = groups.flatMap((g) => g.rules);
     expect(rules.map((r) => r.name).sort()).toEqual([
-      'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbKernelReceiveDrops', 'FlowlbMigrationTimeouts', 'FlowlbPacketsDropped',
-      'FlowlbQueueNearLimit', 'FlowlbWorkerCpuContention', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting',
+      'FlowlbAllBackendsDown', 'FlowlbBackendDown', 'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbKernelReceiveDrops',
+      'FlowlbMigrationTimeouts', 'FlowlbPacketsDropped', 'FlowlbProxyDrops', 'FlowlbQueueNearLimit', 'FlowlbWorkerCpuContention',
+      'FlowlbWorkerDown', 'FlowlbWorkerRestarting',
     ]);
     for (const r of rules) {
       expect(r.health, `${r.name}: ${r.lastError ?? ''}`).toBe('ok');
@@ -175,7 +176,7 @@ describe('flowlb under Prometheus', () => {
   it('passes promtool check rules and check config on deploy/', () => {
     const rules = promtool(['check', 'rules', ALERTS]);
     expect(rules.code, rules.out).toBe(0);
-    expect(rules.out).toContain('SUCCESS: 10 rules found');
+    expect(rules.out).toContain('SUCCESS: 13 rules found');
     const config = promtool(['check', 'config', PROM_CONFIG]);
     expect(config.code, config.out).toBe(0);
   });
@@ -194,7 +195,7 @@ function alertTests(rulesFile: string): string {
   const names = [
     'FlowlbDown', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting', 'FlowlbPacketsDropped', 'FlowlbDropRatioHigh',
     'FlowlbImbalanceHigh', 'FlowlbQueueNearLimit', 'FlowlbMigrationTimeouts', 'FlowlbKernelReceiveDrops',
-    'FlowlbWorkerCpuContention',
+    'FlowlbWorkerCpuContention', 'FlowlbBackendDown', 'FlowlbAllBackendsDown', 'FlowlbProxyDrops',
   ];
   const quiet = names.map((n) => `      - eval_time: 10m\n        alertname: ${n}\n        exp_alerts: []`).join('\n');
   return `rule_files:
@@ -232,7 +233,38 @@ tests:
         values: '0+24x20'
       - series: 'flowlb_worker_cpu_wait_seconds_total{job="flowlb",instance="a",worker="1"}'
         values: '0+6x20'
+      - series: 'flowlb_backend_up{job="flowlb",instance="a",backend="10.0.0.1:53"}'
+        values: '1x10'
+      - series: 'flowlb_backend_up{job="flowlb",instance="a",backend="10.0.0.2:53"}'
+        values: '1 0x10'
+      - series: 'flowlb_backend_up{job="flowlb",instance="b",backend="10.0.0.3:53"}'
+        values: '1 1 1 1 1 1 0x10'
+      - series: 'flowlb_proxy_dropped_packets_total{job="flowlb",instance="a",reason="connect_failed"}'
+        values: '0+300x10'
+      - series: 'flowlb_proxy_dropped_packets_total{job="flowlb",instance="a",reason="no_backend"}'
+        values: '0x10'
     alert_rule_test:
+      - eval_time: 7m
+        alertname: FlowlbBackendDown
+        exp_alerts:
+          - exp_labels: { severity: warning, job: flowlb, instance: a, backend: '10.0.0.2:53' }
+            exp_annotations:
+              summary: 'flowlb a: backend 10.0.0.2:53 is down'
+              description: 'The backend has refused datagrams or connects for 2 minutes; the proxy sends its flows to the other backends (flowlb_backend_down_workers counts the workers that have it out of their table). A backend that fails silently (no ICMP) is not seen here: compare flowlb_backend_requests_total with flowlb_backend_responses_total.'
+      - eval_time: 7m
+        alertname: FlowlbAllBackendsDown
+        exp_alerts:
+          - exp_labels: { severity: critical, job: flowlb, instance: b }
+            exp_annotations:
+              summary: 'flowlb b: every proxy backend is down'
+              description: 'No backend has answered without refusals for 1 minute: proxied traffic is being lost.'
+      - eval_time: 7m
+        alertname: FlowlbProxyDrops
+        exp_alerts:
+          - exp_labels: { severity: warning, job: flowlb, instance: a, reason: connect_failed }
+            exp_annotations:
+              summary: 'flowlb a proxy drops 5 datagrams/s (connect_failed)'
+              description: 'no_backend: no backend has a weight; connect_failed: upstream connects fail (DNS, or the file descriptor limit: raise ulimit -n or shorten the idle timeout); preconnect_queue_full: many packets while a flow connects; migrating: packets queued for a connect when the flow moved. See docs/metrics.md.'
       - eval_time: 16m
         alertname: FlowlbWorkerCpuContention
         exp_alerts:
@@ -326,6 +358,12 @@ tests:
         values: '0+6x12'
       - series: 'flowlb_bucket_migrations_total{job="flowlb",instance="a",outcome="timeout"}'
         values: '0x12'
+      - series: 'flowlb_backend_up{job="flowlb",instance="a",backend="10.0.0.1:53"}'
+        values: '1x12'
+      - series: 'flowlb_backend_up{job="flowlb",instance="a",backend="10.0.0.2:53"}'
+        values: '1 0 1x10'
+      - series: 'flowlb_proxy_dropped_packets_total{job="flowlb",instance="a",reason="connect_failed"}'
+        values: '0+10x12'
     alert_rule_test:
 ${quiet}
 `;

@@ -432,6 +432,111 @@ describe('proxy handler', () => {
     expect(handler.stats.activeUpstreams).toBe(1);
   });
 
+  it('takes a refusing backend out of the table: its flows and new ones go to the others, and it comes back after failTimeout', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const dead = await startBackend('dead', 4);
+    dead.socket.close();
+    openSockets.delete(dead.socket);
+    const handler = await proxy(contextFor([a, dead], [1, 1], { failTimeout: '600ms' }));
+    const deadStat = statOf(handler, dead);
+    const flows = Array.from({ length: 20 }, (_, i) => rig.flow(i));
+    for (const flow of flows) handler.onFlowStart(flow);
+    const onDead = flows.filter((f) => (f.state as { backend: { key: string } }).backend.key === backendKey(dead.host, dead.port));
+    expect(onDead.length).toBeGreaterThan(3); // Maglev 1:1 over 20 fixed hashes
+    let seq = 0;
+    // Linux reports the ICMP error on the socket's next send or receive: keep packets going until every flow answers.
+    await waitFor(() => {
+      sendPackets(handler, flows, 1, seq++);
+      return new Set(rig.client.responses.map((r) => r.payload.split('.')[0])).size === 20;
+    }, 5_000, 'every flow answered');
+    expect(handler.stats.markedDown[deadStat]).toBe(1);
+    expect(handler.stats.down[deadStat]).toBe(1);
+    expect(handler.counters()[`down@${backendKey(dead.host, dead.port)}`]).toBe(1);
+    // The flows that were on the dead backend now have A; flows of A kept their upstream socket (one port each).
+    const routes = routesByFlow(rig.client.responses);
+    for (const flow of flows) expect([...routes.get(flow.id)!].every((r) => r.startsWith('A/'))).toBe(true);
+    for (const flow of flows.filter((f) => !onDead.includes(f))) expect(routes.get(flow.id)!.size).toBe(1);
+    // New flows while it is out: all to A, none lost.
+    const fresh = Array.from({ length: 20 }, (_, i) => rig.flow(100 + i));
+    for (const flow of fresh) handler.onFlowStart(flow);
+    sendPackets(handler, fresh, 1);
+    const freshAnswered = (): number => new Set(rig.client.responses.filter((r) => Number(r.payload.split('.')[0]) >= 100).map((r) => r.payload)).size;
+    await waitFor(() => freshAnswered() === 20, 5_000, 'every new flow answered');
+    expect(rig.client.responses.filter((r) => Number(r.payload.split('.')[0]) >= 100).every((r) => r.backend === 'A')).toBe(true);
+    // After failTimeout it is back in the table; still dead, the next flow mapped to it takes it out again.
+    await waitFor(() => handler.stats.down[deadStat] === 0, 5_000, 'back in the table after failTimeout');
+    const later = Array.from({ length: 20 }, (_, i) => rig.flow(200 + i));
+    for (const flow of later) handler.onFlowStart(flow);
+    let seq2 = 0;
+    await waitFor(() => {
+      sendPackets(handler, later, 1, seq2++);
+      return handler.stats.markedDown[deadStat] === 2;
+    }, 5_000, 'taken out a second time');
+  });
+
+  it('with maxFails 0 keeps flows on a refusing backend; counts failures towards maxFails within failTimeout', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const dead = await startBackend('dead', 4);
+    dead.socket.close();
+    openSockets.delete(dead.socket);
+    const off = await proxy(contextFor([a, dead], [1, 1], { maxFails: 0 }));
+    const flows = Array.from({ length: 20 }, (_, i) => rig.flow(i));
+    for (const flow of flows) off.onFlowStart(flow);
+    const deadStat = statOf(off, dead);
+    let seq = 0;
+    await waitFor(() => {
+      sendPackets(off, flows, 1, seq++);
+      return off.stats.refused[deadStat]! >= 10;
+    }, 5_000, '10 refusals');
+    expect(off.stats.markedDown[deadStat]).toBe(0);
+    expect(new Set(rig.client.responses.map((r) => r.backend))).toEqual(new Set(['A']));
+    const answered = new Set(rig.client.responses.map((r) => r.payload.split('.')[0])).size;
+    expect(answered).toBeLessThan(20);
+
+    // maxFails 5: five refusals before it is out (each flow's socket reports one per packet it sends).
+    const five = await proxy(contextFor([a, dead], [1, 1], { maxFails: 5, failTimeout: '30s' }));
+    const one = flows.find((f) => (f.state as { backend: { key: string } }).backend.key === backendKey(dead.host, dead.port))!;
+    const probe = rig.flow(one.id);
+    five.onFlowStart(probe);
+    let n = 0;
+    await waitFor(() => {
+      five.onPacket(Buffer.from(`${probe.id}.${n++}`), probe);
+      return five.stats.refused[deadStat]! >= 4;
+    }, 5_000, '4 refusals');
+    expect(five.stats.markedDown[deadStat]).toBe(0);
+    await waitFor(() => {
+      five.onPacket(Buffer.from(`${probe.id}.${n++}`), probe);
+      return five.stats.markedDown[deadStat] === 1;
+    }, 5_000, 'out at the fifth');
+    expect(five.stats.refused[deadStat]).toBe(5);
+  });
+
+  it('keeps every flow where it is when every backend refuses (no socket churn), and rejects bad health options', async () => {
+    const rig = await startRig(4);
+    const d1 = await startBackend('d1', 4);
+    const d2 = await startBackend('d2', 4);
+    for (const d of [d1, d2]) { d.socket.close(); openSockets.delete(d.socket); }
+    const handler = await proxy(contextFor([d1, d2], [1, 1]));
+    const flows = Array.from({ length: 10 }, (_, i) => rig.flow(i));
+    for (const flow of flows) handler.onFlowStart(flow);
+    const ports = flows.map((f) => (f.state as { socket: dgram.Socket }).socket);
+    let seq = 0;
+    await waitFor(() => {
+      sendPackets(handler, flows, 1, seq++);
+      return handler.stats.markedDown[statOf(handler, d1)] === 1 && handler.stats.markedDown[statOf(handler, d2)] === 1;
+    }, 5_000, 'both out');
+    sendPackets(handler, flows, 3, seq);
+    expect(flows.map((f) => (f.state as { socket: dgram.Socket }).socket)).toEqual(ports);
+    expect(handler.stats.activeUpstreams).toBe(10);
+
+    await expect(createProxyHandler(contextFor([], [], { maxFails: -1 }))).rejects.toThrow(/handlerOptions\.maxFails must be an integer/);
+    await expect(createProxyHandler(contextFor([], [], { maxFails: 1.5 }))).rejects.toThrow(/handlerOptions\.maxFails/);
+    await expect(createProxyHandler(contextFor([], [], { failTimeout: 'soon' }))).rejects.toThrow(/handlerOptions\.failTimeout must be a positive duration/);
+    await expect(createProxyHandler(contextFor([], [], { failTimeout: true }))).rejects.toThrow(/handlerOptions\.failTimeout/);
+  });
+
   it('drops and counts packets when no backend has a positive weight', async () => {
     const rig = await startRig(4);
     const a = await startBackend('A', 4);

@@ -115,6 +115,56 @@ describe('proxy', () => {
   });
 });
 
+describe('proxy passive health', () => {
+  it('takes a refusing backend out of the table: every flow is served by the live one, and the metrics say so', async () => {
+    const live = await backend('A');
+    closers.push(() => live.socket.close());
+    const gone = dgram.createSocket('udp4');
+    await new Promise<void>((r) => gone.bind(0, '127.0.0.1', () => r()));
+    const deadPort = gone.address().port;
+    await new Promise<void>((r) => gone.close(() => r()));
+    const svc = await startFlowlb([
+      '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--handler', 'proxy', '--log-level', 'warn',
+      '--backend', `127.0.0.1:${live.port}`, '--backend', `127.0.0.1:${deadPort}`,
+    ]);
+    running.push(svc);
+    const clients: Client[] = [];
+    for (let i = 0; i < 40; i++) {
+      const c = await new Client(4).bind('127.0.0.1');
+      clients.push(c);
+      closers.push(() => c.close());
+    }
+    // Rounds of one packet per flow (at most 60) until a round is answered in full: the flows Maglev put on the
+    // refusing backend lose their first packet or two (the ICMP error comes with the next send), then move.
+    let round = 0;
+    let answered = 0;
+    while (round < 60 && answered < clients.length) {
+      round++;
+      await Promise.all(clients.map((c, i) => c.send(`f${i} ${round}`, svc.udpPort, '127.0.0.1')));
+      await new Promise((r) => setTimeout(r, 50));
+      answered = clients.filter((c) => c.replies.map(String).some((r) => r.endsWith(` ${round}`))).length;
+    }
+    expect(answered).toBe(clients.length);
+    // Five more rounds: every one answered by A, in order.
+    for (let k = 1; k <= 5; k++) {
+      await Promise.all(clients.map((c, i) => c.send(`f${i} ${round + k}`, svc.udpPort, '127.0.0.1')));
+      await waitFor(() => clients.every((c) => c.replies.map(String).some((r) => r.endsWith(` ${round + k}`))), 5000, `round ${round + k}`, 2);
+    }
+    for (const [i, c] of clients.entries()) {
+      const tail = c.replies.map(String).slice(-5);
+      expect(tail).toEqual([1, 2, 3, 4, 5].map((k) => `A f${i} ${round + k}`));
+    }
+    const text = await svc.metrics();
+    const dead = `127.0.0.1:${deadPort}`;
+    const num = (re: RegExp): number => Number(re.exec(text)?.[1] ?? NaN);
+    expect(num(new RegExp(`^flowlb_backend_marked_down_total\\{backend="${dead}"\\} (\\d+)$`, 'm'))).toBeGreaterThanOrEqual(1);
+    expect(num(new RegExp(`^flowlb_backend_down_workers\\{backend="${dead}"\\} (\\d+)$`, 'm'))).toBeGreaterThanOrEqual(1);
+    expect(num(new RegExp(`^flowlb_backend_up\\{backend="${dead}"\\} (\\d+)$`, 'm'))).toBe(0);
+    expect(num(new RegExp(`^flowlb_backend_up\\{backend="127\\.0\\.0\\.1:${live.port}"\\} (\\d+)$`, 'm'))).toBe(1);
+    expect(num(new RegExp(`^flowlb_backend_down_workers\\{backend="127\\.0\\.0\\.1:${live.port}"\\} (\\d+)$`, 'm'))).toBe(0);
+  });
+});
+
 describe('proxy flows migrate with their upstream socket', () => {
   it('keeps the backend seeing the same source port after the flow\'s bucket moves to another worker', async () => {
     const b = await backend('M');

@@ -71,6 +71,13 @@ describe('reload (SIGHUP)', () => {
     const st = await svc.status();
     expect(st.backends).toHaveLength(2);
     expect(svc.stderr()).toMatch(/config reload rejected/);
+
+    // So is a file whose handler options the handler refuses (checked as at start, before any worker sees them).
+    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}`], handlerOptions: { maxFails: -1 } }));
+    svc.proc.kill('SIGHUP');
+    await waitFor(async () => (await svc.status()).reloads.rejected === 2, 5000, 'reload with bad handler options rejected');
+    expect(svc.stderr()).toMatch(/config reload rejected.*handlerOptions\.maxFails must be an integer/);
+    expect((await svc.status()).backends).toHaveLength(2);
   });
 
   it('keeps the command-line flags over the file on every reload, not only the first', async () => {

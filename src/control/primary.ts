@@ -352,6 +352,13 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
       // From the config built at start: it carries the command-line flags (which win over the file on every
       // reload); `config` is a merged copy after the first reload and would lose them.
       next = await reloadConfig(initialConfig);
+      // The handler checks its options and backends as it did at start (e.g. the proxy's maxFails), before
+      // any worker is told: a value it refuses rejects the whole reload instead of failing in every worker.
+      const probe = await instantiateHandler(factory, {
+        workerId: -1, workers: config.workers, buckets: config.buckets, idleTimeoutMs: next.idleTimeoutMs,
+        backends: next.backends, options: next.handlerOptions,
+      });
+      await probe.close?.();
     } catch (err) {
       log.error('config reload rejected; the running config stays in force', { error: err instanceof Error ? err.message : String(err) });
       reloadsRejected++;

@@ -12,6 +12,7 @@
  */
 import dgram from 'node:dgram';
 import net from 'node:net';
+import { parseDuration } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { buildMaglevTable, lookupMaglev } from './maglev.js';
 import type { ExportedFlow, Flow, FlowEndReason, FlowHandler, HandlerContext } from './types.js';
@@ -21,6 +22,14 @@ export const DEFAULT_PRECONNECT_QUEUE_PACKETS = 64;
 export const MAX_PRECONNECT_QUEUE_PACKETS = 65_536;
 /** After a failed connect (DNS lookup or connect(2)), packets are dropped for this long, then the next one retries. */
 export const RECONNECT_DELAY_MS = 1_000;
+
+/**
+ * Passive health, as nginx's `max_fails` / `fail_timeout`: a backend that fails `maxFails` times within
+ * `failTimeout` (ICMP port unreachable, or a failed connect) is taken out of this worker's table for `failTimeout`.
+ */
+export const DEFAULT_MAX_FAILS = 1;
+export const DEFAULT_FAIL_TIMEOUT_MS = 10_000;
+const MAX_MAX_FAILS = 1_000_000;
 
 const INITIAL_BACKEND_SLOTS = 8;
 
@@ -48,6 +57,10 @@ export class ProxyStats {
   socketErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** Upstream connects that failed (DNS lookup or connect(2)); the flow's queued packets count in droppedConnectFailed. */
   connectErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** Times passive health took the backend out of the table (maxFails failures within failTimeout). */
+  markedDown = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** 1 while the backend is out of the table, else 0 (a gauge). */
+  down = new Float64Array(INITIAL_BACKEND_SLOTS);
 
   /** Client datagrams dropped because no backend has a positive weight. */
   droppedNoBackend = 0;
@@ -79,6 +92,8 @@ export class ProxyStats {
       this.refused = grow(this.refused, size);
       this.socketErrors = grow(this.socketErrors, size);
       this.connectErrors = grow(this.connectErrors, size);
+      this.markedDown = grow(this.markedDown, size);
+      this.down = grow(this.down, size);
     }
     return index;
   }
@@ -200,8 +215,12 @@ function onUpstreamSent(this: UpstreamSession, err: Error | null): void {
   if (!err) return;
   const backend = this.backend;
   if (backend === null) return;
-  if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') this.handler.stats.refused[backend.stat]++;
-  else this.handler.stats.sendErrors[backend.stat]++;
+  if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') {
+    this.handler.stats.refused[backend.stat]++;
+    this.handler.backendFailed(backend);
+  } else {
+    this.handler.stats.sendErrors[backend.stat]++;
+  }
 }
 
 function onUpstreamConnect(this: UpstreamSocket): void {
@@ -229,8 +248,10 @@ function onUpstreamError(this: UpstreamSocket, err: NodeJS.ErrnoException): void
     stats.droppedConnectFailed += session.closeSocket();
     session.state = UPSTREAM_FAILED;
     session.failedAtMs = Date.now();
+    session.handler.backendFailed(session.backend);
   } else if (err.code === 'ECONNREFUSED') {
     stats.refused[stat]++;
+    session.handler.backendFailed(session.backend);
   } else {
     stats.socketErrors[stat]++;
   }
@@ -277,6 +298,33 @@ function isJsConnected(socket: dgram.Socket): boolean {
   }
 }
 
+interface HealthOptions {
+  readonly maxFails: number;
+  readonly failTimeoutMs: number;
+}
+
+function readHealthOptions(options: Readonly<Record<string, unknown>>): HealthOptions {
+  const maxFails = options.maxFails ?? DEFAULT_MAX_FAILS;
+  if (typeof maxFails !== 'number' || !Number.isInteger(maxFails) || maxFails < 0 || maxFails > MAX_MAX_FAILS) {
+    throw new ConfigError(`handlerOptions.maxFails must be an integer from 0 (never mark a backend down) to ${MAX_MAX_FAILS}, got ${JSON.stringify(maxFails)}`);
+  }
+  const failTimeout = options.failTimeout ?? DEFAULT_FAIL_TIMEOUT_MS;
+  if (typeof failTimeout !== 'string' && typeof failTimeout !== 'number') {
+    throw new ConfigError(`handlerOptions.failTimeout must be a positive duration such as 500ms, 10s or 1m, got ${JSON.stringify(failTimeout)}`);
+  }
+  return { maxFails, failTimeoutMs: parseDuration(failTimeout, 'handlerOptions.failTimeout') };
+}
+
+/** A backend's passive-health state in one handler (control path: touched on failures and table rebuilds only). */
+interface BackendHealthState {
+  /** Failures counted since `sinceMs` (reset when failTimeout has passed since then). */
+  fails: number;
+  sinceMs: number;
+  /** Out of the table until this time (0: in it). */
+  downUntilMs: number;
+  timer: NodeJS.Timeout | null;
+}
+
 function readPreconnectLimit(options: Readonly<Record<string, unknown>>): number {
   const value = options.preconnectQueuePackets;
   if (value === undefined) return DEFAULT_PRECONNECT_QUEUE_PACKETS;
@@ -294,12 +342,18 @@ export class ProxyHandler implements FlowHandler {
   /** Backends of the current table; table entries index this array. */
   private backends: ProxyBackend[] = [];
   private backendsByKey = new Map<string, ProxyBackend>();
+  /** Every configured backend with its weight (what `table` is when none is down). */
+  private fullTable: Int32Array = new Int32Array(0);
+  /** The table new flows are looked up in: `fullTable` without the backends passive health took out. */
   private table: Int32Array = new Int32Array(0);
   private readonly sessions = new Set<UpstreamSession>();
   private readonly preconnectLimit: number;
+  private health: HealthOptions;
+  private readonly healthByKey = new Map<string, BackendHealthState>();
 
   constructor(ctx: HandlerContext) {
     this.preconnectLimit = readPreconnectLimit(ctx.options);
+    this.health = readHealthOptions(ctx.options);
     this.applyBackends(ctx);
   }
 
@@ -328,6 +382,8 @@ export class ProxyHandler implements FlowHandler {
       out[`send_errors@${key}`] = st.sendErrors[i]!;
       out[`socket_errors@${key}`] = st.socketErrors[i]!;
       out[`connect_errors@${key}`] = st.connectErrors[i]!;
+      out[`marked_down@${key}`] = st.markedDown[i]!;
+      out[`down@${key}`] = st.down[i]!;
     });
     return out;
   }
@@ -417,6 +473,8 @@ export class ProxyHandler implements FlowHandler {
       session.backend = backend;
       session.attach(socket);
       session.state = UPSTREAM_CONNECTED;
+      // Down in this worker's view: the next packet picks another backend, as flows here did.
+      if (this.isDown(backend)) session.stale = true;
       return;
     }
     this.stats.adoptFailures++;
@@ -425,7 +483,10 @@ export class ProxyHandler implements FlowHandler {
   }
 
   reconfigure(ctx: HandlerContext): void {
+    const health = readHealthOptions(ctx.options);
     this.applyBackends(ctx);
+    this.health = health;
+    if (health.maxFails === 0) for (const key of [...this.healthByKey.keys()]) this.backendUp(key);
     // Flows keep their backend while it is configured (a weight of 0 drains: no new flows, established ones
     // stay). Flows of a removed backend, or without one, pick again on their next packet.
     for (const session of this.sessions) {
@@ -440,6 +501,66 @@ export class ProxyHandler implements FlowHandler {
       session.state = UPSTREAM_CLOSED;
     }
     this.sessions.clear();
+    for (const h of this.healthByKey.values()) if (h.timer !== null) clearTimeout(h.timer);
+    this.healthByKey.clear();
+  }
+
+  /**
+   * Passive health (control path: called on a refused datagram or a failed connect, never for a packet that
+   * went through). The maxFails-th failure within failTimeout takes the backend out of this worker's table for
+   * failTimeout: new flows pick among the others, and its established flows pick again on their next packet
+   * (its socket refuses them anyway). Then it is back in the table, and the next failure takes it out again.
+   * If every backend with a weight is out, the table keeps them all: sending to a refusing backend loses what
+   * dropping would lose, and the first one to come back is used at once.
+   */
+  backendFailed(backend: ProxyBackend): void {
+    const { maxFails, failTimeoutMs } = this.health;
+    if (maxFails === 0 || !this.backendsByKey.has(backend.key)) return;
+    const now = Date.now();
+    let h = this.healthByKey.get(backend.key);
+    if (h === undefined) this.healthByKey.set(backend.key, (h = { fails: 0, sinceMs: now, downUntilMs: 0, timer: null }));
+    if (h.downUntilMs > now) return;
+    if (now - h.sinceMs > failTimeoutMs) { h.fails = 0; h.sinceMs = now; }
+    if (++h.fails < maxFails) return;
+    h.fails = 0;
+    h.downUntilMs = now + failTimeoutMs;
+    const key = backend.key;
+    h.timer = setTimeout(() => this.backendUp(key), failTimeoutMs);
+    h.timer.unref();
+    this.stats.markedDown[backend.stat]++;
+    this.stats.down[backend.stat] = 1;
+    this.rebuildTable();
+    for (const session of this.sessions) if (session.backend !== null && session.backend.key === key) session.stale = true;
+  }
+
+  /** True while passive health keeps `backend` out of the table. */
+  isDown(backend: ProxyBackend): boolean {
+    const h = this.healthByKey.get(backend.key);
+    return h !== undefined && h.downUntilMs > 0;
+  }
+
+  private backendUp(key: string): void {
+    const h = this.healthByKey.get(key);
+    if (h === undefined || h.downUntilMs === 0) return;
+    if (h.timer !== null) clearTimeout(h.timer);
+    h.timer = null;
+    h.downUntilMs = 0;
+    h.fails = 0;
+    this.stats.down[this.stats.backendIndex(key)] = 0;
+    this.rebuildTable();
+  }
+
+  /** `table` from `fullTable` and the backends now down (the control path: a failure, a recovery, a reload). */
+  private rebuildTable(): void {
+    let down = 0, live = 0;
+    for (const b of this.backends) {
+      if (b.weight <= 0) continue;
+      if (this.isDown(b)) down++;
+      else live++;
+    }
+    this.table = down === 0 || live === 0
+      ? this.fullTable
+      : buildMaglevTable(this.backends.map((b) => ({ key: b.key, weight: this.isDown(b) ? 0 : b.weight })));
   }
 
   private applyBackends(ctx: HandlerContext): void {
@@ -460,9 +581,12 @@ export class ProxyHandler implements FlowHandler {
       byKey.set(key, backend);
     }
     // Build first: a bad weight throws here and leaves the previous table in place.
-    this.table = buildMaglevTable(backends);
+    this.fullTable = buildMaglevTable(backends);
     this.backends = backends;
     this.backendsByKey = byKey;
+    // A removed backend's health goes with it.
+    for (const key of [...this.healthByKey.keys()]) if (!byKey.has(key)) this.backendUp(key);
+    this.rebuildTable();
   }
 
   private pick(flow: Flow): ProxyBackend | null {
@@ -481,12 +605,16 @@ export class ProxyHandler implements FlowHandler {
   private repick(session: UpstreamSession): void {
     session.stale = false;
     const backend = session.backend;
-    if (backend !== null && this.backendsByKey.has(backend.key)) return;
-    // Datagrams queued for a connect to the removed backend go to the new one instead.
+    const configured = backend !== null && this.backendsByKey.has(backend.key);
+    if (configured && !this.isDown(backend)) return;
+    const next = this.pick(session.flow);
+    // Every backend is down: keep the socket it has (a new one would only change the source port).
+    if (configured && next !== null && next.key === backend.key) return;
+    // Datagrams queued for a connect to the removed or failed backend go to the new one instead.
     const pending = session.pending;
     session.pending = [];
     session.closeSocket();
-    session.open(this.pick(session.flow));
+    session.open(next);
     if (session.state === UPSTREAM_CONNECTING) session.pending = pending;
     else this.stats.droppedNoBackend += pending.length;
   }

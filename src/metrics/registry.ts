@@ -34,7 +34,7 @@ export interface Metrics {
  * Per-backend counters arrive as `<counter>@<backend key>` (the key as proxy's backendKey() writes it,
  * "10.0.0.1:53" or "[::1]:53"), cumulative for the reporting process. Other keys are handler-wide.
  */
-export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors'] as const;
+export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors', 'marked_down'] as const;
 export type BackendCounterKey = (typeof BACKEND_COUNTER_KEYS)[number];
 /** Handler-wide drop counters of the proxy (packets a worker handled but the proxy could not forward). */
 export const PROXY_DROP_KEYS = {
@@ -45,6 +45,13 @@ export const PROXY_DROP_KEYS = {
 } as const;
 /** Handler-wide gauge of the proxy: upstream sockets open now. Not accumulated over dead processes. */
 export const PROXY_ACTIVE_UPSTREAMS_KEY = 'active_upstreams';
+/** Per-backend gauge of the proxy (`down@<backend>`): 1 while the worker's passive health has it out of its table. */
+export const BACKEND_DOWN_GAUGE = 'down';
+
+/** Keys whose value is a level, not a count: summed over live processes only, never kept from a dead one. */
+function isGaugeKey(key: string): boolean {
+  return key === PROXY_ACTIVE_UPSTREAMS_KEY || key.startsWith(`${BACKEND_DOWN_GAUGE}@`);
+}
 
 /** The key a backend is known by in handler counters and the `backend` label (same as proxy.ts backendKey). */
 export function backendLabel(host: string, port: number): string {
@@ -69,17 +76,17 @@ export class HandlerCounterLedger {
   private readonly last: (Record<string, number> | null)[] = [];
   private readonly retired = new Map<string, number>();
 
-  /** Cumulative totals per key over every process that served any lane; `active` sums gauges of live processes. */
+  /** Cumulative totals per key over every process that served any lane; `gauges` sums gauges of live processes. */
   observe(lanes: ReadonlyArray<{ pid: number; counters: Record<string, number> | null | undefined }>): {
-    totals: Map<string, number>; activeUpstreams: number;
+    totals: Map<string, number>; gauges: Map<string, number>;
   } {
-    let activeUpstreams = 0;
+    const gauges = new Map<string, number>();
     lanes.forEach((lane, i) => {
       if (this.pids[i] !== lane.pid) {
         const old = this.last[i];
         if (old) {
           for (const [k, x] of Object.entries(old)) {
-            if (k !== PROXY_ACTIVE_UPSTREAMS_KEY) this.retired.set(k, (this.retired.get(k) ?? 0) + x);
+            if (!isGaugeKey(k)) this.retired.set(k, (this.retired.get(k) ?? 0) + x);
           }
         }
         this.pids[i] = lane.pid;
@@ -92,11 +99,11 @@ export class HandlerCounterLedger {
       if (!c) continue;
       for (const [k, x] of Object.entries(c)) {
         if (typeof x !== 'number' || !Number.isFinite(x)) continue;
-        if (k === PROXY_ACTIVE_UPSTREAMS_KEY) { activeUpstreams += x; continue; }
-        totals.set(k, (totals.get(k) ?? 0) + x);
+        if (isGaugeKey(k)) gauges.set(k, (gauges.get(k) ?? 0) + x);
+        else totals.set(k, (totals.get(k) ?? 0) + x);
       }
     }
-    return { totals, activeUpstreams };
+    return { totals, gauges };
   }
 }
 
@@ -170,6 +177,8 @@ export interface LaneSnapshot {
 export interface BackendSnapshot {
   readonly counters: Readonly<Record<BackendCounterKey, number>>;
   readonly up: boolean;
+  /** Workers whose passive health has the backend out of their table now. */
+  readonly downWorkers: number;
 }
 
 export interface ClusterSnapshot {
@@ -275,7 +284,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     handlerLanes.push({ pid: w.pid(lane), counters: r?.handlerCounters });
   }
 
-  const { totals, activeUpstreams } = ledger.observe(handlerLanes);
+  const { totals, gauges } = ledger.observe(handlerLanes);
   const backendRows = new Map<string, Record<BackendCounterKey, number>>();
   const blank = (): Record<BackendCounterKey, number> =>
     Object.fromEntries(BACKEND_COUNTER_KEYS.map((k) => [k, 0])) as Record<BackendCounterKey, number>;
@@ -300,7 +309,9 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
   if (sawProxy) for (const reason of Object.values(PROXY_DROP_KEYS)) if (!proxyDrops.has(reason)) proxyDrops.set(reason, 0);
   const backends = new Map<string, BackendSnapshot>();
   for (const [key, counters] of [...backendRows].sort(([a], [z]) => (a < z ? -1 : a > z ? 1 : 0))) {
-    backends.set(key, { counters, up: health.judge(key, counters.responses, counters.refused + counters.connect_errors) });
+    const downWorkers = gauges.get(`${BACKEND_DOWN_GAUGE}@${key}`) ?? 0;
+    const judged = health.judge(key, counters.responses, counters.refused + counters.connect_errors);
+    backends.set(key, { counters, up: judged && downWorkers === 0, downWorkers });
   }
 
   return {
@@ -331,7 +342,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     imbalance: num(b.lastImbalance),
     backends,
     proxyDrops,
-    proxyActiveUpstreams: sawProxy ? activeUpstreams : null,
+    proxyActiveUpstreams: sawProxy ? gauges.get(PROXY_ACTIVE_UPSTREAMS_KEY) ?? 0 : null,
     socketDrops: socketDrops(v.udp).map((drops, i) => ({ listener: formatEndpoint(v.udp[i]!), drops })),
   };
 }
@@ -505,8 +516,16 @@ export const METRIC_DEFS: readonly MetricDef[] = [
     read: (s) => [...s.backends].flatMap(([backend, b]) => BACKEND_ERROR_KINDS.map(([key, kind]) => ({ value: b.counters[key], labels: { backend, kind } }))),
   },
   {
-    name: 'flowlb_backend_up', type: 'gauge', help: '0 if, since the previous scrape, the backend refused datagrams or its connect failed and it sent no response; else 1 (no active probing).',
+    name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if since the previous scrape it refused datagrams or its connect failed and it sent no response; else 1 (no active probing).',
     read: perBackend((b) => (b.up ? 1 : 0)),
+  },
+  {
+    name: 'flowlb_backend_marked_down_total', type: 'counter', help: 'Times a worker took the backend out of its table (handlerOptions.maxFails failures within failTimeout), summed over workers.',
+    read: perBackend((b) => b.counters.marked_down),
+  },
+  {
+    name: 'flowlb_backend_down_workers', type: 'gauge', help: 'Workers that have the backend out of their table now (passive health; back in after handlerOptions.failTimeout).',
+    read: perBackend((b) => b.downWorkers),
   },
   {
     name: 'flowlb_proxy_dropped_packets_total', type: 'counter', help: 'Datagrams the proxy handler could not forward, by reason: no_backend, connect_failed, preconnect_queue_full, migrating.',

@@ -1,0 +1,98 @@
+/**
+ * Passive backend health of the proxy: one live backend and one closed port (ICMP port unreachable), N client
+ * flows sending one numbered packet every `--interval-ms` for `--rounds` rounds. Counts, per flow, the packets that
+ * got no answer, with passive health on (the default, maxFails 1) and off (maxFails 0), side by side on one flowlb
+ * build. Every flow Maglev put on the closed port loses its packets until that worker takes the port out of its
+ * table; with health off those flows lose everything.
+ *
+ *   node dist/bench/backend-failover.js [--flows 40] [--rounds 30] [--interval-ms 50] [--workers 2]
+ *
+ * Writes results/backend-failover.json.
+ */
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import path from 'node:path';
+import { freePort, makeWorkDir, removeWorkDir, startFlowlbProxy } from './lib/peers.js';
+import { arg, sleep, writeResult } from './lib/procs.js';
+
+const flows = arg('flows', 40);
+const rounds = arg('rounds', 30);
+const intervalMs = arg('interval-ms', 50);
+const workers = arg('workers', 2);
+const HOST = '127.0.0.1';
+
+function bound(): Promise<dgram.Socket> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    s.bind(0, HOST, () => resolve(s));
+  });
+}
+
+interface Run {
+  readonly maxFails: number;
+  readonly flowsOnClosedPort: number;
+  /** lost packets -> number of flows that lost that many */
+  readonly lostPerFlow: Record<number, number>;
+  readonly lost: number;
+  readonly sent: number;
+  readonly metrics: Record<string, number>;
+}
+
+async function runOnce(maxFails: number, livePort: number, closedPort: number, dir: string): Promise<Run> {
+  const config = path.join(dir, `failover-${maxFails}.json`);
+  fs.writeFileSync(config, JSON.stringify({ handlerOptions: { maxFails } }));
+  const lb = await startFlowlbProxy({
+    dir, workers, dns: false, backends: [{ host: HOST, port: livePort }, { host: HOST, port: closedPort }], args: ['--config', config],
+  });
+  const clients = await Promise.all(Array.from({ length: flows }, bound));
+  const answered = clients.map(() => new Set<number>());
+  const backendOf = clients.map(() => new Set<string>());
+  clients.forEach((c, i) => c.on('message', (m) => {
+    const [who, , seq] = m.toString().split(' ');
+    answered[i]!.add(Number(seq));
+    backendOf[i]!.add(who!);
+  }));
+  try {
+    for (let r = 1; r <= rounds; r++) {
+      for (const [i, c] of clients.entries()) c.send(`f${i} ${r}`, lb.port, HOST);
+      await sleep(intervalMs);
+    }
+    await sleep(300);
+    const text = await (await fetch(`http://${HOST}:${lb.httpPort}/metrics`)).text();
+    const metrics: Record<string, number> = {};
+    for (const m of text.matchAll(/^(flowlb_backend_(?:up|marked_down_total|down_workers|errors_total)\{[^}]*\}) (\S+)$/gm)) metrics[m[1]!] = Number(m[2]);
+    const lostPerFlow: Record<number, number> = {};
+    let lost = 0;
+    for (const a of answered) {
+      const l = rounds - a.size;
+      lost += l;
+      lostPerFlow[l] = (lostPerFlow[l] ?? 0) + 1;
+    }
+    // A flow that lost its first packet was on the closed port (the live backend answers every packet it gets).
+    const flowsOnClosedPort = answered.filter((a) => !a.has(1)).length;
+    return { maxFails, flowsOnClosedPort, lostPerFlow, lost, sent: flows * rounds, metrics };
+  } finally {
+    for (const c of clients) c.close();
+    await lb.stop();
+  }
+}
+
+const dir = makeWorkDir('flowlb-failover-');
+const live = dgram.createSocket('udp4');
+live.on('message', (m, r) => live.send(Buffer.concat([Buffer.from('A '), m]), r.port, r.address));
+await new Promise<void>((r) => live.bind(0, HOST, () => r()));
+const closedPort = await freePort();
+const runs: Run[] = [];
+try {
+  for (const maxFails of [1, 0]) {
+    const run = await runOnce(maxFails, live.address().port, closedPort, dir);
+    runs.push(run);
+    console.log(`maxFails ${maxFails}: ${run.flowsOnClosedPort} of ${flows} flows started on the closed port; lost ${run.lost} of ${run.sent} packets; ` +
+      `lost per flow (lost: flows) ${JSON.stringify(run.lostPerFlow)}`);
+    for (const [k, v] of Object.entries(run.metrics)) if (k.includes(`:${closedPort}"`) && !k.includes('errors_total')) console.log(`  ${k} ${v}`);
+  }
+} finally {
+  live.close();
+  removeWorkDir(dir);
+}
+console.log(`wrote ${writeResult('backend-failover', { flows, rounds, intervalMs, workers, closedPort, runs })}`);
