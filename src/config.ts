@@ -53,6 +53,8 @@ export const DEFAULT_MIGRATION_TIMEOUT_MS = 5_000;
  * is killed and replaced like a crashed one; its buckets go to the others. "off" disables it.
  */
 export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
+/** stallTimeout must cover at least this many report intervals (a healthy worker is never killed between two). */
+export const STALL_REPORTS = 3;
 /** Bytes buffered towards one worker's channel beyond which packets are dropped (reason channel_full). */
 export const DEFAULT_CHANNEL_LIMIT_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_HANDLER = 'echo';
@@ -621,6 +623,14 @@ function finishConfig(draft: ConfigDraft, configFile: string | null, cwd: string
     const prefix = source === '' ? '' : `${source}: `;
     throw new ConfigError(
       `${prefix}buckets (${draft.buckets}) must be at least the number of workers (${draft.workers}): a worker without buckets gets no traffic`,
+    );
+  }
+  if (draft.stallTimeoutMs > 0 && draft.balancer.reportIntervalMs * STALL_REPORTS > draft.stallTimeoutMs) {
+    const prefix = source === '' ? '' : `${source}: `;
+    throw new ConfigError(
+      `${prefix}reportInterval (${formatDuration(draft.balancer.reportIntervalMs)}, --report-interval) must be at most 1/${STALL_REPORTS} of ` +
+      `stallTimeout (${formatDuration(draft.stallTimeoutMs)}): a worker without a report for stallTimeout is killed as stuck; ` +
+      'shorten the interval, or raise stallTimeout (or set it to "off")',
     );
   }
   const config: FlowlbConfig = {

@@ -257,6 +257,7 @@ describe('resolveConfig: defaults and flags', () => {
     ['idle timeout zero', { idleTimeout: '0' }, '--idle-timeout must be a positive duration'],
     ['report interval', { reportInterval: '-1s' }, '--report-interval must be a positive duration'],
     ['rebalance interval', { rebalanceInterval: '2d' }, '--rebalance-interval must be a positive duration'],
+    ['report interval beyond a third of stallTimeout', { reportInterval: '12s' }, 'reportInterval (12s, --report-interval) must be at most 1/3 of stallTimeout (10s)'],
     ['http malformed', { http: 'yes' }, '--http must be HOST:PORT'],
     ['max flows', { maxFlows: '0' }, '--max-flows must be an integer between 1 and 16777216, got 0'],
     ['max flows too many to preallocate', { maxFlows: '100000000' }, '--max-flows must be an integer between 1 and 16777216, got 100000000'],
@@ -465,6 +466,11 @@ describe('validateConfigObject', () => {
     expect(configError(() => validateConfigObject({ workers: 8, buckets: 4 }, 'config file /x.json')).message).toMatch(
       /^config file \/x\.json: buckets \(4\) must be at least the number of workers \(8\)/,
     );
+    expect(configError(() => validateConfigObject({ stallTimeout: '2s', balancer: { reportInterval: '1s' } }, 'config file /x.json')).message).toMatch(
+      /^config file \/x\.json: reportInterval \(1s, --report-interval\) must be at most 1\/3 of stallTimeout \(2s\)/,
+    );
+    // "off" disables the watchdog, and with it the limit.
+    expect(validateConfigObject({ stallTimeout: 'off', balancer: { reportInterval: '1h' } }, '').balancer.reportIntervalMs).toBe(3_600_000);
     expect(configError(() => validateConfigObject(null, '')).message).toBe('config must be a JSON object, got null');
   });
 

@@ -265,6 +265,39 @@ describe('shutdown', () => {
     await waitFor(() => !isAlive(pid), 5000, 'the orphaned worker to exit');
   });
 
+  it('workers ignore SIGHUP (a hangup or `kill -HUP` reaches the whole process group): same workers, every packet answered', async () => {
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2']);
+    const c = await client();
+    const pids: number[] = (await svc.status()).workers.map((w: { pid: number }) => w.pid);
+    for (const p of pids) process.kill(p, 'SIGHUP');
+    // The default action killed every worker (replacements came, packets in their pipes were lost).
+    for (let i = 0; i < 20; i++) { await c.send(`p${i}`, svc.udpPort, '127.0.0.1'); await new Promise((r) => setTimeout(r, 10)); }
+    await waitFor(() => c.replies.length === 20, 5000, 'every reply');
+    expect(pids.every(isAlive)).toBe(true);
+    const st = await svc.status();
+    expect(st.workers.map((w: { pid: number; restarts: number }) => [w.pid, w.restarts])).toEqual(pids.map((p) => [p, 0]));
+  });
+
+  it('a second stop signal exits at once and takes every worker with it, a stuck one too', async () => {
+    const file = configFile({ stallTimeout: 'off', handler: path.join(FIXTURES, 'hang-handler.js') });
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance', '--config', file]);
+    const c = await client();
+    const pids: number[] = (await svc.status()).workers.map((w: { pid: number }) => w.pid);
+    try {
+      await c.send('hang', svc.udpPort, '127.0.0.1');
+      await new Promise((r) => setTimeout(r, 300));
+      const exited = new Promise<number | null>((resolve) => svc.proc.once('exit', (code) => resolve(code)));
+      svc.proc.kill('SIGINT'); // the stuck worker cannot stop: the shutdown waits for it
+      await new Promise((r) => setTimeout(r, 500));
+      svc.proc.kill('SIGINT');
+      expect(await exited).toBe(1);
+      // Before, the stuck worker lived on until its orphan watchdog killed it (~3 s).
+      await waitFor(() => pids.every((p) => !isRunning(p)), 1000, 'no worker left', 20);
+    } finally {
+      for (const p of pids) try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
+    }
+  });
+
   it('exits 0 on SIGINT', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2']);
     expect(await svc.stop('SIGINT')).toBe(0);

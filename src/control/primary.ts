@@ -245,6 +245,8 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
       // only a signal that comes later means "exit now".
       if (now - firstSignalAt < REPEATED_SIGNAL_MS) return;
       log.warn('second signal: exiting now', { signal });
+      // Workers never outlive the primary: a worker stuck in its handler would not see the channel close.
+      for (const w of workers.all()) if (!w.isDead()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
       process.exit(1);
     }
     firstSignalAt = now;

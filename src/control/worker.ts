@@ -642,7 +642,9 @@ export async function runWorker(): Promise<void> {
   }
   // The primary going away (disconnect) ends the worker too: no orphans.
   process.on('disconnect', () => { void stop(); });
-  // Signals reach the whole process group on Ctrl-C; the primary coordinates the shutdown.
+  // Signals reach the whole process group on Ctrl-C (SIGINT) and on a hangup or `kill -HUP -- -PGID` (SIGHUP, whose
+  // default action killed every worker while the primary reloaded); the primary coordinates shutdown and reloads.
   process.on('SIGINT', () => {});
+  process.on('SIGHUP', () => {});
   process.on('SIGTERM', () => { void stop(); });
 }
