@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { runBackendCli } from '../src/commands/backend.js';
+import { backendOptionsFromFlags, runBackendCli } from '../src/commands/backend.js';
 import { startBackend } from '../src/gen/backend.js';
 import type { BackendHandle } from '../src/gen/backend.js';
 import { encodeIdentityTrailer, parseIdentityTrailer, readProbe } from '../src/gen/packet.js';
@@ -78,6 +78,11 @@ describe('echo backend', () => {
     await expect(startBackend({ listen: '127.0.0.1:0', id: '' })).rejects.toMatchObject({ code: 'ERR_GEN_OPTION' });
     await expect(startBackend({ listen: '127.0.0.1:0', id: 'x'.repeat(65) })).rejects.toMatchObject({ code: 'ERR_GEN_OPTION' });
     await expect(startBackend({ listen: '127.0.0.1:0', mode: 'mirror' as 'echo' })).rejects.toMatchObject({ code: 'ERR_GEN_OPTION' });
+    // A bad --sockbuf printed Node's RangeError with its stack ("internal error").
+    for (const sockbuf of [-1, 1.5, 1e12]) {
+      expect(() => backendOptionsFromFlags({ listen: '127.0.0.1:0', sockbuf })).toThrow(/^--sockbuf must be an integer in \[1024, 1073741824\] bytes/);
+    }
+    expect(backendOptionsFromFlags({ listen: '127.0.0.1:0', sockbuf: 65536 }).socketBufferBytes).toBe(65536);
   });
 });
 

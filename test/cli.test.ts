@@ -163,6 +163,10 @@ describe('flowlb usage and config errors', () => {
   it('names the text of a non-numeric value of a number option (gen, backend, where), not NaN', () => {
     expect(expectUsageFailure(run('gen', '--target', '127.0.0.1:9', '--flows', 'abc'))).toBe('flowlb: --flows must be a number, got "abc"');
     expect(expectUsageFailure(run('backend', '--cost-us=1x'))).toBe('flowlb: --cost-us must be a number, got "1x"');
+    expect(expectUsageFailure(run('gen', '--target', '127.0.0.1:9', '--loss-pct', '-1'))).toBe('flowlb: --loss-pct must be a percentage from 0 to below 100, got -1');
+    expect(expectUsageFailure(run('backend', '--listen', '127.0.0.1:0', '--sockbuf', '-1'))).toBe('flowlb: --sockbuf must be an integer in [1024, 1073741824] bytes, got -1');
+    expect(expectUsageFailure(run('backend', '--listen', '127.0.0.1:0', '--duration', '1', '--stats-file', '/nonexistent/dir/x.json')))
+      .toBe('flowlb: --stats-file /nonexistent/dir/x.json: cannot write: ENOENT');
     expect(expectUsageFailure(run('where', '--src', '127.0.0.1:1', '--buckets', 'many'))).toBe('flowlb: --buckets must be a number, got "many"');
   });
 

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { HandlerLoadError } from '../src/errors.js';
@@ -115,6 +115,25 @@ describe('loadHandlerFactory', () => {
     await expect(instantiateHandler(throwing, ctx)).rejects.toThrow(HandlerLoadError);
     await expect(instantiateHandler(throwing, ctx)).rejects.toThrow(/failed to start: no backend$/);
     await expect(instantiateHandler(() => ({}) as never, ctx)).rejects.toThrow(/does not export a handler with an onPacket function/);
+  });
+
+  it('fails with a one-line HandlerLoadError when the module, its factory or init never settles', async () => {
+    // `flowlb serve` used to exit 13 with no message: nothing else kept the primary's event loop alive.
+    vi.useFakeTimers();
+    try {
+      const spec = fixture('never-loads-handler.js');
+      const loading = expect(loadHandlerFactory(spec)).rejects.toThrow(`handler ${spec}: loading the module did not finish within 30 s`);
+      await vi.advanceTimersByTimeAsync(30_000);
+      await loading;
+      const factory = expect(instantiateHandler(() => new Promise(() => {}) as never, ctx)).rejects.toThrow(/its factory did not finish within 30 s$/);
+      await vi.advanceTimersByTimeAsync(30_000);
+      await factory;
+      const init = expect(instantiateHandler(() => ({ onPacket() {}, init: () => new Promise<void>(() => {}) }), ctx)).rejects.toThrow(/init\(\) did not finish within 30 s$/);
+      await vi.advanceTimersByTimeAsync(30_000);
+      await init;
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('runs init(ctx) once and turns a failing init into a HandlerLoadError', async () => {

@@ -211,14 +211,23 @@ describe('bad input', () => {
     });
   });
 
-  it('POST /admin/move without its parameters is a 400, not a move of bucket 0 to worker 0', async () => {
+  it('POST /admin/move without its parameters (or not in decimal) is a 400, not a move of bucket 0 to worker 0; other methods 405', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance']);
     const post = async (query: string): Promise<number> => (await fetch(`${svc.httpUrl}/admin/move${query}`, { method: 'POST' })).status;
     expect(await post('')).toBe(400);
     expect(await post('?bucket=5')).toBe(400);
     expect(await post('?to=1')).toBe(400);
     expect(await post('?bucket=&to=')).toBe(400);
+    expect(await post('?bucket=0x10&to=1')).toBe(400);
+    expect(await post('?bucket=1e2&to=1')).toBe(400);
     expect((await svc.status()).migrations.completed).toBe(0);
+    // Other methods: 405 naming the one allowed.
+    const get = await fetch(`${svc.httpUrl}/admin/move?bucket=5&to=1`);
+    expect(get.status).toBe(405);
+    expect(get.headers.get('allow')).toBe('POST');
+    const del = await fetch(`${svc.httpUrl}/status`, { method: 'DELETE' });
+    expect(del.status).toBe(405);
+    expect(del.headers.get('allow')).toBe('GET, HEAD');
     // Both parameters given: started (202), or 409 if worker 1 owns bucket 5 already.
     expect([202, 409]).toContain(await post('?bucket=5&to=1'));
   });

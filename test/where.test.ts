@@ -1,5 +1,5 @@
 /** `/where` and `flowlb where` predict the worker (and proxy backend) that really serves a flow. */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -67,5 +67,24 @@ describe('where', () => {
         ...specs.flatMap((s) => ['--backend', s])], { encoding: 'utf8' }));
       expect(offline.backend).toBe(expected);
     }
+  });
+
+  it('rejects ports beyond 65535, too many buckets and an IPv6 source without --dst, with one line and exit 2', () => {
+    const run = (...args: string[]): { code: number | null; err: string } => {
+      const r = spawnSync(process.execPath, [CLI, 'where', ...args], { encoding: 'utf8' });
+      return { code: r.status, err: r.stderr };
+    };
+    // They used to wrap silently (70000 answered as 4464).
+    for (const [args, message] of [
+      [['--src', '127.0.0.1:70000'], 'port must be an integer between 0 and 65535, got 70000'],
+      [['--src', '127.0.0.1:5000', '--dst', '127.0.0.1:65536'], 'got 65536'],
+      [['--src', '127.0.0.1:5000', '--buckets', '131072'], '--buckets must be a power of two <= 65536, got 131072'],
+      [['--src', '[::1]:5000'], '--src [::1]:5000 is IPv6 and --dst defaults to 127.0.0.1:5300 (IPv4)'],
+    ] as const) {
+      const r = run(...args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.err.trim().split('\n')).toEqual([expect.stringContaining(message)]);
+    }
+    expect(JSON.parse(execFileSync(process.execPath, [CLI, 'where', '--src', '[::1]:5000', '--dst', '[::1]:5300'], { encoding: 'utf8' })).bucket).toBeTypeOf('number');
   });
 });

@@ -3,6 +3,7 @@
  * and an identity the generator counts replies by. Runs until SIGINT/SIGTERM (or --duration), then prints
  * its counts.
  */
+import fs from 'node:fs';
 import type { CommandModule, Options } from 'yargs';
 
 import { DEFAULT_BACKEND_ID, DEFAULT_STATS_INTERVAL_MS, startBackend } from '../gen/backend.js';
@@ -50,9 +51,20 @@ export function backendOptionsFromFlags(f: BackendFlags): BackendOptions {
   if (f['cost-us'] !== undefined) o.costUs = f['cost-us'];
   if (f.id !== undefined) o.id = f.id;
   if (f.identity !== undefined) o.identity = f.identity;
-  if (f['stats-file'] !== undefined) o.statsFile = f['stats-file'];
+  if (f['stats-file'] !== undefined) {
+    // Checked now: a file that cannot be written was only an "errors" count in the summary.
+    try { fs.closeSync(fs.openSync(f['stats-file'], 'a')); } catch (err) {
+      throw new GenError('ERR_GEN_OPTION', `--stats-file ${f['stats-file']}: cannot write: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    o.statsFile = f['stats-file'];
+  }
   if (f['stats-interval'] !== undefined) o.statsIntervalMs = f['stats-interval'];
-  if (f.sockbuf !== undefined) o.socketBufferBytes = f.sockbuf;
+  if (f.sockbuf !== undefined) {
+    if (!Number.isInteger(f.sockbuf) || f.sockbuf < 1024 || f.sockbuf > 1 << 30) {
+      throw new GenError('ERR_GEN_OPTION', `--sockbuf must be an integer in [1024, ${1 << 30}] bytes, got ${f.sockbuf}`);
+    }
+    o.socketBufferBytes = f.sockbuf;
+  }
   return o;
 }
 

@@ -133,6 +133,10 @@ function checkJsonWritable(file: string): void {
 export async function runGenCli(f: GenFlags, io: CliIo = stdio): Promise<void> {
   const say = f.quiet ? () => undefined : io.out;
   if (f.json) checkJsonWritable(f.json);
+  const lossPctFlag = f['loss-pct'];
+  if (lossPctFlag !== undefined && !(Number.isFinite(lossPctFlag) && lossPctFlag >= 0 && lossPctFlag < 100)) {
+    throw new GenError('ERR_GEN_OPTION', `--loss-pct must be a percentage from 0 to below 100, got ${lossPctFlag}`);
+  }
   if (f['self-test']) {
     const r = await runSelfTest({
       ...(f.target?.startsWith('[') ? { family: 6 as const } : {}),

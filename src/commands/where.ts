@@ -3,7 +3,7 @@
  * backend a flow maps to. With --url it asks a running instance (live owner table); without, it computes offline.
  */
 import type { CommandModule } from 'yargs';
-import { DEFAULT_BUCKETS, DEFAULT_LISTEN, parseBackend } from '../config.js';
+import { DEFAULT_BUCKETS, DEFAULT_LISTEN, MAX_BUCKETS, parseBackend } from '../config.js';
 import { UsageError } from '../errors.js';
 import { loadHasher } from '../datapath/tuple.js';
 import { where } from '../control/where.js';
@@ -32,7 +32,12 @@ export const whereCommand: CommandModule<object, WhereFlags> = {
       return;
     }
     const buckets = argv.buckets ?? DEFAULT_BUCKETS;
-    if (!(buckets >= 1 && (buckets & (buckets - 1)) === 0)) throw new UsageError(`--buckets must be a power of two, got ${buckets}`);
+    if (!(buckets >= 1 && buckets <= MAX_BUCKETS && (buckets & (buckets - 1)) === 0)) {
+      throw new UsageError(`--buckets must be a power of two <= ${MAX_BUCKETS}, got ${buckets}`);
+    }
+    if (argv.dst === undefined && argv.src.startsWith('[')) {
+      throw new UsageError(`--src ${argv.src} is IPv6 and --dst defaults to ${DEFAULT_LISTEN} (IPv4): give --dst [IPv6]:PORT, the listener it reached`);
+    }
     const backends = (argv.backend ?? []).map((b) => parseBackend(b));
     try {
       const answer = where(await loadHasher(), argv.src, argv.dst ?? DEFAULT_LISTEN, buckets, backends);

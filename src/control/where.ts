@@ -21,7 +21,9 @@ export interface WhereAnswer {
 export function splitHostPort(text: string): { host: string; port: number } {
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
   if (!m) throw new Error(`expected HOST:PORT or [IPv6]:PORT, got ${text}`);
-  return { host: m[1]!, port: Number(m[2]) };
+  const port = Number(m[2]);
+  if (port > 65535) throw new Error(`port must be an integer between 0 and 65535, got ${m[2]} in ${text}`);
+  return { host: m[1]!, port };
 }
 
 export function where(

@@ -22,6 +22,26 @@ export const BUILTIN_HANDLERS: Readonly<Record<string, HandlerFactory>> = {
   sockperf: createSockperfHandler,
 };
 
+/**
+ * A handler module, factory or init that has not settled after this long is an error. Without a limit, a module
+ * whose top-level await never settles made `flowlb serve` exit 13 with no message (nothing else keeps the
+ * primary's event loop alive while it loads the handler).
+ */
+export const HANDLER_LOAD_TIMEOUT_MS = 30_000;
+
+/** `promise`, or a HandlerLoadError after HANDLER_LOAD_TIMEOUT_MS (the timer keeps the event loop alive meanwhile). */
+async function settleWithin<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new HandlerLoadError(`${what} did not finish within ${HANDLER_LOAD_TIMEOUT_MS / 1000} s`)), HANDLER_LOAD_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** The config spec a factory came from, for messages of instantiateHandler. */
 const kHandlerSpec = Symbol('flowlb.handlerSpec');
 type NamedFactory = HandlerFactory & { [kHandlerSpec]?: string };
@@ -79,8 +99,9 @@ export async function loadHandlerFactory(spec: string): Promise<HandlerFactory> 
   const { file, url } = resolveModule(spec);
   let mod: Record<string, unknown>;
   try {
-    mod = (await import(url)) as Record<string, unknown>;
+    mod = (await settleWithin(import(url), `handler ${spec}: loading the module`)) as Record<string, unknown>;
   } catch (err) {
+    if (err instanceof HandlerLoadError) throw err;
     const code = (err as NodeJS.ErrnoException | undefined)?.code;
     const reason =
       (code === 'ERR_MODULE_NOT_FOUND' || code === 'ENOENT') && !fs.existsSync(file)
@@ -109,7 +130,7 @@ export async function instantiateHandler(factory: HandlerFactory, ctx: HandlerCo
   const spec = (factory as NamedFactory)[kHandlerSpec] ?? (factory.name || 'factory');
   let handler: unknown;
   try {
-    handler = await factory(ctx);
+    handler = await settleWithin(Promise.resolve(factory(ctx)), `handler ${spec}: its factory`);
   } catch (err) {
     if (err instanceof FlowlbError) throw err;
     throw new HandlerLoadError(`handler ${spec} failed to start: ${describeError(err)}`, { cause: err });
@@ -119,7 +140,7 @@ export async function instantiateHandler(factory: HandlerFactory, ctx: HandlerCo
   }
   if (typeof handler.init === 'function') {
     try {
-      await handler.init(ctx);
+      await settleWithin(Promise.resolve(handler.init(ctx)), `handler ${spec}: init()`);
     } catch (err) {
       if (err instanceof FlowlbError) throw err;
       throw new HandlerLoadError(`handler ${spec} failed to start: ${describeError(err)}`, { cause: err });

@@ -147,7 +147,8 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
       // Operator action (and the migration benchmarks): move one bucket to a worker now, with its flows' state.
       const q = new URLSearchParams(query ?? '');
       // Number(null) and Number('') are 0: a missing parameter must not mean "bucket 0" or "worker 0".
-      const param = (name: string): number => { const t = q.get(name); return t === null || t.trim() === '' ? NaN : Number(t); };
+      // Decimal digits only: Number() would also take 0x10, 1e2 or " 7 ".
+      const param = (name: string): number => { const t = q.get(name); return t === null || !/^\d{1,9}$/.test(t) ? NaN : Number(t); };
       const bucket = param('bucket'), to = param('to');
       if (!Number.isInteger(bucket) || bucket < 0 || bucket >= v.config.buckets || !Number.isInteger(to) || to < 0 || to >= v.config.workers) {
         res.writeHead(400, { 'content-type': 'text/plain' }).end(`bucket must be 0..${v.config.buckets - 1} and to 0..${v.config.workers - 1}\n`);
@@ -160,7 +161,8 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
         .end(JSON.stringify({ started, bucket, to, owner: ownerOf(v, bucket), migrating: v.migrator.isMigrating(bucket) }));
       return;
     }
-    if (req.method !== 'GET' && req.method !== 'HEAD') { res.writeHead(405).end(); return; }
+    if (url === '/admin/move') { res.writeHead(405, { allow: 'POST', 'content-type': 'text/plain' }).end('use POST /admin/move?bucket=B&to=W\n'); return; }
+    if (req.method !== 'GET' && req.method !== 'HEAD') { res.writeHead(405, { allow: 'GET, HEAD' }).end(); return; }
     if (url === '/healthz') {
       const ok = isHealthy(v);
       res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ok\n' : 'not ready\n');
@@ -190,7 +192,7 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
         (err: unknown) => { v.log.warn('metrics failed', { err }); res.writeHead(500).end(); },
       );
     } else {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /status, /metrics, /healthz\n');
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /status, /metrics, /healthz, /where?src=IP:PORT, POST /admin/move?bucket=B&to=W\n');
     }
   });
   await new Promise<void>((resolve, reject) => {
