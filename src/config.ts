@@ -407,6 +407,8 @@ interface ConfigDraft extends Mutable<Omit<FlowlbConfig, 'balancer' | 'queue' | 
   queue: Mutable<QueueConfig>;
   /** Where the handler value came from, for the "file not found" message. */
   handlerWhat: string;
+  /** A relative handler path from a config file is relative to the file's directory; from a flag, to cwd (null). */
+  handlerDir: string | null;
 }
 
 function createDraft(): ConfigDraft {
@@ -416,6 +418,7 @@ function createDraft(): ConfigDraft {
     buckets: DEFAULT_BUCKETS,
     handler: DEFAULT_HANDLER,
     handlerWhat: 'handler',
+    handlerDir: null,
     handlerOptions: {},
     backends: [],
     idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
@@ -513,7 +516,7 @@ const FILE_FIELDS: Readonly<Record<string, FieldReader<ConfigDraft>>> = {
   logLevel: (d, v, w) => (d.logLevel = readChoice(v, w, LOG_LEVEL_CHOICES)),
 };
 
-function applyFileObject(draft: ConfigDraft, raw: unknown, source: string): void {
+function applyFileObject(draft: ConfigDraft, raw: unknown, source: string, configFile: string | null = null): void {
   try {
     applyObject(draft, raw, '', FILE_FIELDS);
   } catch (err) {
@@ -522,6 +525,7 @@ function applyFileObject(draft: ConfigDraft, raw: unknown, source: string): void
   }
   // The handler file is checked once the flags are in (a --handler flag may replace it); keep its origin.
   if (source !== '' && isPlainObject(raw) && raw.handler !== undefined) draft.handlerWhat = `${source}: handler`;
+  if (configFile !== null && isPlainObject(raw) && raw.handler !== undefined) draft.handlerDir = path.dirname(configFile);
 }
 
 /** A flag as yargs hands it over: a string, an array when repeated, a boolean for --no-NAME. */
@@ -560,6 +564,7 @@ const FLAG_FIELDS: Readonly<Record<keyof ServeFlags, FieldReader<ConfigDraft> | 
   handler: (d, v, w) => {
     d.handler = readHandlerName(lastValue(v as FlagValue), w);
     d.handlerWhat = w;
+    d.handlerDir = null;
   },
   backend: (d, v, w) => (d.backends = readBackendList(v, w, false)),
   idleTimeout: (d, v, w) => (d.idleTimeoutMs = readDurationValue(lastValue(v as FlagValue), w)),
@@ -613,7 +618,7 @@ function deepFreeze<T>(value: T): T {
  * freezes it. `source` prefixes messages that cannot say which input was at fault ("" when mixed).
  */
 function finishConfig(draft: ConfigDraft, configFile: string | null, cwd: string, source: string): FlowlbConfig {
-  const handler = resolveHandler(draft.handler, draft.handlerWhat, cwd);
+  const handler = resolveHandler(draft.handler, draft.handlerWhat, draft.handlerDir ?? cwd);
   if (handler === 'proxy' && draft.backends.length === 0) {
     throw new ConfigError(
       `${draft.handlerWhat} proxy needs at least one backend (--backend HOST:PORT or "backends" in the config file)`,
@@ -672,7 +677,7 @@ export function validateConfigObject(
   cwd: string = process.cwd(),
 ): FlowlbConfig {
   const draft = createDraft();
-  applyFileObject(draft, raw, source);
+  applyFileObject(draft, raw, source, configFile);
   return finishConfig(draft, configFile, cwd, source);
 }
 
@@ -720,7 +725,7 @@ export async function resolveConfig(flags: ServeFlags, cwd: string = process.cwd
     const name = lastValue(flags.config);
     if (typeof name !== 'string' || name === '') throw new ConfigError(`--config must be a file path, got ${show(name)}`);
     configFile = path.resolve(cwd, name);
-    applyFileObject(draft, await readConfigFile(configFile), `config file ${configFile}`);
+    applyFileObject(draft, await readConfigFile(configFile), `config file ${configFile}`, configFile);
   }
   applyFlags(draft, flags);
   const config = finishConfig(draft, configFile, cwd, '');

@@ -273,6 +273,18 @@ describe('resolveConfig: defaults and flags', () => {
 });
 
 describe('resolveConfig: config file', () => {
+  it('resolves a relative handler path in a config file from the file\'s directory, and a --handler flag from cwd', async () => {
+    const dir = path.join(tmp, 'etc-flowlb');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(path.join(dir, 'next-to-config.js'), 'export default {}');
+    const file = path.join(dir, 'flowlb.json');
+    writeFileSync(file, JSON.stringify({ handler: './next-to-config.js' }));
+    // Run from elsewhere (a service manager's working directory): the file's own directory counts.
+    expect((await resolveConfig({ config: file }, os.tmpdir())).handler).toBe(path.join(dir, 'next-to-config.js'));
+    writeFileSync(path.join(tmp, 'in-cwd.js'), 'export default {}');
+    expect((await resolveConfig({ config: file, handler: './in-cwd.js' }, tmp)).handler).toBe(path.join(tmp, 'in-cwd.js'));
+  });
+
   it('reads a file saved with a UTF-8 byte order mark', async () => {
     const file = writeConfig('\ufeff' + JSON.stringify({ workers: 3 }));
     expect((await resolveConfig({ config: file }, tmp)).workers).toBe(3);

@@ -307,6 +307,22 @@ describe('shutdown', () => {
     }
   });
 
+  it('gives up on a lane that crashes more than 5 times in 30 s: /status shows it without a process, /healthz 503', async () => {
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '1', '--handler', path.join(FIXTURES, 'exit-handler.js')]);
+    const c = await client();
+    for (let crash = 1; crash <= 6; crash++) {
+      await waitFor(async () => (await svc.status()).workers[0].ready === true, 10_000, `worker ready before crash ${crash}`);
+      await c.send('exit', svc.udpPort, '127.0.0.1');
+      await waitFor(async () => (await svc.status()).workers[0].ready === false, 5000, `crash ${crash} seen`);
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    const st = await svc.status();
+    // It used to show the dead process's pid.
+    expect(st.workers[0]).toMatchObject({ pid: null, ready: false });
+    expect((await fetch(`${svc.httpUrl}/healthz`)).status).toBe(503);
+    expect(svc.stderr()).toMatch(/worker keeps crashing; not restarting it/);
+  });
+
   it('exits 0 on SIGINT', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2']);
     expect(await svc.stop('SIGINT')).toBe(0);

@@ -4,7 +4,7 @@
  */
 import type { CommandModule } from 'yargs';
 import { DEFAULT_BUCKETS, DEFAULT_LISTEN, MAX_BUCKETS, parseBackend } from '../config.js';
-import { UsageError } from '../errors.js';
+import { FlowlbError, UsageError } from '../errors.js';
 import { loadHasher } from '../datapath/tuple.js';
 import { where } from '../control/where.js';
 
@@ -25,9 +25,14 @@ export const whereCommand: CommandModule<object, WhereFlags> = {
       const base = argv.url.replace(/\/+$/, '');
       const q = new URLSearchParams({ src: argv.src, ...(argv.dst ? { dst: argv.dst } : {}) });
       let res: Response;
-      try { res = await fetch(`${base}/where?${q}`); } catch (err) { throw new UsageError(`cannot reach ${base}: ${(err as Error).message}`); }
+      // Not reaching flowlb is a runtime failure (exit 1, as `flowlb top`); a 400 is about the flow given (usage, 2).
+      try { res = await fetch(`${base}/where?${q}`); } catch (err) {
+        const cause = (err as Error & { cause?: { code?: string } }).cause?.code;
+        throw new FlowlbError('ERR_WHERE_UNREACHABLE', `cannot reach flowlb at ${base}: ${cause ?? (err as Error).message}`);
+      }
       const text = await res.text();
-      if (!res.ok) throw new UsageError(text.trim());
+      if (res.status === 400) throw new UsageError(text.trim());
+      if (!res.ok) throw new FlowlbError('ERR_WHERE_HTTP', `${base}/where answered ${res.status}: is --url the status address of flowlb (http://HOST:PORT)?`);
       process.stdout.write(`${text}\n`);
       return;
     }

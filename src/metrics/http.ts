@@ -64,7 +64,8 @@ export function buildStatus(v: ServiceView): unknown {
     const c = r?.counters;
     workers.push({
       id: lane,
-      pid: v.workers.pid(lane),
+      // null while the lane has no process (between a crash and its replacement, or given up after crashing).
+      pid: v.workers.worker(lane) !== null ? v.workers.pid(lane) : null,
       ready: v.workers.isReady(lane),
       // Ready but no report for stalledAfterMs: stuck (e.g. an endless loop in the handler); counts as down.
       stalled: v.workers.isReady(lane) && !v.workers.isUp(lane, stalledAfterMs(v.config.balancer.reportIntervalMs)),
