@@ -307,6 +307,9 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     `flowlb listening udp=${udp.map(formatEndpoint).join(',')} http=${httpEndpoint ? formatEndpoint(httpEndpoint) : 'off'} ` +
     `workers=${config.workers} buckets=${config.buckets} handler=${config.handler} balancer=${config.balancer.enabled ? 'adaptive' : 'static'}\n`,
   );
+  if ((config.handler === 'echo' || config.handler === 'sockperf') && config.backends.length > 0) {
+    log.warn('backends are given but the handler does not use them (only proxy and handler modules do)', { handler: config.handler, backends: config.backends.length });
+  }
   log.info('listening', {
     udp: udp.map(formatEndpoint), http: httpEndpoint ? formatEndpoint(httpEndpoint) : null, workers: config.workers,
     buckets: config.buckets, handler: config.handler,
