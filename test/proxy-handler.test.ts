@@ -77,6 +77,14 @@ async function startBackend(name: string, family: Family): Promise<Backend> {
   return { name, socket, port: socket.address().port, host: LOOPBACK[family], received };
 }
 
+/** A backend address with nothing listening: its port answers with ICMP port unreachable. */
+async function deadBackend(name: string, family: Family): Promise<Backend> {
+  const b = await startBackend(name, family);
+  b.socket.close();
+  openSockets.delete(b.socket);
+  return b;
+}
+
 interface Response {
   readonly backend: string;
   readonly upstreamPort: number;
@@ -410,9 +418,7 @@ describe('proxy handler', () => {
 
   it('counts ICMP port unreachable (ECONNREFUSED) from a backend without a listener and keeps serving', async () => {
     const rig = await startRig(4);
-    const dead = await startBackend('dead', 4);
-    dead.socket.close();
-    openSockets.delete(dead.socket);
+    const dead = await deadBackend('dead', 4);
     const handler = await proxy(contextFor([dead], [1]));
     const flow = rig.flow(3);
     handler.onFlowStart(flow);
@@ -435,9 +441,7 @@ describe('proxy handler', () => {
   it('takes a refusing backend out of the table: its flows and new ones go to the others, and it comes back after failTimeout', async () => {
     const rig = await startRig(4);
     const a = await startBackend('A', 4);
-    const dead = await startBackend('dead', 4);
-    dead.socket.close();
-    openSockets.delete(dead.socket);
+    const dead = await deadBackend('dead', 4);
     const handler = await proxy(contextFor([a, dead], [1, 1], { failTimeout: '600ms' }));
     const deadStat = statOf(handler, dead);
     const flows = Array.from({ length: 20 }, (_, i) => rig.flow(i));
@@ -478,9 +482,7 @@ describe('proxy handler', () => {
   it('with maxFails 0 keeps flows on a refusing backend; counts failures towards maxFails within failTimeout', async () => {
     const rig = await startRig(4);
     const a = await startBackend('A', 4);
-    const dead = await startBackend('dead', 4);
-    dead.socket.close();
-    openSockets.delete(dead.socket);
+    const dead = await deadBackend('dead', 4);
     const off = await proxy(contextFor([a, dead], [1, 1], { maxFails: 0 }));
     const flows = Array.from({ length: 20 }, (_, i) => rig.flow(i));
     for (const flow of flows) off.onFlowStart(flow);
@@ -515,9 +517,8 @@ describe('proxy handler', () => {
 
   it('keeps every flow where it is when every backend refuses (no socket churn), and rejects bad health options', async () => {
     const rig = await startRig(4);
-    const d1 = await startBackend('d1', 4);
-    const d2 = await startBackend('d2', 4);
-    for (const d of [d1, d2]) { d.socket.close(); openSockets.delete(d.socket); }
+    const d1 = await deadBackend('d1', 4);
+    const d2 = await deadBackend('d2', 4);
     const handler = await proxy(contextFor([d1, d2], [1, 1]));
     const flows = Array.from({ length: 10 }, (_, i) => rig.flow(i));
     for (const flow of flows) handler.onFlowStart(flow);

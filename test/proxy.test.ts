@@ -35,6 +35,17 @@ async function backend(id: string, family: 4 | 6 = 4): Promise<Backend> {
   return b;
 }
 
+/** `n` IPv4 client sockets on loopback, closed after the test. */
+async function bindClients(n: number): Promise<Client[]> {
+  const clients: Client[] = [];
+  for (let i = 0; i < n; i++) {
+    const c = await new Client(4).bind('127.0.0.1');
+    clients.push(c);
+    closers.push(() => c.close());
+  }
+  return clients;
+}
+
 let hasher: RawHasher;
 beforeAll(async () => { hasher = await loadHasher(); });
 
@@ -128,12 +139,7 @@ describe('proxy passive health', () => {
       '--backend', `127.0.0.1:${live.port}`, '--backend', `127.0.0.1:${deadPort}`,
     ]);
     running.push(svc);
-    const clients: Client[] = [];
-    for (let i = 0; i < 40; i++) {
-      const c = await new Client(4).bind('127.0.0.1');
-      clients.push(c);
-      closers.push(() => c.close());
-    }
+    const clients = await bindClients(40);
     // Rounds of one packet per flow (at most 60) until a round is answered in full: the flows Maglev put on the
     // refusing backend lose their first packet or two (the ICMP error comes with the next send), then move.
     let round = 0;
@@ -175,12 +181,7 @@ describe('proxy flows migrate with their upstream socket', () => {
       '--backend', `127.0.0.1:${b.port}`, '--no-balance', '--buckets', String(BUCKETS),
     ]);
     running.push(svc);
-    const clients: Client[] = [];
-    for (let i = 0; i < 20; i++) {
-      const c = await new Client(4).bind('127.0.0.1');
-      clients.push(c);
-      closers.push(() => c.close());
-    }
+    const clients = await bindClients(20);
     const round = async (p: number): Promise<void> => {
       await Promise.all(clients.map((c, i) => c.send(`m${i} ${p}`, svc.udpPort, '127.0.0.1')));
       await waitFor(() => clients.every((c) => c.replies.length >= p), 5000, `responses of round ${p}`);
