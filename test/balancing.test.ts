@@ -220,4 +220,25 @@ describe('balancing', () => {
     expect(st.spilledPackets + st.shedPackets).toBeGreaterThan(0);
     expect(st.workers[0].buckets).toBe(32); // no bucket moved: only packets
   });
+
+  it('packet mode: when every worker is past the limit, queued packets are not handed back and forth', async () => {
+    // Both workers at 2 ms a packet get ~6,000 packets/s: both queues pass the limit. Handing queued work to a
+    // worker that is itself past the limit moved it back and forth: 28,786 packets shed for 4,720 received, and
+    // sheds went on after the traffic stopped (a black-box check).
+    const file = configFile({
+      handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 2000 },
+      balancer: { mode: 'packet', enabled: false, queueLimit: 20, reportInterval: '100ms' },
+    });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    for (let i = 0; i < 32; i++) clients.push(await new Client(4).bind('127.0.0.1'));
+    await traffic(clients, svc.udpPort, 30, 5, () => false);
+    const sent = 30 * 32;
+    await waitFor(() => clients.reduce((a, c) => a + c.replies.length, 0) === sent, 30_000, 'all replies', 100);
+    const st = await svc.status();
+    expect(st.received).toBe(sent);
+    expect(st.shedPackets).toBeLessThan(sent / 2);
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await svc.status()).shedPackets).toBe(st.shedPackets); // nothing moves once the queues are empty
+  });
 });

@@ -44,4 +44,29 @@ describe('fair queuing', () => {
     // Every light reply came while most of the heavy backlog was still waiting.
     expect(heavyAfterLastLight).toBeGreaterThan(200);
   });
+
+  it('lets new flows in after a few heavy packets when every packet is expensive (2 ms each)', async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-fair-'));
+    const file = path.join(dir, 'c.json');
+    fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 2000 } }));
+    running = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '1', '--no-balance', '--log-level', 'warn']);
+    const heavy = await new Client(4).bind('127.0.0.1');
+    clients.push(heavy);
+    const light: Client[] = [];
+    for (let i = 0; i < 10; i++) { const c = await new Client(4).bind('127.0.0.1'); light.push(c); clients.push(c); }
+    const arrivals: string[] = [];
+    heavy.socket.on('message', () => arrivals.push('H'));
+    for (const c of light) c.socket.on('message', () => arrivals.push('L'));
+    // 150 heavy packets: 300 ms of work queued in the worker.
+    for (let i = 0; i < 150; i += 50) await Promise.all(Array.from({ length: 50 }, (_, k) => heavy.send(`h${i + k}`, running!.udpPort, '127.0.0.1')));
+    await waitFor(() => arrivals.length >= 10, 5000, 'the heavy flow to be served');
+    const heavyBefore = arrivals.length;
+    await Promise.all(light.map((c, i) => c.send(`l${i}`, running!.udpPort, '127.0.0.1')));
+    await waitFor(() => light.every((c) => c.replies.length === 1), 10_000, 'every light reply');
+    // Heavy packets served between the light packets' arrival and the last light reply: the rest of the slice
+    // in progress, then the heavy flow's DRR turn (4 of these small packets). A fixed slice of 16 made it 16 or
+    // more (a light flow waited 16 x 2 ms before the worker even read its packet).
+    const heavyBetween = arrivals.slice(heavyBefore, arrivals.lastIndexOf('L')).filter((x) => x === 'H').length;
+    expect(heavyBetween).toBeLessThan(10);
+  });
 });

@@ -5,7 +5,8 @@
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Client, configFile, removeConfigFiles, startFlowlb, waitFor, type Running } from './support/service.js';
+import path from 'node:path';
+import { Client, configFile, FIXTURES, removeConfigFiles, startFlowlb, waitFor, type Running } from './support/service.js';
 
 let cleanups: (() => void)[] = [];
 let running: Running[] = [];
@@ -103,5 +104,39 @@ describe('reload (SIGHUP)', () => {
     await c.send('x 1', svc.udpPort, '127.0.0.1');
     await waitFor(() => c.replies.length === 1, 5000, 'reply through the flag backend');
     expect(c.replies[0]!.toString()).toMatch(/^A /);
+  });
+
+  it('applies queue settings to running workers, and leaving packet mode ends spilling', async () => {
+    const base = { handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 2000, slowWorker: 0, slowCostUs: 4000 } };
+    const file = configFile({ ...base, balancer: { mode: 'packet', enabled: false, queueLimit: 20 }, queue: { flowQueueLimit: 1024 } });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    const cs: Client[] = [];
+    for (let i = 0; i < 16; i++) { const c = await new Client(4).bind('127.0.0.1'); cs.push(c); cleanups.push(() => c.close()); }
+    // Load until a worker spills (packet mode), then reload into flow mode while it does.
+    let spilling = false;
+    for (let round = 0; round < 200 && !spilling; round++) {
+      await Promise.all(cs.map((c) => c.send(`r${round}`, svc.udpPort, '127.0.0.1')));
+      await new Promise((r) => setTimeout(r, 5));
+      if (round % 10 === 9) spilling = (await svc.metrics()).includes('flowlb_worker_spilling{worker="0"} 1');
+    }
+    expect(spilling).toBe(true);
+    fs.writeFileSync(file, JSON.stringify({ ...base, balancer: { mode: 'flow', enabled: false, queueLimit: 20 }, queue: { flowQueueLimit: 8 } }));
+    svc.proc.kill('SIGHUP');
+    await waitFor(async () => (await svc.status()).reloads.ok === 1, 5000, 'reload applied');
+    // Spilling used to stay on for good after a reload out of packet mode: flow affinity broken.
+    expect(await svc.metrics()).not.toMatch(/flowlb_worker_spilling\{worker="\d"\} 1/);
+    await waitFor(async () => (await svc.status()).workers.every((w: { queueDepth: number }) => w.queueDepth === 0), 30_000, 'queues empty', 200);
+    const spilledBefore = (await svc.status()).spilledPackets;
+    // The new per-flow queue limit (8) holds in the running workers: a burst of 60 in one flow overflows it.
+    const one = cs[0]!;
+    for (let i = 0; i < 60; i++) one.socket.send(`b${i}`, svc.udpPort, '127.0.0.1');
+    const st = await waitFor(async () => {
+      const s = await svc.status();
+      const full = s.workers.reduce((a: number, w: { drops: Record<string, number> }) => a + (w.drops.flow_queue_full ?? 0), 0);
+      return full > 0 && s.workers.every((w: { queueDepth: number }) => w.queueDepth === 0) ? { s, full } : null;
+    }, 10_000, 'flow_queue_full drops from the new limit', 100);
+    expect(st.full).toBeGreaterThanOrEqual(40);
+    expect(st.s.spilledPackets).toBe(spilledBefore);
   });
 });

@@ -189,6 +189,8 @@ export class Balancer {
     const restart = this.timer !== null && config.balancer.rebalanceIntervalMs !== this.config.balancer.rebalanceIntervalMs;
     if (!this.config.balancer.enabled) this.stepRun.fill(0); // runs were not watched while it was off
     this.config = config;
+    // Out of packet mode (a reload): nobody spills any more (the dispatcher follows spillTo in any mode).
+    if (config.balancer.mode !== 'packet') this.dispatcher.spillTo.fill(-1);
     if (restart) { this.stop(); this.start(); }
   }
 
@@ -384,10 +386,11 @@ export class Balancer {
     if (!this.enabled) return;
     this.prepare();
     const owners = this.plannedOwners();
-    this.lastImbalance = imbalanceOf(owners, this.bucketLoad, this.shares);
-    if (this.migrator.inFlight > 0) return; // let the previous round land before measuring again
     let total = 0;
     for (let b = 0; b < this.bucketLoad.length; b++) total += this.bucketLoad[b]!;
+    // Idle: the decayed loads are near zero and their ratio is noise (it swung 0.0002-0.21 on an idle service).
+    this.lastImbalance = total < MIN_BALANCE_LOAD ? 0 : imbalanceOf(owners, this.bucketLoad, this.shares);
+    if (this.migrator.inFlight > 0) return; // let the previous round land before measuring again
     this.rounds++;
     if (total < MIN_BALANCE_LOAD || this.busiestElu() <= this.config.balancer.minBusy) {
       this.idleRounds++;
@@ -458,12 +461,16 @@ export class Balancer {
     if (depth > limit) {
       const target = this.leastLoaded(lane);
       if (target < 0) return;
+      // Only onto a worker with room (below half the limit): when every worker is past it, moving queued work
+      // only moves it back and forth (seen: 7 reads per datagram, and sheds going on after the traffic stopped).
+      const room = Math.floor(limit / 2 - (this.workers.lastReport(target)?.queueDepth ?? 0));
+      if (room <= 0) return;
       if (spill[lane] !== target) {
         spill[lane] = target;
         // Nobody may spill onto a worker that itself spills to us.
         if (spill[target] === lane) spill[target] = -1;
       }
-      this.sendTo(lane, { t: 'shed', packets: Math.floor(depth - limit / 2) });
+      this.sendTo(lane, { t: 'shed', packets: Math.min(room, Math.floor(depth - limit / 2)) });
     } else if (depth < limit / 2 && spill[lane] !== -1) {
       spill[lane] = -1;
     }

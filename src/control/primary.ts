@@ -379,7 +379,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     migrator.timeoutMs = config.balancer.migrationTimeoutMs;
     dispatcher.setLimits(config.channelLimitBytes, config.balancer.holdLimit);
     for (let lane = 0; lane < config.workers; lane++) {
-      sendTo(lane, { t: 'reconfigure', config: { backends: config.backends, idleTimeoutMs: config.idleTimeoutMs, options: config.handlerOptions } });
+      sendTo(lane, { t: 'reconfigure', config: { backends: config.backends, idleTimeoutMs: config.idleTimeoutMs, options: config.handlerOptions, queue: config.queue } });
     }
     reloads++;
     log.info('config reloaded', { backends: config.backends.length, file: config.configFile });

@@ -38,9 +38,11 @@ const HANDLER_DROPS: readonly (readonly [string, number])[] = [
 ];
 
 /**
- * A drain turn serves packets in slices of DRAIN_SLICE until DRAIN_BUDGET packets or DRAIN_TIME_MS have passed,
- * then yields to the event loop, so the channel keeps being read (new flows join the DRR ring within a couple of
- * milliseconds even behind an expensive handler) and DRR has a queue to order.
+ * A drain turn serves packets in slices until DRAIN_BUDGET packets or DRAIN_TIME_MS have passed, then yields to
+ * the event loop, so the channel keeps being read and DRR has a queue to order. A slice is DRAIN_SLICE packets
+ * (one clock read per slice) for cheap packets, fewer when packets are expensive: a slice takes about
+ * DRAIN_TIME_MS / 2, so a new flow joins the DRR ring within a few milliseconds whatever the handler costs.
+ * With a fixed slice of 16, light flows behind a 2 ms-per-packet heavy flow waited 33-74 ms (16 x 2 ms and more).
  */
 const DRAIN_BUDGET = 256;
 /** A stopping worker serves its queue for at most this long. */
@@ -50,6 +52,8 @@ const ORPHAN_CHECK_MS = 500;
 const ORPHAN_GRACE_MS = SHUTDOWN_DRAIN_MS + 2000;
 const DRAIN_SLICE = 16;
 const DRAIN_TIME_MS = 2;
+/** Weight of the newest slice in the per-packet time average that sizes the slice. */
+const SLICE_COST_ALPHA = 0.25;
 /** The sweep visits every owned bucket at least this often relative to the idle timeout. */
 const SWEEP_SLICES = 8;
 
@@ -124,6 +128,9 @@ class FlowView extends FlowFields {
 export class WorkerRuntime {
   readonly flows: FlowTable;
   readonly queue: FairQueue;
+  /** Packets per drain slice, and the average time a packet took (ms) that sizes it (see DRAIN_SLICE). */
+  private slice = DRAIN_SLICE;
+  private packetMs = 0;
   /** Flow objects of a handler that keeps per-flow state, made on first use; unused with `statelessFlows`. */
   readonly refs: (FlowRef | undefined)[];
   /** The re-aimed Flow of a `statelessFlows` handler, else null. */
@@ -257,8 +264,14 @@ export class WorkerRuntime {
     const start = this.nowMs;
     let served = 0;
     while (served < DRAIN_BUDGET && this.queue.depth > 0) {
-      served += this.queue.serve(DRAIN_SLICE, this.serveBound);
+      const before = this.nowMs;
+      const n = this.queue.serve(this.slice, this.serveBound);
+      served += n;
       this.nowMs = performance.now();
+      if (n > 0) {
+        this.packetMs += SLICE_COST_ALPHA * ((this.nowMs - before) / n - this.packetMs);
+        this.slice = Math.max(1, Math.min(DRAIN_SLICE, Math.floor(DRAIN_TIME_MS / 2 / this.packetMs)));
+      }
       if (this.nowMs - start >= DRAIN_TIME_MS) break;
     }
     if (this.queue.depth > 0 && !this.drainScheduled) { this.drainScheduled = true; setImmediate(this.drainBound); }
@@ -568,8 +581,13 @@ export async function runWorker(): Promise<void> {
         rt.onImportSocket(msg, handle as dgram.Socket | undefined);
         break;
       case 'reconfigure': {
-        const c = msg.config as { backends: HandlerContext['backends']; idleTimeoutMs: number; options: HandlerContext['options'] };
+        const c = msg.config as {
+          backends: HandlerContext['backends']; idleTimeoutMs: number; options: HandlerContext['options'];
+          queue?: { flowQueueLimit: number; quantumBytes: number };
+        };
         rt.idleTimeoutMs = c.idleTimeoutMs;
+        // The queue's storage (its capacity, 4 x queueLimit at start) is fixed; its per-flow limit and quantum are not.
+        if (c.queue !== undefined) { rt.queue.flowLimit = c.queue.flowQueueLimit; rt.queue.quantum = c.queue.quantumBytes; }
         ctx = { ...ctx, backends: c.backends, idleTimeoutMs: c.idleTimeoutMs, options: c.options };
         try {
           handler.reconfigure?.(ctx);

@@ -35,8 +35,9 @@ export const ENQ_FULL = 3;
 
 export class FairQueue {
   readonly capacity: number;
-  readonly flowLimit: number;
-  readonly quantum: number;
+  /** Changeable at run time (a reload): the next enqueue and the next turn use the new value. */
+  flowLimit: number;
+  quantum: number;
   /** Packets queued. */
   depth = 0;
   /** Highest depth seen since the last call to takePeakDepth(). */

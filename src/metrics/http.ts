@@ -90,7 +90,8 @@ export function buildStatus(v: ServiceView): unknown {
       targetShare: v.balancer.shares[lane],
       buckets: counts[lane],
       queueDepth: r?.queueDepth ?? 0,
-      pps: v.balancer.model.packetsPerSec[lane],
+      // The decayed rate falls towards 0 without reaching it (6.7e-93 on an idle service): rounded to 0.01 pps.
+      pps: Math.round((v.balancer.model.packetsPerSec[lane] ?? 0) * 100) / 100,
       dispatchedPackets: d.lanePackets[lane],
       batches: d.laneBatches[lane],
       flowsActive: c?.flowsActive ?? 0,
