@@ -248,5 +248,13 @@ describe('proxy flows migrate with their upstream socket', () => {
     await new Promise((r) => setTimeout(r, 500));
     expect(value(/^flowlb_worker_up\{worker="0"\} (\d+)$/m)).toBe(1);
     expect((await svc.status()).workers[0].cpuLast).not.toBe(before);
+    // Running out of descriptors says nothing about the backend: it is not taken out of the table, and the flows
+    // that have an upstream socket keep it (with EMFILE counted as a backend failure, healthy backends were marked
+    // down and established flows moved to another backend).
+    expect(value(new RegExp(`^flowlb_backend_marked_down_total\\{backend="127\\.0\\.0\\.1:${b.port}"\\} (\\d+)$`, 'm'))).toBe(0);
+    expect(value(new RegExp(`^flowlb_backend_up\\{backend="127\\.0\\.0\\.1:${b.port}"\\} (\\d+)$`, 'm'))).toBe(1);
+    const established = clients.filter((c) => c.replies.length === 1);
+    for (const c of established) await c.send(`${c.replies[0]!.toString().split(' ')[1]} 2`, svc.udpPort, '127.0.0.1');
+    await waitFor(() => established.every((c) => c.replies.length === 2), 5000, 'established flows answered again');
   });
 });

@@ -34,6 +34,13 @@ const MAX_MAX_FAILS = 1_000_000;
 const INITIAL_BACKEND_SLOTS = 8;
 
 /**
+ * Connect failures that say nothing about the backend: this process ran out of descriptors, buffers or memory
+ * (counted, but no reason to take a backend out: with a descriptor limit reached under flow churn, both healthy
+ * backends of a proxy were marked down and established flows hopped between them).
+ */
+const LOCAL_ERRNOS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
+
+/**
  * The proxy's counters. Per-backend counters are Float64Arrays indexed by `backendIndex(key)`; the index of a
  * backend key never changes for the life of the handler (a reload only appends keys), so every counter is
  * monotonic and a scrape can read `backendKeys[i]` with `requests[i]` etc. Arrays are replaced when they grow:
@@ -248,7 +255,7 @@ function onUpstreamError(this: UpstreamSocket, err: NodeJS.ErrnoException): void
     stats.droppedConnectFailed += session.closeSocket();
     session.state = UPSTREAM_FAILED;
     session.failedAtMs = Date.now();
-    session.handler.backendFailed(session.backend);
+    if (!LOCAL_ERRNOS.has(err.code ?? '')) session.handler.backendFailed(session.backend);
   } else if (err.code === 'ECONNREFUSED') {
     stats.refused[stat]++;
     session.handler.backendFailed(session.backend);
