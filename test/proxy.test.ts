@@ -241,6 +241,9 @@ describe('proxy flows migrate with their upstream socket', () => {
     expect(answered).toBeGreaterThan(10);
     expect(failed).toBeGreaterThan(10);
     expect(answered + failed).toBe(120);
+    // Counted as flowlb's own shortage, not as the backend's connect failing.
+    expect(value(new RegExp(`^flowlb_backend_errors_total\\{backend="127\\.0\\.0\\.1:${b.port}",kind="local"\\} (\\d+)$`, 'm'))).toBeGreaterThan(10);
+    expect(value(new RegExp(`^flowlb_backend_errors_total\\{backend="127\\.0\\.0\\.1:${b.port}",kind="connect"\\} (\\d+)$`, 'm'))).toBe(0);
     // The worker's load report reads its RSS from /proc, which needs a descriptor too: it threw EMFILE every
     // report interval (counted as handler crashes, the report lost) while the worker was out of descriptors.
     expect(value(/^flowlb_handler_crashes_total\{worker="0"\} (\d+)$/m)).toBe(0);

@@ -64,6 +64,8 @@ export class ProxyStats {
   socketErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** Upstream connects that failed (DNS lookup or connect(2)); the flow's queued packets count in droppedConnectFailed. */
   connectErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** Upstream sockets flowlb could not open for lack of descriptors, buffers or memory (LOCAL_ERRNOS); not the backend's fault. */
+  localErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** Times passive health took the backend out of the table (maxFails failures within failTimeout). */
   markedDown = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** 1 while the backend is out of the table, else 0 (a gauge). */
@@ -99,6 +101,7 @@ export class ProxyStats {
       this.refused = grow(this.refused, size);
       this.socketErrors = grow(this.socketErrors, size);
       this.connectErrors = grow(this.connectErrors, size);
+      this.localErrors = grow(this.localErrors, size);
       this.markedDown = grow(this.markedDown, size);
       this.down = grow(this.down, size);
     }
@@ -251,11 +254,13 @@ function onUpstreamError(this: UpstreamSocket, err: NodeJS.ErrnoException): void
   const stat = session.backend.stat;
   if (session.state === UPSTREAM_CONNECTING) {
     // Only the connect (its DNS lookup or connect(2)) can fail before the socket is connected.
-    stats.connectErrors[stat]++;
+    const local = LOCAL_ERRNOS.has(err.code ?? '');
+    if (local) stats.localErrors[stat]++;
+    else stats.connectErrors[stat]++;
     stats.droppedConnectFailed += session.closeSocket();
     session.state = UPSTREAM_FAILED;
     session.failedAtMs = Date.now();
-    if (!LOCAL_ERRNOS.has(err.code ?? '')) session.handler.backendFailed(session.backend);
+    if (!local) session.handler.backendFailed(session.backend);
   } else if (err.code === 'ECONNREFUSED') {
     stats.refused[stat]++;
     session.handler.backendFailed(session.backend);
@@ -389,6 +394,7 @@ export class ProxyHandler implements FlowHandler {
       out[`send_errors@${key}`] = st.sendErrors[i]!;
       out[`socket_errors@${key}`] = st.socketErrors[i]!;
       out[`connect_errors@${key}`] = st.connectErrors[i]!;
+      out[`local_errors@${key}`] = st.localErrors[i]!;
       out[`marked_down@${key}`] = st.markedDown[i]!;
       out[`down@${key}`] = st.down[i]!;
     });

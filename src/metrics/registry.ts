@@ -34,7 +34,7 @@ export interface Metrics {
  * Per-backend counters arrive as `<counter>@<backend key>` (the key as proxy's backendKey() writes it,
  * "10.0.0.1:53" or "[::1]:53"), cumulative for the reporting process. Other keys are handler-wide.
  */
-export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors', 'marked_down'] as const;
+export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors', 'local_errors', 'marked_down'] as const;
 export type BackendCounterKey = (typeof BACKEND_COUNTER_KEYS)[number];
 /** Handler-wide drop counters of the proxy (packets a worker handled but the proxy could not forward). */
 export const PROXY_DROP_KEYS = {
@@ -398,7 +398,7 @@ export function histogramSamples(name: string, boundsS: readonly number[], count
 
 const LATENCY_BOUNDS_S = LATENCY_BOUNDS_MS.map((ms) => ms / 1000);
 const BACKEND_ERROR_KINDS: readonly [BackendCounterKey, string][] = [
-  ['refused', 'refused'], ['send_errors', 'send'], ['socket_errors', 'socket'], ['connect_errors', 'connect'],
+  ['refused', 'refused'], ['send_errors', 'send'], ['socket_errors', 'socket'], ['connect_errors', 'connect'], ['local_errors', 'local'],
 ];
 
 export const METRIC_DEFS: readonly MetricDef[] = [
@@ -512,7 +512,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_backend_requests_total', type: 'counter', help: 'Datagrams the proxy sent to the backend.', read: perBackend((b) => b.counters.requests) },
   { name: 'flowlb_backend_responses_total', type: 'counter', help: 'Datagrams the backend sent back (relayed to clients).', read: perBackend((b) => b.counters.responses) },
   {
-    name: 'flowlb_backend_errors_total', type: 'counter', help: 'Errors towards the backend by kind: refused (ICMP port unreachable), send, socket (receive), connect.',
+    name: 'flowlb_backend_errors_total', type: 'counter', help: 'Errors towards the backend by kind: refused (ICMP port unreachable), send, socket (receive), connect, local (flowlb out of descriptors, buffers or memory).',
     read: (s) => [...s.backends].flatMap(([backend, b]) => BACKEND_ERROR_KINDS.map(([key, kind]) => ({ value: b.counters[key], labels: { backend, kind } }))),
   },
   {
