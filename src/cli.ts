@@ -27,6 +27,12 @@ function oneLine(text: string): string {
 function describeUsageError(message: string, args: readonly string[]): string {
   const missingValue = /^Not enough arguments following: (.+)$/.exec(message);
   if (missingValue !== null) return `--${missingValue[1]} needs a value`;
+  // yargs' choices check: `Invalid values: Argument: mode, Given: "foo", Choices: "echo", "sink"`.
+  const choice = /^Invalid values:\s*Argument: ([^,]+), Given: (.+?), Choices: (.+)$/s.exec(message);
+  if (choice !== null) return `--${choice[1]} must be one of ${choice[3]!.replace(/"/g, '')}, got ${choice[2]}`;
+  // `--no-balance=true`: a negated boolean takes no value.
+  const negated = args.find((arg) => /^--no-[a-z-]+=/.test(arg));
+  if (negated !== undefined && /^Unknown arguments?:/.test(message)) return `${negated.split('=')[0]} takes no value, got ${negated}`;
   const unknown = /^Unknown arguments?: (.*)$/.exec(message);
   if (unknown === null) return oneLine(message);
   const firstWord = args.find((arg) => !arg.startsWith('-'));

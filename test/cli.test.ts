@@ -164,6 +164,8 @@ describe('flowlb usage and config errors', () => {
     expect(expectUsageFailure(run('gen', '--target', '127.0.0.1:9', '--flows', 'abc'))).toBe('flowlb: --flows must be a number, got "abc"');
     expect(expectUsageFailure(run('backend', '--cost-us=1x'))).toBe('flowlb: --cost-us must be a number, got "1x"');
     expect(expectUsageFailure(run('gen', '--target', '127.0.0.1:9', '--loss-pct', '-1'))).toBe('flowlb: --loss-pct must be a percentage from 0 to below 100, got -1');
+    expect(expectUsageFailure(run('backend', '--mode', 'foo'))).toBe('flowlb: --mode must be one of echo, sink, got "foo"');
+    expect(expectUsageFailure(run('serve', '--no-balance=true'))).toBe('flowlb: --no-balance takes no value, got --no-balance=true');
     expect(expectUsageFailure(run('backend', '--listen', '127.0.0.1:0', '--sockbuf', '-1'))).toBe('flowlb: --sockbuf must be an integer in [1024, 1073741824] bytes, got -1');
     expect(expectUsageFailure(run('backend', '--listen', '127.0.0.1:0', '--duration', '1', '--stats-file', '/nonexistent/dir/x.json')))
       .toBe('flowlb: --stats-file /nonexistent/dir/x.json: cannot write: ENOENT');
