@@ -64,6 +64,43 @@ describe('worker flow objects', () => {
     expect(rt.drops[DROP_HANDLER_ERROR]).toBe(2);
   });
 
+  it('a statelessFlows Flow kept past its call cannot reply: it throws instead of answering another client', () => {
+    let kept: Flow | null = null;
+    const handler: FlowHandler = { statelessFlows: true, onPacket(_p, flow) { kept ??= flow; flow.reply(Buffer.from('now')); } };
+    const { sent, feed } = runtime(handler);
+    feed([1, 2]);
+    expect(sent.map((x) => x.port)).toEqual([20_001, 20_002]);
+    // The view was aimed at flow 2 last: a late reply went to client 2 with client 1's data, unnoticed.
+    expect(() => kept!.reply(Buffer.from('late'))).toThrow(/after the call returned/);
+    expect(sent).toHaveLength(2);
+  });
+
+  it('a hook other than onPacket that throws is a handler crash, not a dropped packet', () => {
+    const handler: FlowHandler = {
+      onFlowStart() { throw new Error('start'); },
+      onPacket(_p, flow) { flow.reply(Buffer.from('ok')); },
+      onFlowEnd() { throw new Error('end'); },
+    };
+    const { rt, sent, feed } = runtime(handler);
+    feed([1, 2]);
+    expireAll(rt);
+    expect(sent).toHaveLength(2);
+    expect(rt.drops[DROP_HANDLER_ERROR]).toBe(0);
+    expect(rt.handlerCrashes).toBe(4);
+    expect((rt.lastHandlerError as Error).message).toBe('end');
+  });
+
+  it('one sweep tick of idle/8 visits every owned bucket (a flow ends at most 1/8 idle timeout late, plus a tick)', async () => {
+    const { rt, feed } = runtime({ onPacket() {} });
+    feed(Array.from({ length: 40 }, (_, i) => i));
+    expect(rt.flows.size).toBe(40);
+    rt.idleTimeoutMs = 80;
+    await new Promise((r) => setTimeout(r, 100));
+    // A slice of buckets/8 per tick took a whole idle timeout to go round: flows ended up to 2 idle timeouts late.
+    rt.sweep(10);
+    expect(rt.flows.size).toBe(0);
+  });
+
   it('a per-flow handler keeps one object per flow with its state; after the flow ends the object still names its own client', () => {
     const objects = new Map<number, Flow>();
     const ended: Flow[] = [];

@@ -11,7 +11,7 @@ import { formatEndpoint, reloadConfig, type Endpoint, type FlowlbConfig } from '
 import { Dispatcher } from '../datapath/dispatcher.js';
 import { addressBytes, loadHasher } from '../datapath/tuple.js';
 import { BindError, FlowlbError, HandlerLoadError } from '../errors.js';
-import { instantiateHandler, loadHandlerFactory } from '../handlers/load.js';
+import { closeCheckedHandler, instantiateHandler, loadHandlerFactory } from '../handlers/load.js';
 import type { Logger } from '../log.js';
 import { startHttp, type HttpServer } from '../metrics/http.js';
 import { Balancer } from './balancer.js';
@@ -76,7 +76,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
       workerId: -1, workers: config.workers, buckets: config.buckets, idleTimeoutMs: config.idleTimeoutMs,
       backends: config.backends, options: config.handlerOptions,
     });
-    await probe.close?.();
+    await closeCheckedHandler(probe, config.handler);
   } catch (err) {
     if (err instanceof FlowlbError) throw err;
     throw new HandlerLoadError(`handler ${config.handler} failed to start: ${err instanceof Error ? err.message : String(err)}`);
@@ -363,7 +363,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
         workerId: -1, workers: config.workers, buckets: config.buckets, idleTimeoutMs: next.idleTimeoutMs,
         backends: next.backends, options: next.handlerOptions,
       });
-      await probe.close?.();
+      await closeCheckedHandler(probe, config.handler);
     } catch (err) {
       log.error('config reload rejected; the running config stays in force', { error: err instanceof Error ? err.message : String(err) });
       reloadsRejected++;

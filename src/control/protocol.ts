@@ -12,6 +12,8 @@ export interface FlowTransfer {
   /** 16 address bytes, base64. */
   readonly addr: string;
   readonly packets: number;
+  /** Time since the flow's last packet when it left (ms), so a move does not restart its idle clock. */
+  readonly idleMs?: number;
   readonly data: unknown;
   /** Index of the socket message that carries this flow's socket, or -1. */
   readonly socket: number;

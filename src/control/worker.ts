@@ -52,6 +52,8 @@ const ORPHAN_CHECK_MS = 500;
 const ORPHAN_GRACE_MS = SHUTDOWN_DRAIN_MS + 2000;
 const DRAIN_SLICE = 16;
 const DRAIN_TIME_MS = 2;
+/** Handler exceptions are logged at most this often (with how many there were since the last line). */
+const HANDLER_LOG_EVERY_MS = 10_000;
 /** Weight of the newest slice in the per-packet time average that sizes the slice. */
 const SLICE_COST_ALPHA = 0.25;
 /** The sweep visits every owned bucket at least this often relative to the idle timeout. */
@@ -120,6 +122,12 @@ class FlowView extends FlowFields {
   get state(): unknown { return undefined; }
   set state(_value: unknown) {
     throw new Error('flow.state set by a handler that declared statelessFlows (flows are views, not objects)');
+  }
+
+  /** The view is re-aimed at each call's flow and cut loose after it (id -1): kept and used later, it would reply to another client. */
+  override reply(payload: Uint8Array): void {
+    if (this.id < 0) throw new Error('flow.reply() after the call returned, by a handler that declared statelessFlows (the Flow is only valid during the call)');
+    super.reply(payload);
   }
 
   get key(): string { return this.keyText(); }
@@ -223,12 +231,24 @@ export class WorkerRuntime {
     this.counters[C_FLOWS_CREATED]!++;
     const h = this.handler;
     try {
-      if (imported !== undefined) { if (h.importFlow) h.importFlow(this.flowOf(f), imported); }
+      // A handler without importFlow starts a migrated flow afresh (its state did not come along): without this,
+      // a stateful handler found flow.state undefined on every later packet of every flow that moved.
+      if (imported !== undefined && h.importFlow) h.importFlow(this.flowOf(f), imported);
       else if (h.onFlowStart) h.onFlowStart(this.flowOf(f));
-    } catch {
-      this.drops[DROP_HANDLER_ERROR]!++;
+    } catch (err) {
+      this.hookFailed(err);
     }
+    if (this.view !== null) this.view.id = -1;
   }
+
+  /** A handler hook other than onPacket threw: no packet was lost, so a crash (isolated), not a drop; logged at most every 10 s. */
+  hookFailed(err: unknown): void {
+    this.handlerCrashes++;
+    this.lastHandlerError = err;
+  }
+
+  /** The last exception from a handler (onPacket or a hook) since the last log line, and how many there were. */
+  lastHandlerError: unknown = undefined;
 
   /** The Flow to pass the handler for flow `f`: the view re-aimed at it, or the flow's own object (made now if new). */
   private flowOf(f: number): FlowFields {
@@ -292,9 +312,11 @@ export class WorkerRuntime {
     this.counters[C_HANDLED]!++;
     try {
       this.handler.onPacket(buf.subarray(off, off + len), this.flowOf(f));
-    } catch {
+    } catch (err) {
       this.drops[DROP_HANDLER_ERROR]!++;
+      this.lastHandlerError = err;
     }
+    if (this.view !== null) this.view.id = -1;
   }
 
   /** Sends `payload` to flow `f`'s client from the front socket it came in on. */
@@ -317,11 +339,15 @@ export class WorkerRuntime {
 
   // ---- timers: idle expiry over owned buckets only ----
 
-  sweep(): void {
+  /** One sweep tick (the timer passes its interval); without an interval, a sweep of every owned bucket. */
+  sweep(everyMs = Infinity): void {
     this.nowMs = performance.now();
     const B = this.config.buckets;
-    const slice = Math.max(1, Math.ceil(B / SWEEP_SLICES));
     const idle = this.idleTimeoutMs;
+    // Every owned bucket once per idle/SWEEP_SLICES: a flow ends between 1 and 1 + 1/SWEEP_SLICES idle timeouts
+    // (plus one tick) after its last packet. (A slice of B/8 per idle/8 tick took a whole idle timeout to go round:
+    // flows ended up to 2 idle timeouts late.)
+    const slice = idle <= 0 ? B : Math.min(B, Math.max(1, Math.ceil((B * everyMs * SWEEP_SLICES) / idle)));
     const t = this.flows;
     for (let n = 0; n < slice; n++) {
       const b = this.sweepCursor;
@@ -341,7 +367,8 @@ export class WorkerRuntime {
     const h = this.handler;
     if (this.view !== null) {
       // The view reads the table: call before the slot is freed.
-      if (h.onFlowEnd) { try { h.onFlowEnd(this.flowOf(f), reason); } catch { this.drops[DROP_HANDLER_ERROR]!++; } }
+      if (h.onFlowEnd) { try { h.onFlowEnd(this.flowOf(f), reason); } catch (err) { this.hookFailed(err); } }
+      this.view.id = -1;
       this.flows.remove(f);
       return;
     }
@@ -351,7 +378,7 @@ export class WorkerRuntime {
     this.refs[f] = undefined;
     this.flows.remove(f);
     if (ref !== undefined && h.onFlowEnd) {
-      try { h.onFlowEnd(ref, reason); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
+      try { h.onFlowEnd(ref, reason); } catch (err) { this.hookFailed(err); }
     }
   }
 
@@ -374,7 +401,17 @@ export class WorkerRuntime {
       this.queue.drainFlow(f, this.collectBound);
       let exported: ExportedFlow | undefined;
       if (this.handler.exportFlow) {
-        try { exported = this.handler.exportFlow(this.flowOf(f)); } catch { this.drops[DROP_HANDLER_ERROR]!++; }
+        try { exported = this.handler.exportFlow(this.flowOf(f)); } catch (err) { this.hookFailed(err); }
+        if (this.view !== null) this.view.id = -1;
+      }
+      // The state crosses IPC as JSON: a value JSON cannot carry (a cycle, a BigInt) made the whole hand-over throw
+      // after the bucket's flows were gone, and the migration waited 20 s to time out with every flow's state lost.
+      let data = exported?.data ?? null;
+      if (data !== null && typeof data === 'object') {
+        try { JSON.stringify(data); } catch (err) { this.hookFailed(err); data = null; }
+      } else if (typeof data === 'bigint' || typeof data === 'function' || typeof data === 'symbol') {
+        this.hookFailed(new TypeError(`exportFlow returned ${typeof data} data, which cannot cross to another worker`));
+        data = null;
       }
       let socketIndex = -1;
       if (exported?.socket) {
@@ -385,7 +422,7 @@ export class WorkerRuntime {
       transfers.push({
         hash: t.hashOf(f), port: t.portOf(f), family: t.familyOf(f), listener: t.listenerOf(f),
         addr: Buffer.from(t.addressOf(f)).toString('base64'), packets: t.packetsOf(f),
-        data: exported?.data ?? null, socket: socketIndex,
+        idleMs: Math.max(0, this.nowMs - t.lastSeenOf(f)), data, socket: socketIndex,
       });
       if (this.view === null) { this.refs[f]?.detach(); this.refs[f] = undefined; }
       t.remove(f);
@@ -433,7 +470,8 @@ export class WorkerRuntime {
       if (!accept) { skipped++; try { socket?.close(); } catch { /* ignore */ } continue; }
       const addr = Buffer.from(x.addr, 'base64');
       const size = t.size;
-      const f = t.insertKey(x.hash, x.port, x.family, x.listener, addr, p.bucket, this.nowMs);
+      const idleMs = typeof x.idleMs === 'number' && x.idleMs > 0 ? x.idleMs : 0;
+      const f = t.insertKey(x.hash, x.port, x.family, x.listener, addr, p.bucket, this.nowMs - idleMs);
       if (f < 0) { this.drops[DROP_FLOW_TABLE_FULL]!++; try { socket?.close(); } catch { /* ignore */ } continue; }
       // Already here (started afresh after a timeout): its newer state stays.
       if (t.size === size) { skipped++; try { socket?.close(); } catch { /* ignore */ } continue; }
@@ -604,8 +642,8 @@ export async function runWorker(): Promise<void> {
   process.on('message', onMessage);
   for (const [m, h] of early) onMessage(m, h);
 
-  const sweepEveryMs = Math.max(50, Math.min(1000, Math.floor(config.idleTimeoutMs / SWEEP_SLICES)));
-  const sweepTimer = setInterval(() => rt.sweep(), sweepEveryMs);
+  const sweepEveryMs = Math.max(50, Math.min(1000, Math.floor(config.idleTimeoutMs / (SWEEP_SLICES * SWEEP_SLICES))));
+  const sweepTimer = setInterval(() => rt.sweep(sweepEveryMs), sweepEveryMs);
 
   // RSS comes from /proc/self/stat, which needs a descriptor: out of them (a proxy holds a socket per flow) it throws
   // EMFILE, and the whole report was lost with it. Keep the last value instead.
@@ -618,8 +656,18 @@ export async function runWorker(): Promise<void> {
   let lastWall = performance.now();
   let lastCpu = process.cpuUsage();
   let lastElu = performance.eventLoopUtilization();
+  // Handler exceptions are counted per packet but logged from here, at most every HANDLER_LOG_EVERY_MS: the
+  // handler's author sees what threw without a log line per packet.
+  let handlerLoggedAt = -Infinity, handlerErrorsLogged = 0;
   const reportTimer = setInterval(() => {
     const now = performance.now();
+    if (rt.lastHandlerError !== undefined && now - handlerLoggedAt >= HANDLER_LOG_EVERY_MS) {
+      const total = rt.drops[DROP_HANDLER_ERROR]! + rt.handlerCrashes;
+      log.warn('handler threw (counted as handler_error drops or handler crashes)', { err: rt.lastHandlerError, sinceLastLog: total - handlerErrorsLogged });
+      handlerErrorsLogged = total;
+      handlerLoggedAt = now;
+      rt.lastHandlerError = undefined;
+    }
     const cpu = process.cpuUsage();
     const elu = performance.eventLoopUtilization();
     const wallUs = (now - lastWall) * 1000;

@@ -148,3 +148,11 @@ export async function instantiateHandler(factory: HandlerFactory, ctx: HandlerCo
   }
   return handler;
 }
+
+/**
+ * Closes a handler the primary made only to check it (at start and on reload: workerId -1, no packets), with the
+ * same time limit as loading: a close() that never settled made `flowlb serve` exit 13 with no message.
+ */
+export async function closeCheckedHandler(handler: FlowHandler, spec: string): Promise<void> {
+  await settleWithin(Promise.resolve(handler.close?.()), `handler ${spec}: close()`);
+}
