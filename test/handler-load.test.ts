@@ -88,6 +88,13 @@ describe('loadHandlerFactory', () => {
     expect(flow.replies).toEqual(['cjs 3 x']);
   });
 
+  it('loads a CommonJS module compiled from `export default` (exports.default with __esModule)', async () => {
+    const handler = await instantiateHandler(await loadHandlerFactory(fixture('compiled-default-handler.cjs')), ctx);
+    const flow = recordingFlow();
+    handler.onPacket(Buffer.from('x'), flow);
+    expect(flow.replies).toEqual(['compiled 3 x']);
+  });
+
   it('fails with a one-line HandlerLoadError for a missing file', async () => {
     const spec = fixture('no-such-handler.js');
     const err = await loadError(spec);

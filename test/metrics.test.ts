@@ -249,6 +249,16 @@ describe('metrics from the primary\'s objects', () => {
     e = parseExposition(await metrics.render());
     expect(value(e, 'flowlb_backend_up', { backend: '10.0.0.1:53' })).toBe(0);
     expect(value(e, 'flowlb_backend_down_workers', { backend: '10.0.0.1:53' })).toBe(1);
+
+    // No new failure and no worker holding it out: up again, with or without responses (it stayed 0 for ever
+    // after one burst of refusals: a backend out of every table gets no traffic to answer).
+    workers.ingestReport(0, report(counters(), { handlerCounters: { 'refused@[::1]:99': 7 } }));
+    e = parseExposition(await metrics.render());
+    expect(value(e, 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(0);
+    workers.ingestReport(1, report(counters(), { handlerCounters: { 'requests@10.0.0.1:53': 9, 'responses@10.0.0.1:53': 9 } }));
+    e = parseExposition(await metrics.render());
+    expect(value(e, 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(1);
+    expect(value(e, 'flowlb_backend_up', { backend: '10.0.0.1:53' })).toBe(1);
   });
 
   it('documents every metric it emits, with a valid exposition', async () => {

@@ -245,9 +245,13 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
       // only a signal that comes later means "exit now".
       if (now - firstSignalAt < REPEATED_SIGNAL_MS) return;
       log.warn('second signal: exiting now', { signal });
-      // Workers never outlive the primary: a worker stuck in its handler would not see the channel close.
-      for (const w of workers.all()) if (!w.isDead()) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
-      process.exit(1);
+      // Workers never outlive the primary: a worker stuck in its handler would not see the channel close. Their
+      // exits are awaited (at most 500 ms) so they are reaped here, not left as zombies for init to collect.
+      const live = workers.all().filter((w) => !w.isDead());
+      const gone = Promise.all(live.map((w) => new Promise<void>((resolve) => w.once('exit', () => resolve()))));
+      for (const w of live) try { w.process.kill('SIGKILL'); } catch { /* gone */ }
+      void Promise.race([gone, new Promise((r) => setTimeout(r, 500))]).then(() => process.exit(1));
+      return;
     }
     firstSignalAt = now;
     log.info('shutting down', { signal });

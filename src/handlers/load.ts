@@ -110,8 +110,11 @@ export async function loadHandlerFactory(spec: string): Promise<HandlerFactory> 
     throw new HandlerLoadError(`handler ${spec} could not be loaded: ${reason}`, { cause: err });
   }
 
-  const fallback = mod.default as { handler?: unknown } | undefined;
-  const candidates = [mod.default, mod.handler, typeof fallback === 'object' && fallback !== null ? fallback.handler : undefined];
+  // A CommonJS module's exports object is its ESM `default`: `module.exports.handler = ...`, and also what tsc and
+  // Babel emit for `export default` (`exports.default = ...` with `__esModule`), which was rejected before.
+  const fallback = mod.default as { handler?: unknown; default?: unknown } | undefined;
+  const cjs = typeof fallback === 'object' && fallback !== null ? fallback : null;
+  const candidates = [mod.default, mod.handler, cjs?.handler, cjs?.default];
   for (const candidate of candidates) {
     if (isHandler(candidate)) return named(() => candidate, spec);
   }

@@ -8,8 +8,11 @@
  * you copy it (it is a view into a batch buffer).
  */
 
-/** Why a flow ended. `migrated` flows have been exported to another worker and continue there. */
-export type FlowEndReason = 'idle' | 'migrated' | 'shutdown' | 'evicted';
+/**
+ * Why a flow ended: idle timeout, or the worker shutting down. `evicted` is reserved (flowlb does not evict flows
+ * today: a full table drops new flows). A flow exported to another worker gets no onFlowEnd where it left.
+ */
+export type FlowEndReason = 'idle' | 'shutdown' | 'evicted';
 
 /** One UDP flow: a client's (address, port) talking to one of flowlb's listening sockets. */
 export interface Flow {

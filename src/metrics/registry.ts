@@ -109,8 +109,9 @@ export class HandlerCounterLedger {
 
 /**
  * A backend's health as flowlb can see it without probing: it is down when, since the previous scrape, it
- * refused datagrams (ICMP port unreachable) or its upstream connect failed, and sent no response. A response
- * brings it back up. A backend that silently drops everything, or one that never answers by design, stays up.
+ * refused datagrams (ICMP port unreachable) or its upstream connect failed, and sent no response; up again at
+ * the next scrape without new failures (or with a response). A backend that silently drops everything, or one
+ * that never answers by design, stays up. (Workers that took it out of their table make it down too: takeSnapshot.)
  */
 export class BackendHealth {
   private readonly seen = new Map<string, { responses: number; failures: number; up: boolean }>();
@@ -125,8 +126,9 @@ export class BackendHealth {
     }
     const answered = responses > s.responses;
     const failed = failures > s.failures;
-    if (answered) s.up = true;
-    else if (failed) s.up = false;
+    // Down only while it keeps failing without answering: a backend out of every table gets no traffic, so "no news"
+    // must mean up (it stayed 0 for ever after one burst of refusals), and the workers' tables say the rest.
+    s.up = answered || !failed;
     s.responses = responses;
     s.failures = failures;
     return s.up;
