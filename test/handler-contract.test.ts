@@ -46,6 +46,17 @@ describe('handler contract across a migration', () => {
     await waitFor(async () => (await svc.metrics()).includes(`flowlb_handler_crashes_total{worker="${owner}"} 1`), 3000, 'the crash counted');
   });
 
+  it('exportFlow with a socket that is not a dgram socket: the state moves, the socket is ignored, a crash is counted', async () => {
+    const { svc, c, bucket, owner } = await setup('bad-socket');
+    // The hand-over used to fail (ERR_INVALID_HANDLE_TYPE) and the bucket was held until the migration timed out.
+    await moveAndSend(svc, c, bucket, 1 - owner);
+    const st = await svc.status();
+    expect(st.migrations.completed).toBe(1);
+    expect(st.migrations.timeouts).toBe(0);
+    expect(c.replies.slice(3).map((r) => r.toString().split(' ').slice(1).join(' '))).toEqual(['4 p4', '5 p5', '6 p6']);
+    await waitFor(async () => (await svc.metrics()).includes(`flowlb_handler_crashes_total{worker="${owner}"} 1`), 3000, 'the crash counted');
+  });
+
   it('a handler without importFlow starts a migrated flow with onFlowStart (its state did not come along)', async () => {
     const { svc, c, bucket, owner } = await setup('no-import');
     await moveAndSend(svc, c, bucket, 1 - owner);

@@ -538,6 +538,47 @@ describe('proxy handler', () => {
     await expect(createProxyHandler(contextFor([], [], { failTimeout: true }))).rejects.toThrow(/handlerOptions\.failTimeout/);
   });
 
+  it('after every backend was out, flows of one still down move to one that is back; a new failTimeout applies to one already out', async () => {
+    const rig = await startRig(4);
+    const d1 = await deadBackend('A', 4);
+    const d2 = await deadBackend('d2', 4);
+    const handler = await proxy(contextFor([d1, d2], [1, 1], { failTimeout: '800ms' }));
+    const flows = Array.from({ length: 20 }, (_, i) => rig.flow(i));
+    for (const flow of flows) handler.onFlowStart(flow);
+    const backendOf = (f: TestFlow): string => (f.state as { backend: { key: string } }).backend.key;
+    const onA = flows.filter((f) => backendOf(f) === backendKey(d1.host, d1.port));
+    const onD2 = flows.filter((f) => backendOf(f) === backendKey(d2.host, d2.port));
+    expect(onA.length).toBeGreaterThan(0);
+    expect(onD2.length).toBeGreaterThan(0);
+    let seq = 0;
+    // A out first; d2 some 300 ms later: every backend is out, and A's timer ends first.
+    await waitFor(() => { sendPackets(handler, onA, 1, seq++); return handler.stats.down[statOf(handler, d1)] === 1; }, 5_000, 'A out');
+    await new Promise((r) => setTimeout(r, 300));
+    await waitFor(() => { sendPackets(handler, onD2, 1, seq++); return handler.stats.down[statOf(handler, d2)] === 1; }, 5_000, 'd2 out');
+    // A comes back on its port; d2 stays dead.
+    const revived = dgram.createSocket('udp4');
+    openSockets.add(revived);
+    await new Promise<void>((resolve) => revived.bind(d1.port, '127.0.0.1', () => resolve()));
+    revived.on('message', (msg, r) => revived.send(`A ${r.port} ${msg.toString()}`, r.port, r.address));
+    const answeredSince = (from: number): number => new Set(rig.client.responses.filter((r) => Number(r.payload.split('.')[1]) >= from).map((r) => r.payload.split('.')[0])).size;
+    const start = seq;
+    await waitFor(() => { sendPackets(handler, flows, 1, seq++); return answeredSince(start) === 20; }, 5_000, 'every flow answered by the revived backend');
+    // d2's flows moved when A came back, without a second refusal from d2 (before, they stayed on dead d2 until its
+    // own failTimeout ended and a new refusal took it out again: marked down twice).
+    for (let k = 0; k < 10; k++) { sendPackets(handler, flows, 1, seq++); await new Promise((r) => setTimeout(r, 100)); }
+    expect(handler.stats.markedDown[statOf(handler, d2)]).toBe(1);
+    expect(rig.client.responses.filter((r) => Number(r.payload.split('.')[1]) >= start).every((r) => r.backend === 'A')).toBe(true);
+
+    // failTimeout 30s, then a reload to 300ms: the backend already out is back within the new timeout.
+    const slow = await proxy(contextFor([d2], [1], { failTimeout: '30s' }));
+    const f = rig.flow(99);
+    slow.onFlowStart(f);
+    let n = 0;
+    await waitFor(() => { slow.onPacket(Buffer.from(`99.${n++}`), f); return slow.stats.down[statOf(slow, d2)] === 1; }, 5_000, 'out');
+    slow.reconfigure(contextFor([d2], [1], { failTimeout: '300ms' }));
+    await waitFor(() => slow.stats.down[statOf(slow, d2)] === 0, 2_000, 'back after the new, shorter failTimeout');
+  });
+
   it('drops and counts packets when no backend has a positive weight', async () => {
     const rig = await startRig(4);
     const a = await startBackend('A', 4);

@@ -79,6 +79,7 @@ describe('where', () => {
       [['--src', '127.0.0.1:70000'], 'port must be an integer between 0 and 65535, got 70000'],
       [['--src', '127.0.0.1:5000', '--dst', '127.0.0.1:65536'], 'got 65536'],
       [['--src', '127.0.0.1:5000', '--buckets', '131072'], '--buckets must be a power of two <= 65536, got 131072'],
+      [['--src', '127.0.0.1:5000', '--buckets', '1.5'], '--buckets must be a power of two <= 65536, got 1.5'],
       [['--src', '[::1]:5000'], '--src [::1]:5000 is IPv6 and --dst defaults to 127.0.0.1:5300 (IPv4)'],
     ] as const) {
       const r = run(...args);

@@ -37,7 +37,7 @@ export const whereCommand: CommandModule<object, WhereFlags> = {
       return;
     }
     const buckets = argv.buckets ?? DEFAULT_BUCKETS;
-    if (!(buckets >= 1 && buckets <= MAX_BUCKETS && (buckets & (buckets - 1)) === 0)) {
+    if (!(Number.isInteger(buckets) && buckets >= 1 && buckets <= MAX_BUCKETS && (buckets & (buckets - 1)) === 0)) {
       throw new UsageError(`--buckets must be a power of two <= ${MAX_BUCKETS}, got ${buckets}`);
     }
     if (argv.dst === undefined && argv.src.startsWith('[')) {

@@ -272,14 +272,15 @@ export class Migrator {
   }
 
   onImported(lane: number, msg: { bucket: number; epoch: number; imported?: number; skipped?: number }): void {
-    // Flows the importer refused: it had newer state for them (possible only after a timeout), or a late import
-    // found it no longer owning the bucket.
-    this.lateFlowsLost += msg.skipped ?? 0;
     const m = this.active.get(msg.bucket);
     if (!m || m.epoch !== msg.epoch || m.to !== lane || m.phase !== 'importing') {
+      // A late import: flows the importer refused (it had newer state, or no longer owns the bucket) are lost.
       this.lateFlowsImported += msg.imported ?? 0;
+      this.lateFlowsLost += msg.skipped ?? 0;
       return;
     }
+    // On time, the importer skips only flows it already has: in packet mode spilled packets start flows on other
+    // workers than the bucket's owner, and those keep their state there (they were counted as lost before).
     this.finish(m, 'done');
   }
 

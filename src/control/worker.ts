@@ -414,6 +414,12 @@ export class WorkerRuntime {
         data = null;
       }
       let socketIndex = -1;
+      if (exported?.socket !== undefined && !(exported.socket instanceof dgram.Socket)) {
+        // Only a dgram socket's handle can cross; anything else failed the hand-over (ERR_INVALID_HANDLE_TYPE) and
+        // held the bucket until the migration timed out.
+        this.hookFailed(new TypeError(`exportFlow returned a socket that is not a dgram.Socket (${typeof exported.socket})`));
+        exported = { data: exported.data };
+      }
       if (exported?.socket) {
         stopReading(exported.socket);
         socketIndex = sockets.length;
@@ -580,10 +586,9 @@ export async function runWorker(): Promise<void> {
   const rt = new WorkerRuntime(config, workerId, handler, log);
 
   // A handler that throws from its own callbacks (timers, socket events) must not take the worker down.
-  process.on('uncaughtException', (err) => {
-    rt.handlerCrashes++;
-    log.warn('uncaught exception in worker (isolated)', { err });
-  });
+  // Counted and logged like the hooks' exceptions: at most one line every HANDLER_LOG_EVERY_MS (a handler timer that
+  // threw on every packet wrote 200 lines a second).
+  process.on('uncaughtException', (err) => { rt.hookFailed(err); });
 
   const channel = new net.Socket({ fd: 4, readable: true, writable: false });
   channel.on('data', (chunk: Buffer) => rt.onChunk(chunk));
@@ -663,7 +668,7 @@ export async function runWorker(): Promise<void> {
     const now = performance.now();
     if (rt.lastHandlerError !== undefined && now - handlerLoggedAt >= HANDLER_LOG_EVERY_MS) {
       const total = rt.drops[DROP_HANDLER_ERROR]! + rt.handlerCrashes;
-      log.warn('handler threw (counted as handler_error drops or handler crashes)', { err: rt.lastHandlerError, sinceLastLog: total - handlerErrorsLogged });
+      log.warn('exception in the handler, isolated (counted as handler_error drops or handler crashes)', { err: rt.lastHandlerError, sinceLastLog: total - handlerErrorsLogged });
       handlerErrorsLogged = total;
       handlerLoggedAt = now;
       rt.lastHandlerError = undefined;

@@ -332,8 +332,9 @@ interface BackendHealthState {
   /** Failures counted since `sinceMs` (reset when failTimeout has passed since then). */
   fails: number;
   sinceMs: number;
-  /** Out of the table until this time (0: in it). */
+  /** Out of the table until this time (0: in it), and since when. */
   downUntilMs: number;
+  downSinceMs: number;
   timer: NodeJS.Timeout | null;
 }
 
@@ -362,6 +363,8 @@ export class ProxyHandler implements FlowHandler {
   private readonly preconnectLimit: number;
   private health: HealthOptions;
   private readonly healthByKey = new Map<string, BackendHealthState>();
+  /** Every backend with a weight is out: the table keeps them all, and flows stay where they are. */
+  private allDown = false;
 
   constructor(ctx: HandlerContext) {
     this.preconnectLimit = readPreconnectLimit(ctx.options);
@@ -498,8 +501,19 @@ export class ProxyHandler implements FlowHandler {
   reconfigure(ctx: HandlerContext): void {
     const health = readHealthOptions(ctx.options);
     this.applyBackends(ctx);
+    const timeoutChanged = health.failTimeoutMs !== this.health.failTimeoutMs;
     this.health = health;
     if (health.maxFails === 0) for (const key of [...this.healthByKey.keys()]) this.backendUp(key);
+    else if (timeoutChanged) {
+      // A backend already out stays out for the new failTimeout from when it was taken out, not the old one.
+      const now = Date.now();
+      for (const [key, h] of [...this.healthByKey]) {
+        if (h.downUntilMs === 0) continue;
+        const left = h.downSinceMs + health.failTimeoutMs - now;
+        if (left <= 0) this.backendUp(key);
+        else this.scheduleUp(key, h, left);
+      }
+    }
     // Flows keep their backend while it is configured (a weight of 0 drains: no new flows, established ones
     // stay). Flows of a removed backend, or without one, pick again on their next packet.
     for (const session of this.sessions) {
@@ -531,19 +545,24 @@ export class ProxyHandler implements FlowHandler {
     if (maxFails === 0 || !this.backendsByKey.has(backend.key)) return;
     const now = Date.now();
     let h = this.healthByKey.get(backend.key);
-    if (h === undefined) this.healthByKey.set(backend.key, (h = { fails: 0, sinceMs: now, downUntilMs: 0, timer: null }));
+    if (h === undefined) this.healthByKey.set(backend.key, (h = { fails: 0, sinceMs: now, downUntilMs: 0, downSinceMs: 0, timer: null }));
     if (h.downUntilMs > now) return;
     if (now - h.sinceMs > failTimeoutMs) { h.fails = 0; h.sinceMs = now; }
     if (++h.fails < maxFails) return;
     h.fails = 0;
-    h.downUntilMs = now + failTimeoutMs;
-    const key = backend.key;
-    h.timer = setTimeout(() => this.backendUp(key), failTimeoutMs);
-    h.timer.unref();
+    h.downSinceMs = now;
+    this.scheduleUp(backend.key, h, failTimeoutMs);
     this.stats.markedDown[backend.stat]++;
     this.stats.down[backend.stat] = 1;
     this.rebuildTable();
-    for (const session of this.sessions) if (session.backend !== null && session.backend.key === key) session.stale = true;
+    for (const session of this.sessions) if (session.backend !== null && session.backend.key === backend.key) session.stale = true;
+  }
+
+  private scheduleUp(key: string, h: BackendHealthState, afterMs: number): void {
+    if (h.timer !== null) clearTimeout(h.timer);
+    h.downUntilMs = Date.now() + afterMs;
+    h.timer = setTimeout(() => this.backendUp(key), afterMs);
+    h.timer.unref();
   }
 
   /** True while passive health keeps `backend` out of the table. */
@@ -561,6 +580,9 @@ export class ProxyHandler implements FlowHandler {
     h.fails = 0;
     this.stats.down[this.stats.backendIndex(key)] = 0;
     this.rebuildTable();
+    // Flows that stayed on a backend that is still down (every backend was down) can go here now; before, they
+    // kept losing packets until their own backend's failTimeout ended.
+    if (!this.allDown) for (const session of this.sessions) if (session.backend !== null && this.isDown(session.backend)) session.stale = true;
   }
 
   /** `table` from `fullTable` and the backends now down (the control path: a failure, a recovery, a reload). */
@@ -571,6 +593,7 @@ export class ProxyHandler implements FlowHandler {
       if (this.isDown(b)) down++;
       else live++;
     }
+    this.allDown = down > 0 && live === 0;
     this.table = down === 0 || live === 0
       ? this.fullTable
       : buildMaglevTable(this.backends.map((b) => ({ key: b.key, weight: this.isDown(b) ? 0 : b.weight })));
@@ -619,9 +642,9 @@ export class ProxyHandler implements FlowHandler {
     session.stale = false;
     const backend = session.backend;
     const configured = backend !== null && this.backendsByKey.has(backend.key);
-    if (configured && !this.isDown(backend)) return;
+    if (configured && (!this.isDown(backend) || this.allDown)) return;
     const next = this.pick(session.flow);
-    // Every backend is down: keep the socket it has (a new one would only change the source port).
+    // Every backend is down: keep the socket it has (moving to another dead one only changes the source port).
     if (configured && next !== null && next.key === backend.key) return;
     // Datagrams queued for a connect to the removed or failed backend go to the new one instead.
     const pending = session.pending;
