@@ -20,20 +20,26 @@ afterEach(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
+/** One worker with the burn handler at `costUs` per packet; a heavy client and `lights` light clients, and the order replies arrive in. */
+async function rig(costUs: number, lights: number): Promise<{ heavy: Client; light: Client[]; arrivals: string[] }> {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-fair-'));
+  const file = path.join(dir, 'c.json');
+  fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs } }));
+  running = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '1', '--no-balance', '--log-level', 'warn']);
+  const heavy = await new Client(4).bind('127.0.0.1');
+  heavy.socket.setRecvBufferSize(1 << 20);
+  clients.push(heavy);
+  const light: Client[] = [];
+  for (let i = 0; i < lights; i++) { const c = await new Client(4).bind('127.0.0.1'); light.push(c); clients.push(c); }
+  const arrivals: string[] = [];
+  heavy.socket.on('message', () => arrivals.push('H'));
+  for (const c of light) c.socket.on('message', () => arrivals.push('L'));
+  return { heavy, light, arrivals };
+}
+
 describe('fair queuing', () => {
   it('serves light flows ahead of a heavy flow\'s backlog', async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-fair-'));
-    const file = path.join(dir, 'c.json');
-    fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 300 } }));
-    running = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '1', '--no-balance', '--log-level', 'warn']);
-    const heavy = await new Client(4).bind('127.0.0.1');
-    heavy.socket.setRecvBufferSize(1 << 20);
-    clients.push(heavy);
-    const light: Client[] = [];
-    for (let i = 0; i < 20; i++) { const c = await new Client(4).bind('127.0.0.1'); light.push(c); clients.push(c); }
-    const arrivals: string[] = [];
-    heavy.socket.on('message', () => arrivals.push('H'));
-    for (const c of light) c.socket.on('message', () => arrivals.push('L'));
+    const { heavy, light, arrivals } = await rig(300, 20);
     // The backlog: 400 heavy packets, sent in chunks so no socket buffer overflows on the way in.
     for (let i = 0; i < 400; i += 50) await Promise.all(Array.from({ length: 50 }, (_, k) => heavy.send(`h${i + k}`, running!.udpPort, '127.0.0.1')));
     await waitFor(() => arrivals.length >= 5, 5000, 'the heavy flow to be served'); // its backlog is now queued in the worker
@@ -46,17 +52,7 @@ describe('fair queuing', () => {
   });
 
   it('lets new flows in after a few heavy packets when every packet is expensive (2 ms each)', async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-fair-'));
-    const file = path.join(dir, 'c.json');
-    fs.writeFileSync(file, JSON.stringify({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 2000 } }));
-    running = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '1', '--no-balance', '--log-level', 'warn']);
-    const heavy = await new Client(4).bind('127.0.0.1');
-    clients.push(heavy);
-    const light: Client[] = [];
-    for (let i = 0; i < 10; i++) { const c = await new Client(4).bind('127.0.0.1'); light.push(c); clients.push(c); }
-    const arrivals: string[] = [];
-    heavy.socket.on('message', () => arrivals.push('H'));
-    for (const c of light) c.socket.on('message', () => arrivals.push('L'));
+    const { heavy, light, arrivals } = await rig(2000, 10);
     // 150 heavy packets: 300 ms of work queued in the worker.
     for (let i = 0; i < 150; i += 50) await Promise.all(Array.from({ length: 50 }, (_, k) => heavy.send(`h${i + k}`, running!.udpPort, '127.0.0.1')));
     await waitFor(() => arrivals.length >= 10, 5000, 'the heavy flow to be served');
