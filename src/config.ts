@@ -165,6 +165,15 @@ function parsePort(portText: string, text: string, what: string, minPort: number
  * not resolved: a load balancer that silently picked one of several DNS answers would be hard to debug.
  * `minPort` is 0 for listening addresses (0 = ephemeral) and 1 for destinations.
  */
+/**
+ * The one spelling of an IPv6 address (RFC 5952 as WHATWG URL writes it: lower case, zeros compressed), so
+ * `[0:0:0:0:0:0:0:1]:53` and `[::1]:53` are one backend, one listener, one metric label. Zone ids are kept as given.
+ */
+export function canonicalIPv6(host: string): string {
+  if (host.includes('%')) return host;
+  try { return new URL(`http://[${host}]/`).hostname.slice(1, -1); } catch { return host; }
+}
+
 export function parseEndpoint(text: string, what: string, minPort = 0): Endpoint {
   if (typeof text !== 'string') throw new ConfigError(`${what} must be a HOST:PORT string, got ${show(text)}`);
   const trimmed = text.trim();
@@ -179,6 +188,7 @@ export function parseEndpoint(text: string, what: string, minPort = 0): Endpoint
     host = trimmed.slice(1, close);
     portText = trimmed.slice(close + 2);
     if (isIP(host) !== 6) throw new ConfigError(`${what} has an invalid IPv6 address ${show(host)} in ${show(text)}`);
+    host = canonicalIPv6(host);
     family = 6;
   } else {
     const colon = trimmed.lastIndexOf(':');

@@ -249,6 +249,8 @@ describe('resolveConfig: defaults and flags', () => {
     ['listen twice', { listen: ['127.0.0.1:5300', '127.0.0.1:5300'] }, '--listen 127.0.0.1:5300 is given twice'],
     ['backend bad weight', { backend: ['127.0.0.1:7001@0'] }, '--backend weight must be an integer between 1 and 1000'],
     ['backend twice', { backend: ['127.0.0.1:7001', '127.0.0.1:7001@2'] }, '--backend 127.0.0.1:7001 is given twice'],
+    ['IPv6 backend twice in two spellings', { backend: ['[::1]:7001', '[0:0:0:0:0:0:0:1]:7001'] }, '--backend [::1]:7001 is given twice'],
+    ['IPv6 listener twice in two spellings', { listen: ['[::1]:7001', '[0::1]:7001'] }, '--listen [::1]:7001 is given twice'],
     ['proxy without backends', { handler: 'proxy' }, '--handler proxy needs at least one backend'],
     ['handler file missing', { handler: './no-such-handler.js' }, '--handler "./no-such-handler.js": no such file'],
     ['handler is a directory', { handler: '.' }, 'is not a file'],

@@ -380,6 +380,27 @@ describe('metrics of a running cluster', () => {
     expect(st.kernelDrops).toEqual([drops]);
   });
 
+  it('counts kernel drops of its own IPv6 socket only, not of another program\'s socket on the same port', async () => {
+    const svc = await startFlowlb(['--listen', '[::1]:0', '--http', '127.0.0.1:0', '--workers', '1', '--log-level', 'warn']);
+    cleanups.push(() => svc.stop('SIGKILL'));
+    // Another program's IPv6 socket on the same port (dual-stack, bound to the IPv4-mapped loopback), never read.
+    const other = dgram.createSocket({ type: 'udp6', ipv6Only: false });
+    await new Promise<void>((r) => other.bind(svc.udpPort, '::ffff:127.0.0.1', () => r()));
+    other.setRecvBufferSize(4096);
+    const c = dgram.createSocket('udp4');
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', () => r()));
+    try {
+      const payload = Buffer.alloc(1000);
+      for (let i = 0; i < 300; i++) await new Promise<void>((r) => c.send(payload, svc.udpPort, '127.0.0.1', () => r()));
+      const own = (await svc.metrics()).split('\n').find((l) => l.startsWith('flowlb_socket_receive_drops_total{'));
+      // Matched by port alone, the other socket's drops were counted as flowlb's (and fell back when it closed).
+      expect(own).toBe(`flowlb_socket_receive_drops_total{listener="[::1]:${svc.udpPort}"} 0`);
+    } finally {
+      c.close();
+      other.close();
+    }
+  });
+
   it('keeps the conservation identity in every scrape and every worker\'s counters rise', async () => {
     const svc = await startFlowlb([...LOOPBACK, '--workers', '2']);
     cleanups.push(svc.stop);

@@ -45,6 +45,26 @@ describe('where', () => {
     }
   });
 
+  it('maps dst to the listener that receives it (a wildcard one too) and rejects a dst flowlb does not listen on', async () => {
+    running = await startFlowlb(['--listen', '[::]:0', '--http', '127.0.0.1:0', '--workers', '3', '--no-balance', '--log-level', 'warn',
+      '--handler', path.join(FIXTURES, 'seq-handler.js')]);
+    for (let i = 0; i < 8; i++) {
+      const c = await new Client(6).bind('::1');
+      closers.push(() => c.close());
+      await c.send('1', running.udpPort, '::1');
+      await waitFor(() => c.replies.length === 1, 5000, 'reply');
+      // The address the client sent to: it used to be hashed as typed, not as the wildcard listener the
+      // dispatcher hashes (5 of 12 answers named the wrong worker).
+      const q = `src=${encodeURIComponent(`[::1]:${c.port}`)}&dst=${encodeURIComponent(`[0:0::1]:${running.udpPort}`)}`;
+      const res = await fetch(`http://127.0.0.1:${running.httpPort}/where?${q}`);
+      expect(res.status, await res.clone().text()).toBe(200);
+      expect((await res.json()).worker).toBe(Number(c.replies[0]!.toString().split(' ')[0]));
+    }
+    const bad = await fetch(`http://127.0.0.1:${running.httpPort}/where?src=${encodeURIComponent('[::1]:5')}&dst=${encodeURIComponent(`[::1]:${running.udpPort + 1}`)}`);
+    expect(bad.status).toBe(400);
+    expect(await bad.text()).toMatch(/is not an address flowlb listens on/);
+  });
+
   it('names the proxy backend a flow uses, offline as well', async () => {
     const backends = await Promise.all(['A', 'B', 'C'].map(async (id) => {
       const s = dgram.createSocket('udp4');

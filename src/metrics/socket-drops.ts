@@ -3,17 +3,30 @@
  * was full: the primary fell behind), from the `drops` column of /proc/net/udp and /proc/net/udp6. These never
  * reach flowlb's own counters, so without this a burst lost in the kernel would be invisible.
  *
- * Read at scrape time only. Matched by local port and, for IPv4, local address. Returns null per listener
- * when the file cannot be read (not Linux) or no socket matches.
+ * Read at scrape time only. Matched by local address and port (IPv6 too: by port alone, another program's socket
+ * on the same port, e.g. another SIP service on another address, was counted, and the counter fell when it
+ * closed). Returns null per listener when the file cannot be read (not Linux) or no socket matches.
  */
 import fs from 'node:fs';
 import type { Endpoint } from '../config.js';
+import { parseIPv6Into } from '../datapath/tuple.js';
 
 /** /proc/net/udp's local address for an IPv4 host: the 32-bit address in host (little-endian) order, hex. */
 function procV4(host: string): string | null {
   const parts = host.split('.').map(Number);
   if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) return null;
   return parts.reverse().map((p) => p.toString(16).padStart(2, '0')).join('').toUpperCase();
+}
+
+/** /proc/net/udp6's local address: the 16 bytes as four 32-bit words, each in host (little-endian) order, hex. */
+function procV6(host: string): string | null {
+  const b = new Uint8Array(16);
+  if (!parseIPv6Into(host, b, 0)) return null;
+  let out = '';
+  for (let w = 0; w < 16; w += 4) {
+    for (let i = 3; i >= 0; i--) out += b[w + i]!.toString(16).padStart(2, '0');
+  }
+  return out.toUpperCase();
 }
 
 function readTable(file: string): string[] | null {
@@ -27,7 +40,7 @@ export function socketDrops(listeners: readonly Endpoint[]): (number | null)[] {
     const rows = tables.get(l.family);
     if (!rows) return null;
     const port = l.port.toString(16).toUpperCase().padStart(4, '0');
-    const addr = l.family === 4 ? procV4(l.host) : null;
+    const addr = l.family === 4 ? procV4(l.host) : procV6(l.host);
     let found = false, drops = 0;
     for (const row of rows) {
       const f = row.trim().split(/\s+/);
