@@ -9,18 +9,24 @@ let running: Running | null = null;
 let closers: (() => void)[] = [];
 afterEach(async () => { for (const c of closers) c(); closers = []; await running?.stop('SIGKILL'); });
 
+/** A client of `family` sends one datagram to `port`; returns it and the worker the seq handler says served it. */
+async function served(family: 4 | 6, port: number): Promise<{ c: Client; worker: number }> {
+  const host = family === 4 ? '127.0.0.1' : '::1';
+  const c = await new Client(family).bind(host);
+  closers.push(() => c.close());
+  await c.send('1', port, host);
+  await waitFor(() => c.replies.length === 1, 5000, 'reply');
+  return { c, worker: Number(c.replies[0]!.toString().split(' ')[0]) };
+}
+
 describe('where', () => {
   it('names the worker that serves each flow', async () => {
     running = await startFlowlb(['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '3', '--no-balance', '--log-level', 'warn',
       '--handler', path.join(FIXTURES, 'seq-handler.js')]);
     for (let i = 0; i < 12; i++) {
-      const c = await new Client(4).bind('127.0.0.1');
-      closers.push(() => c.close());
-      await c.send('1', running.udpPort, '127.0.0.1');
-      await waitFor(() => c.replies.length === 1, 5000, 'reply');
-      const served = Number(c.replies[0]!.toString().split(' ')[0]);
+      const { c, worker } = await served(4, running.udpPort);
       const w = await (await fetch(`http://127.0.0.1:${running.httpPort}/where?src=127.0.0.1:${c.port}`)).json();
-      expect(w.worker).toBe(served);
+      expect(w.worker).toBe(worker);
       const cli = JSON.parse(execFileSync(process.execPath, [CLI, 'where', '--src', `127.0.0.1:${c.port}`, '--url', `http://127.0.0.1:${running.httpPort}`], { encoding: 'utf8' }));
       expect(cli.bucket).toBe(w.bucket);
     }
@@ -33,14 +39,11 @@ describe('where', () => {
     const v4 = (await running.status()).udp.find((u: { family: number }) => u.family === 4).port as number;
     for (const family of [4, 6] as const) {
       for (let i = 0; i < 6; i++) {
-        const c = await new Client(family).bind(family === 4 ? '127.0.0.1' : '::1');
-        closers.push(() => c.close());
-        await c.send('1', family === 4 ? v4 : running.udpPort, family === 4 ? '127.0.0.1' : '::1');
-        await waitFor(() => c.replies.length === 1, 5000, 'reply');
+        const { c, worker } = await served(family, family === 4 ? v4 : running.udpPort);
         const src = family === 4 ? `127.0.0.1:${c.port}` : `[::1]:${c.port}`;
         const res = await fetch(`http://127.0.0.1:${running.httpPort}/where?src=${encodeURIComponent(src)}`);
         expect(res.status, await res.clone().text()).toBe(200);
-        expect((await res.json()).worker).toBe(Number(c.replies[0]!.toString().split(' ')[0]));
+        expect((await res.json()).worker).toBe(worker);
       }
     }
   });
@@ -49,16 +52,13 @@ describe('where', () => {
     running = await startFlowlb(['--listen', '[::]:0', '--http', '127.0.0.1:0', '--workers', '3', '--no-balance', '--log-level', 'warn',
       '--handler', path.join(FIXTURES, 'seq-handler.js')]);
     for (let i = 0; i < 8; i++) {
-      const c = await new Client(6).bind('::1');
-      closers.push(() => c.close());
-      await c.send('1', running.udpPort, '::1');
-      await waitFor(() => c.replies.length === 1, 5000, 'reply');
+      const { c, worker } = await served(6, running.udpPort);
       // The address the client sent to: it used to be hashed as typed, not as the wildcard listener the
       // dispatcher hashes (5 of 12 answers named the wrong worker).
       const q = `src=${encodeURIComponent(`[::1]:${c.port}`)}&dst=${encodeURIComponent(`[0:0::1]:${running.udpPort}`)}`;
       const res = await fetch(`http://127.0.0.1:${running.httpPort}/where?${q}`);
       expect(res.status, await res.clone().text()).toBe(200);
-      expect((await res.json()).worker).toBe(Number(c.replies[0]!.toString().split(' ')[0]));
+      expect((await res.json()).worker).toBe(worker);
     }
     const bad = await fetch(`http://127.0.0.1:${running.httpPort}/where?src=${encodeURIComponent('[::1]:5')}&dst=${encodeURIComponent(`[::1]:${running.udpPort + 1}`)}`);
     expect(bad.status).toBe(400);
