@@ -1,9 +1,13 @@
 /**
- * Passive backend health of the proxy: one live backend and one closed port (ICMP port unreachable), N client
- * flows sending one numbered packet every `--interval-ms` for `--rounds` rounds. Counts, per flow, the packets that
- * got no answer, with passive health on (the default, maxFails 1) and off (maxFails 0), side by side on one flowlb
- * build. Every flow Maglev put on the closed port loses its packets until that worker takes the port out of its
- * table; with health off those flows lose everything.
+ * Passive backend health of the proxy: one live backend and one failed one, N client flows sending one numbered
+ * packet every `--interval-ms` for `--rounds` rounds. Counts, per flow, the packets that got no answer, with passive
+ * health on and off, side by side on one flowlb build. Two kinds of failed backend:
+ * - closed: a port nothing listens on (ICMP port unreachable); health on is the default (maxFails 1), off is
+ *   maxFails 0;
+ * - silent: a socket that reads and never answers (no ICMP: a hung server, a firewall that drops); health on is
+ *   `responseTimeout: "500ms"`, off is the default (no response timeout).
+ * Every flow Maglev put on the failed backend loses its packets until that worker takes it out of its table; with
+ * health off those flows lose everything.
  *
  *   node dist/bench/backend-failover.js [--flows 40] [--rounds 30] [--interval-ms 50] [--workers 2]
  *
@@ -28,9 +32,14 @@ function bound(): Promise<dgram.Socket> {
   });
 }
 
+type FailedKind = 'closed' | 'silent';
+
 interface Run {
-  readonly maxFails: number;
-  readonly flowsOnClosedPort: number;
+  readonly failed: FailedKind;
+  readonly health: boolean;
+  readonly handlerOptions: Record<string, unknown>;
+  /** Flows whose first packet got no answer: the ones Maglev put on the failed backend. */
+  readonly flowsOnFailedBackend: number;
   /** lost packets -> number of flows that lost that many */
   readonly lostPerFlow: Record<number, number>;
   readonly lost: number;
@@ -38,11 +47,12 @@ interface Run {
   readonly metrics: Record<string, number>;
 }
 
-async function runOnce(maxFails: number, livePort: number, closedPort: number, dir: string): Promise<Run> {
-  const config = path.join(dir, `failover-${maxFails}.json`);
-  fs.writeFileSync(config, JSON.stringify({ handlerOptions: { maxFails } }));
+async function runOnce(failed: FailedKind, health: boolean, livePort: number, failedPort: number, dir: string): Promise<Run> {
+  const handlerOptions = failed === 'closed' ? { maxFails: health ? 1 : 0 } : health ? { responseTimeout: '500ms' } : {};
+  const config = path.join(dir, `failover-${failed}-${health}.json`);
+  fs.writeFileSync(config, JSON.stringify({ handlerOptions }));
   const lb = await startFlowlbProxy({
-    dir, workers, dns: false, backends: [{ host: HOST, port: livePort }, { host: HOST, port: closedPort }], args: ['--config', config],
+    dir, workers, dns: false, backends: [{ host: HOST, port: livePort }, { host: HOST, port: failedPort }], args: ['--config', config],
   });
   const clients = await Promise.all(Array.from({ length: flows }, bound));
   const answered = clients.map(() => new Set<number>());
@@ -68,9 +78,9 @@ async function runOnce(maxFails: number, livePort: number, closedPort: number, d
       lost += l;
       lostPerFlow[l] = (lostPerFlow[l] ?? 0) + 1;
     }
-    // A flow that lost its first packet was on the closed port (the live backend answers every packet it gets).
-    const flowsOnClosedPort = answered.filter((a) => !a.has(1)).length;
-    return { maxFails, flowsOnClosedPort, lostPerFlow, lost, sent: flows * rounds, metrics };
+    // A flow that lost its first packet was on the failed backend (the live one answers every packet it gets).
+    const flowsOnFailedBackend = answered.filter((a) => !a.has(1)).length;
+    return { failed, health, handlerOptions, flowsOnFailedBackend, lostPerFlow, lost, sent: flows * rounds, metrics };
   } finally {
     for (const c of clients) c.close();
     await lb.stop();
@@ -82,17 +92,25 @@ const live = dgram.createSocket('udp4');
 live.on('message', (m, r) => live.send(Buffer.concat([Buffer.from('A '), m]), r.port, r.address));
 await new Promise<void>((r) => live.bind(0, HOST, () => r()));
 const closedPort = await freePort();
+// Bound, so the kernel sends no ICMP; reads everything and answers nothing.
+const silent = dgram.createSocket('udp4');
+silent.on('message', () => {});
+await new Promise<void>((r) => silent.bind(0, HOST, () => r()));
+const silentPort = silent.address().port;
 const runs: Run[] = [];
 try {
-  for (const maxFails of [1, 0]) {
-    const run = await runOnce(maxFails, live.address().port, closedPort, dir);
-    runs.push(run);
-    console.log(`maxFails ${maxFails}: ${run.flowsOnClosedPort} of ${flows} flows started on the closed port; lost ${run.lost} of ${run.sent} packets; ` +
-      `lost per flow (lost: flows) ${JSON.stringify(run.lostPerFlow)}`);
-    for (const [k, v] of Object.entries(run.metrics)) if (k.includes(`:${closedPort}"`) && !k.includes('errors_total')) console.log(`  ${k} ${v}`);
+  for (const [failed, port] of [['closed', closedPort], ['silent', silentPort]] as const) {
+    for (const health of [true, false]) {
+      const run = await runOnce(failed, health, live.address().port, port, dir);
+      runs.push(run);
+      console.log(`${failed} backend, health ${health ? 'on' : 'off'} ${JSON.stringify(run.handlerOptions)}: ${run.flowsOnFailedBackend} of ${flows} flows started on it; ` +
+        `lost ${run.lost} of ${run.sent} packets; lost per flow (lost: flows) ${JSON.stringify(run.lostPerFlow)}`);
+      for (const [k, v] of Object.entries(run.metrics)) if (k.includes(`:${port}"`) && (!k.includes('errors_total') || (v > 0 && !k.includes('"send"')))) console.log(`  ${k} ${v}`);
+    }
   }
 } finally {
   live.close();
+  silent.close();
   removeWorkDir(dir);
 }
-console.log(`wrote ${writeResult('backend-failover', { flows, rounds, intervalMs, workers, closedPort, runs })}`);
+console.log(`wrote ${writeResult('backend-failover', { flows, rounds, intervalMs, workers, closedPort, silentPort, runs })}`);

@@ -203,7 +203,7 @@ describe('metrics from the primary\'s objects', () => {
   });
 
   it('sums backend counters over workers, keeps them across restarts and judges backend_up from traffic', async () => {
-    const { view, workers } = await unitService({ handler: 'proxy', backends: [{ host: '10.0.0.1', port: 53, family: 4, weight: 1 }] });
+    const { view, workers } = await unitService({ handler: 'proxy', backends: [{ host: '10.0.0.1', port: 53, family: 4, weight: 1 }, { host: '::1', port: 99, family: 6, weight: 1 }] });
     const metrics = createMetrics(view);
     let e = parseExposition(await metrics.render());
     // Configured backends have series before any traffic.

@@ -579,6 +579,74 @@ describe('proxy handler', () => {
     await waitFor(() => slow.stats.down[statOf(slow, d2)] === 0, 2_000, 'back after the new, shorter failTimeout');
   });
 
+  it('responseTimeout: a backend that drops everything silently is taken out; one datagram unanswered counts once; an answering backend never', async () => {
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    // Silent: bound (so no ICMP), reads and never answers.
+    const silent = await bound(4);
+    const s: Backend = { name: 'S', socket: silent, port: silent.address().port, host: '127.0.0.1', received: [] };
+    silent.on('message', () => {});
+    const flows = Array.from({ length: 20 }, (_, i) => rig.flow(i));
+    const onS = (_h: ProxyHandler): TestFlow[] => flows.filter((f) => (f.state as { backend: { key: string } }).backend.key === backendKey(s.host, s.port));
+
+    // Off by default: the flows on the silent backend stay there, unanswered.
+    const off = await proxy(contextFor([a, s], [1, 1]));
+    for (const flow of flows) off.onFlowStart(flow);
+    expect(onS(off).length).toBeGreaterThan(3);
+    for (let k = 0; k < 8; k++) { sendPackets(off, flows, 1, k); await new Promise((r) => setTimeout(r, 50)); }
+    expect(off.stats.timeouts[statOf(off, s)]).toBe(0);
+    expect(off.stats.markedDown[statOf(off, s)]).toBe(0);
+    expect(new Set(rig.client.responses.map((r) => r.payload.split('.')[0])).size).toBe(20 - onS(off).length);
+    for (const flow of flows) off.onFlowEnd(flow, 'idle');
+    rig.client.responses.length = 0;
+
+    // responseTimeout 200ms: the silent backend is out after about that, and its flows are answered by A.
+    const on = await proxy(contextFor([a, s], [1, 1], { responseTimeout: '200ms', failTimeout: '30s' }));
+    for (const flow of flows) on.onFlowStart(flow);
+    const stat = statOf(on, s);
+    let seq = 0;
+    await waitFor(async () => {
+      sendPackets(on, flows, 1, seq++);
+      await new Promise((r) => setTimeout(r, 20));
+      return new Set(rig.client.responses.map((r) => r.payload.split('.')[0])).size === 20;
+    }, 5_000, 'every flow answered');
+    expect(on.stats.timeouts[stat]).toBe(1);
+    expect(on.stats.markedDown[stat]).toBe(1);
+    expect(on.counters()[`timeouts@${backendKey(s.host, s.port)}`]).toBe(1);
+    expect(on.stats.timeouts[statOf(on, a)]).toBe(0); // A answered every datagram
+    // Every flow is on A now, and A keeps answering: no timeout for A however long the traffic runs.
+    for (let k = 0; k < 10; k++) { sendPackets(on, flows, 1, seq++); await new Promise((r) => setTimeout(r, 50)); }
+    expect(on.stats.timeouts[statOf(on, a)]).toBe(0);
+    expect(rig.client.responses.slice(-20).every((r) => r.backend === 'A')).toBe(true);
+
+    // One datagram that gets no answer (a SIP ACK, say) counts one timeout, not one per check; with maxFails 2
+    // that does not take the backend out.
+    const lone = await proxy(contextFor([s], [1], { responseTimeout: '100ms', maxFails: 2, failTimeout: '30s' }));
+    const f = rig.flow(50);
+    lone.onFlowStart(f);
+    await new Promise((r) => setTimeout(r, 50));
+    lone.onPacket(Buffer.from('50.0'), f);
+    await new Promise((r) => setTimeout(r, 600));
+    expect(lone.stats.timeouts[statOf(lone, s)]).toBe(1);
+    expect(lone.stats.markedDown[statOf(lone, s)]).toBe(0);
+    // More unanswered traffic: a second timeout, and out.
+    let n = 1;
+    await waitFor(async () => {
+      lone.onPacket(Buffer.from(`50.${n++}`), f);
+      await new Promise((r) => setTimeout(r, 20));
+      return lone.stats.markedDown[statOf(lone, s)] === 1;
+    }, 3_000, 'out after the second timeout');
+    expect(lone.stats.timeouts[statOf(lone, s)]).toBe(2);
+
+    await expect(createProxyHandler(contextFor([], [], { responseTimeout: 'soon' }))).rejects.toThrow(/handlerOptions\.responseTimeout must be 0 \(off\) or a duration/);
+    await expect(createProxyHandler(contextFor([], [], { responseTimeout: -1 }))).rejects.toThrow(/handlerOptions\.responseTimeout/);
+    await expect(createProxyHandler(contextFor([], [], { responseTimeout: '0' }))).resolves.toBeInstanceOf(ProxyHandler);
+    // A misspelt option is an error, not a default left in force.
+    await expect(createProxyHandler(contextFor([], [], { responsetimeout: '2s' }))).rejects.toThrow(/handlerOptions\.responsetimeout is not a proxy option \(it has maxFails, failTimeout, responseTimeout, preconnectQueuePackets\)/);
+    const h = await proxy(contextFor([], [], {}));
+    expect(() => h.reconfigure(contextFor([], [], { maxfails: 2 }))).toThrow(/handlerOptions\.maxfails is not a proxy option/);
+  });
+
   it('drops and counts packets when no backend has a positive weight', async () => {
     const rig = await startRig(4);
     const a = await startBackend('A', 4);

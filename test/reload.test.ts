@@ -81,6 +81,32 @@ describe('reload (SIGHUP)', () => {
     expect((await svc.status()).backends).toHaveLength(2);
   });
 
+  it('drops the metric series of a backend the reload removed', async () => {
+    const a = await idBackend('A');
+    const b = await idBackend('B');
+    const file = configFile({ handler: 'proxy', backends: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`] });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn']);
+    running.push(svc);
+    const clients: Client[] = [];
+    for (let i = 0; i < 20; i++) { const c = await new Client(4).bind('127.0.0.1'); clients.push(c); cleanups.push(() => c.close()); }
+    await Promise.all(clients.map((c, i) => c.send(`c${i} 1`, svc.udpPort, '127.0.0.1')));
+    await waitFor(() => clients.every((c) => c.replies.length === 1), 5000, 'answered by A and B');
+    expect(b.flows.size).toBeGreaterThan(0);
+    const requestsOf = (text: string, port: number): RegExpMatchArray | null => text.match(new RegExp(`^flowlb_backend_requests_total\\{backend="127\\.0\\.0\\.1:${port}"\\} (\\d+)`, 'm'));
+    await waitFor(async () => Number(requestsOf(await svc.metrics(), b.port)?.[1] ?? 0) > 0, 5000, "B's requests in /metrics");
+
+    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}`] }));
+    svc.proc.kill('SIGHUP');
+    await waitFor(async () => (await svc.status()).reloads.ok === 1, 5000, 'reload applied');
+    await Promise.all(clients.map((c, i) => c.send(`c${i} 2`, svc.udpPort, '127.0.0.1')));
+    await waitFor(() => clients.every((c) => c.replies.length === 2), 5000, 'every flow answered after the reload');
+    // Wait for a report carrying the new counters, then B has no series left; A's counted the moved flows.
+    await waitFor(async () => Number(requestsOf(await svc.metrics(), a.port)?.[1] ?? 0) === 40 - b.flows.size, 5000, "A's requests after the reload");
+    const text = await svc.metrics();
+    expect(text).not.toContain(`127.0.0.1:${b.port}`);
+    expect(text).toMatch(new RegExp(`^flowlb_backend_up\\{backend="127\\.0\\.0\\.1:${a.port}"\\} 1`, 'm'));
+  });
+
   it('keeps the command-line flags over the file on every reload, not only the first', async () => {
     const a = await idBackend('A');
     const b = await idBackend('B');

@@ -314,6 +314,9 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   if ((config.handler === 'echo' || config.handler === 'sockperf') && config.backends.length > 0) {
     log.warn('backends are given but the handler does not use them (only proxy and handler modules do)', { handler: config.handler, backends: config.backends.length });
   }
+  if ((config.handler === 'echo' || config.handler === 'sockperf') && Object.keys(config.handlerOptions).length > 0) {
+    log.warn('handlerOptions are given but the handler takes none (only proxy and handler modules do)', { handler: config.handler, options: Object.keys(config.handlerOptions) });
+  }
   log.info('listening', {
     udp: udp.map(formatEndpoint), http: httpEndpoint ? formatEndpoint(httpEndpoint) : null, workers: config.workers,
     buckets: config.buckets, handler: config.handler,

@@ -30,6 +30,12 @@ export const RECONNECT_DELAY_MS = 1_000;
 export const DEFAULT_MAX_FAILS = 1;
 export const DEFAULT_FAIL_TIMEOUT_MS = 10_000;
 const MAX_MAX_FAILS = 1_000_000;
+/**
+ * Silence as a failure (`responseTimeout`, off by default): a backend that has sent nothing back for this long
+ * while datagrams went to it counts one failure. Judged per backend over all of a worker's flows, from the request
+ * and response counters, by a timer that looks every quarter of the timeout: nothing is added per packet.
+ */
+export const DEFAULT_RESPONSE_TIMEOUT_MS = 0;
 
 const INITIAL_BACKEND_SLOTS = 8;
 
@@ -66,6 +72,11 @@ export class ProxyStats {
   connectErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** Upstream sockets flowlb could not open for lack of descriptors, buffers or memory (LOCAL_ERRNOS); not the backend's fault. */
   localErrors = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /**
+   * Times the backend answered nothing for `responseTimeout` while datagrams went to it (a silent backend: no
+   * ICMP, no answer). Each counts as one failure towards maxFails.
+   */
+  timeouts = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** Times passive health took the backend out of the table (maxFails failures within failTimeout). */
   markedDown = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** 1 while the backend is out of the table, else 0 (a gauge). */
@@ -102,6 +113,7 @@ export class ProxyStats {
       this.socketErrors = grow(this.socketErrors, size);
       this.connectErrors = grow(this.connectErrors, size);
       this.localErrors = grow(this.localErrors, size);
+      this.timeouts = grow(this.timeouts, size);
       this.markedDown = grow(this.markedDown, size);
       this.down = grow(this.down, size);
     }
@@ -313,6 +325,8 @@ function isJsConnected(socket: dgram.Socket): boolean {
 interface HealthOptions {
   readonly maxFails: number;
   readonly failTimeoutMs: number;
+  /** 0: off. */
+  readonly responseTimeoutMs: number;
 }
 
 function readHealthOptions(options: Readonly<Record<string, unknown>>): HealthOptions {
@@ -324,7 +338,33 @@ function readHealthOptions(options: Readonly<Record<string, unknown>>): HealthOp
   if (typeof failTimeout !== 'string' && typeof failTimeout !== 'number') {
     throw new ConfigError(`handlerOptions.failTimeout must be a positive duration such as 500ms, 10s or 1m, got ${JSON.stringify(failTimeout)}`);
   }
-  return { maxFails, failTimeoutMs: parseDuration(failTimeout, 'handlerOptions.failTimeout') };
+  const responseTimeout = options.responseTimeout ?? DEFAULT_RESPONSE_TIMEOUT_MS;
+  if ((typeof responseTimeout !== 'string' && typeof responseTimeout !== 'number') || (responseTimeout !== 0 && responseTimeout !== '0' && !isDuration(responseTimeout))) {
+    throw new ConfigError(`handlerOptions.responseTimeout must be 0 (off) or a duration such as 500ms or 2s, got ${JSON.stringify(responseTimeout)}`);
+  }
+  return {
+    maxFails,
+    failTimeoutMs: parseDuration(failTimeout, 'handlerOptions.failTimeout'),
+    responseTimeoutMs: responseTimeout === 0 || responseTimeout === '0' ? 0 : parseDuration(responseTimeout, 'handlerOptions.responseTimeout'),
+  };
+}
+
+function isDuration(value: string | number): boolean {
+  try {
+    parseDuration(value, '');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** What the silence check saw of one backend (control path: the check timer only). */
+interface SilenceState {
+  /** The backend's request and response counters at the last check that saw a response, or at its last timeout. */
+  requests: number;
+  responses: number;
+  /** When a check first saw requests with no response since (0: none pending). */
+  sinceMs: number;
 }
 
 /** A backend's passive-health state in one handler (control path: touched on failures and table rebuilds only). */
@@ -349,6 +389,15 @@ function readPreconnectLimit(options: Readonly<Record<string, unknown>>): number
   return value;
 }
 
+/** The proxy's handlerOptions; any other key is a mistake (a typo would otherwise leave a default in force). */
+const PROXY_OPTIONS: readonly string[] = ['maxFails', 'failTimeout', 'responseTimeout', 'preconnectQueuePackets'];
+
+function checkOptionNames(options: Readonly<Record<string, unknown>>): void {
+  for (const key of Object.keys(options)) {
+    if (!PROXY_OPTIONS.includes(key)) throw new ConfigError(`handlerOptions.${key} is not a proxy option (it has ${PROXY_OPTIONS.join(', ')})`);
+  }
+}
+
 export class ProxyHandler implements FlowHandler {
   readonly name = 'proxy';
   readonly stats = new ProxyStats();
@@ -365,11 +414,16 @@ export class ProxyHandler implements FlowHandler {
   private readonly healthByKey = new Map<string, BackendHealthState>();
   /** Every backend with a weight is out: the table keeps them all, and flows stay where they are. */
   private allDown = false;
+  /** Silence check state by backend stat index, and its timer (null while responseTimeout is off). */
+  private readonly silence = new Map<number, SilenceState>();
+  private silenceTimer: NodeJS.Timeout | null = null;
 
   constructor(ctx: HandlerContext) {
+    checkOptionNames(ctx.options);
     this.preconnectLimit = readPreconnectLimit(ctx.options);
     this.health = readHealthOptions(ctx.options);
     this.applyBackends(ctx);
+    this.startSilenceCheck();
   }
 
   /** Open upstream sessions (flows with state in this handler). */
@@ -398,6 +452,7 @@ export class ProxyHandler implements FlowHandler {
       out[`socket_errors@${key}`] = st.socketErrors[i]!;
       out[`connect_errors@${key}`] = st.connectErrors[i]!;
       out[`local_errors@${key}`] = st.localErrors[i]!;
+      out[`timeouts@${key}`] = st.timeouts[i]!;
       out[`marked_down@${key}`] = st.markedDown[i]!;
       out[`down@${key}`] = st.down[i]!;
     });
@@ -499,10 +554,13 @@ export class ProxyHandler implements FlowHandler {
   }
 
   reconfigure(ctx: HandlerContext): void {
+    checkOptionNames(ctx.options);
     const health = readHealthOptions(ctx.options);
     this.applyBackends(ctx);
     const timeoutChanged = health.failTimeoutMs !== this.health.failTimeoutMs;
+    const responseTimeoutChanged = health.responseTimeoutMs !== this.health.responseTimeoutMs;
     this.health = health;
+    if (responseTimeoutChanged) this.startSilenceCheck();
     if (health.maxFails === 0) for (const key of [...this.healthByKey.keys()]) this.backendUp(key);
     else if (timeoutChanged) {
       // A backend already out stays out for the new failTimeout from when it was taken out, not the old one.
@@ -530,6 +588,66 @@ export class ProxyHandler implements FlowHandler {
     this.sessions.clear();
     for (const h of this.healthByKey.values()) if (h.timer !== null) clearTimeout(h.timer);
     this.healthByKey.clear();
+    if (this.silenceTimer !== null) clearInterval(this.silenceTimer);
+    this.silenceTimer = null;
+  }
+
+  /** (Re)starts the silence check for the current responseTimeout (stops it when 0), from a clean slate. */
+  private startSilenceCheck(): void {
+    if (this.silenceTimer !== null) clearInterval(this.silenceTimer);
+    this.silenceTimer = null;
+    this.silence.clear();
+    const timeoutMs = this.health.responseTimeoutMs;
+    if (timeoutMs === 0) return;
+    this.seedSilence();
+    this.silenceTimer = setInterval(() => this.checkSilence(Date.now()), Math.max(5, Math.floor(timeoutMs / 4)));
+    this.silenceTimer.unref();
+  }
+
+  /**
+   * Starts the silence check of backends it has not seen from their counters now, so the first datagrams sent to
+   * them count from the next check (seeded at the first check instead, they were not judged for a quarter timeout).
+   */
+  private seedSilence(): void {
+    const st = this.stats;
+    for (const b of this.backends) {
+      if (!this.silence.has(b.stat)) this.silence.set(b.stat, { requests: st.requests[b.stat]!, responses: st.responses[b.stat]!, sinceMs: 0 });
+    }
+  }
+
+  /**
+   * The silence check (every responseTimeout/4): a backend that was sent datagrams and has answered none of them,
+   * on any flow of this worker, for responseTimeout (as seen by these checks: between 1 and 1.25 timeouts after the
+   * first unanswered datagram) counts one timeout, a failure for passive health. Then it counts again only after
+   * another responseTimeout with datagrams sent and no answer, so a lone datagram that wants no answer (a SIP ACK)
+   * counts once at most; maxFails > 1 asks for more than one.
+   */
+  checkSilence(now: number): void {
+    const st = this.stats;
+    for (const backend of this.backends) {
+      const i = backend.stat;
+      const requests = st.requests[i]!, responses = st.responses[i]!;
+      let s = this.silence.get(i);
+      if (s === undefined) {
+        this.silence.set(i, { requests, responses, sinceMs: 0 });
+        continue;
+      }
+      if (responses !== s.responses || requests === s.requests) {
+        s.requests = requests;
+        s.responses = responses;
+        s.sinceMs = 0;
+        continue;
+      }
+      if (s.sinceMs === 0) {
+        s.sinceMs = now;
+        continue;
+      }
+      if (now - s.sinceMs < this.health.responseTimeoutMs) continue;
+      s.requests = requests;
+      s.sinceMs = 0;
+      st.timeouts[i]++;
+      this.backendFailed(backend);
+    }
   }
 
   /**
@@ -620,6 +738,7 @@ export class ProxyHandler implements FlowHandler {
     this.fullTable = buildMaglevTable(backends);
     this.backends = backends;
     this.backendsByKey = byKey;
+    if (this.silenceTimer !== null) this.seedSilence();
     // A removed backend's health goes with it.
     for (const key of [...this.healthByKey.keys()]) if (!byKey.has(key)) this.backendUp(key);
     this.rebuildTable();

@@ -34,7 +34,7 @@ export interface Metrics {
  * Per-backend counters arrive as `<counter>@<backend key>` (the key as proxy's backendKey() writes it,
  * "10.0.0.1:53" or "[::1]:53"), cumulative for the reporting process. Other keys are handler-wide.
  */
-export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors', 'local_errors', 'marked_down'] as const;
+export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors', 'local_errors', 'timeouts', 'marked_down'] as const;
 export type BackendCounterKey = (typeof BACKEND_COUNTER_KEYS)[number];
 /** Handler-wide drop counters of the proxy (packets a worker handled but the proxy could not forward). */
 export const PROXY_DROP_KEYS = {
@@ -109,9 +109,10 @@ export class HandlerCounterLedger {
 
 /**
  * A backend's health as flowlb can see it without probing: it is down when, since the previous scrape, it
- * refused datagrams (ICMP port unreachable) or its upstream connect failed, and sent no response; up again at
- * the next scrape without new failures (or with a response). A backend that silently drops everything, or one
- * that never answers by design, stays up. (Workers that took it out of their table make it down too: takeSnapshot.)
+ * refused datagrams (ICMP port unreachable), its upstream connect failed or it was silent for the proxy's
+ * responseTimeout, and sent no response; up again at the next scrape without new failures (or with a response).
+ * A backend that silently drops everything stays up unless responseTimeout is set; one that never answers by
+ * design stays up. (Workers that took it out of their table make it down too: takeSnapshot.)
  */
 export class BackendHealth {
   private readonly seen = new Map<string, { responses: number; failures: number; up: boolean }>();
@@ -299,6 +300,9 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     if (split) {
       if (!(BACKEND_COUNTER_KEYS as readonly string[]).includes(split.counter)) continue;
       let row = backendRows.get(split.backend);
+      // The proxy's counters are append-only per handler: a backend a reload removed keeps its keys, but not its
+      // series (it read up, with frozen counters, for ever). A handler module's backends are whatever it reports.
+      if (!row && v.config.handler === 'proxy') continue;
       if (!row) backendRows.set(split.backend, (row = blank()));
       row[split.counter as BackendCounterKey] += x;
       sawProxy = true;
@@ -312,7 +316,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
   const backends = new Map<string, BackendSnapshot>();
   for (const [key, counters] of [...backendRows].sort(([a], [z]) => (a < z ? -1 : a > z ? 1 : 0))) {
     const downWorkers = gauges.get(`${BACKEND_DOWN_GAUGE}@${key}`) ?? 0;
-    const judged = health.judge(key, counters.responses, counters.refused + counters.connect_errors);
+    const judged = health.judge(key, counters.responses, counters.refused + counters.connect_errors + counters.timeouts);
     backends.set(key, { counters, up: judged && downWorkers === 0, downWorkers });
   }
 
@@ -401,6 +405,7 @@ export function histogramSamples(name: string, boundsS: readonly number[], count
 const LATENCY_BOUNDS_S = LATENCY_BOUNDS_MS.map((ms) => ms / 1000);
 const BACKEND_ERROR_KINDS: readonly [BackendCounterKey, string][] = [
   ['refused', 'refused'], ['send_errors', 'send'], ['socket_errors', 'socket'], ['connect_errors', 'connect'], ['local_errors', 'local'],
+  ['timeouts', 'timeout'],
 ];
 
 export const METRIC_DEFS: readonly MetricDef[] = [
@@ -514,11 +519,11 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_backend_requests_total', type: 'counter', help: 'Datagrams the proxy sent to the backend.', read: perBackend((b) => b.counters.requests) },
   { name: 'flowlb_backend_responses_total', type: 'counter', help: 'Datagrams the backend sent back (relayed to clients).', read: perBackend((b) => b.counters.responses) },
   {
-    name: 'flowlb_backend_errors_total', type: 'counter', help: 'Errors towards the backend by kind: refused (ICMP port unreachable), send, socket (receive), connect, local (flowlb out of descriptors, buffers or memory).',
+    name: 'flowlb_backend_errors_total', type: 'counter', help: 'Errors towards the backend by kind: refused (ICMP port unreachable), send, socket (receive), connect, local (flowlb out of descriptors, buffers or memory), timeout (no answer for handlerOptions.responseTimeout).',
     read: (s) => [...s.backends].flatMap(([backend, b]) => BACKEND_ERROR_KINDS.map(([key, kind]) => ({ value: b.counters[key], labels: { backend, kind } }))),
   },
   {
-    name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if since the previous scrape it refused datagrams or its connect failed and it sent no response; else 1 (no active probing).',
+    name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if since the previous scrape it refused datagrams, its connect failed or it was silent for responseTimeout, and it sent no response; else 1 (no active probing).',
     read: perBackend((b) => (b.up ? 1 : 0)),
   },
   {
