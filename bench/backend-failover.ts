@@ -17,12 +17,19 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import path from 'node:path';
 import { freePort, makeWorkDir, removeWorkDir, startFlowlbProxy } from './lib/peers.js';
-import { arg, sleep, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { sleep, writeResult } from './lib/procs.js';
 
-const flows = arg('flows', 40);
-const rounds = arg('rounds', 30);
-const intervalMs = arg('interval-ms', 50);
-const workers = arg('workers', 2);
+const args = parseBenchArgs('backend-failover', 'Passive backend health of the proxy: packets lost per flow with one backend port closed, health on and off.', {
+  flows: { type: 'number', default: 40, check: 'positive-int', describe: 'Client flows (one socket each)' },
+  rounds: { type: 'number', default: 30, check: 'positive-int', describe: 'Packets each flow sends, one per round' },
+  'interval-ms': { type: 'number', default: 50, check: 'nonnegative', describe: 'Pause between rounds, ms' },
+  workers: { type: 'number', default: 2, check: 'positive-int', describe: 'flowlb workers' },
+});
+const flows = args.flows;
+const rounds = args.rounds;
+const intervalMs = args['interval-ms'];
+const workers = args.workers;
 const HOST = '127.0.0.1';
 
 function bound(): Promise<dgram.Socket> {

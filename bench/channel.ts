@@ -14,6 +14,7 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Dispatcher, type ChannelSink } from '../src/datapath/dispatcher.js';
 import { addressBytes, loadHasher } from '../src/datapath/tuple.js';
+import { parseBenchArgs } from './lib/args.js';
 import { median, writeResult } from './lib/procs.js';
 
 const BATCH = 32;
@@ -36,8 +37,10 @@ if (process.argv[2] === 'child') {
     });
   }
 } else {
-  const countArg = process.argv.indexOf('--count');
-  const count = countArg > 0 ? Number(process.argv[countArg + 1]) : 300_000;
+  const args = parseBenchArgs('channel', 'Primary -> worker handoff: process.send (JSON, advanced) against a length-prefixed pipe, and Dispatcher.dispatch alone.', {
+    count: { type: 'number', default: 300_000, check: 'positive-int', describe: 'Messages (200 B) handed off per method and round' },
+  });
+  const count = args.count;
   const self = fileURLToPath(import.meta.url);
   const results: Record<string, { rate: number[]; usPerMsg: number[] }> = {};
   const payload = Buffer.alloc(SIZE, 7);

@@ -29,14 +29,23 @@ import {
   backgroundBusyCores, busyCoresSince, flowlbBuild, freePort, HOST, launch, machineCpu, makeWorkDir, missingTools, peerSpecs, removeWorkDir, runDnsperf, startFlowlbProxy, startNsd, sumCpuSeconds, toolVersion, waitDnsAnswers,
   type Endpoint, type PeerSpec, type Proxy,
 } from './lib/peers.js';
-import { arg, median, ROOT, sleep, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { median, ROOT, sleep, writeResult } from './lib/procs.js';
 
-const short = process.argv.includes('--short');
-const rate = arg('rate', 5000);
-const seconds = arg('seconds', short ? 3 : 10);
-const rounds = arg('rounds', short ? 1 : 3);
-const clients = arg('clients', 8);
-const topN = arg('top', 15);
+const args = parseBenchArgs('cpu-per-query', 'CPU per proxied DNS query at one fixed rate: flowlb against nginx and dnsdist (proxy on CPU 0, load on CPU 1), then a profiled flowlb run.', {
+  short: { type: 'boolean', describe: 'Short run: fewer and shorter rounds, no 1-worker and bare Node variants' },
+  rate: { type: 'number', default: 5000, check: 'positive', describe: 'Offered rate, queries/s (dnsperf -Q)' },
+  seconds: { type: 'number', default: 10, short: 3, check: 'positive', describe: 'Length of each measured run, s' },
+  rounds: { type: 'number', default: 3, short: 1, check: 'positive-int', describe: 'Rounds (medians are reported)' },
+  clients: { type: 'number', default: 8, check: 'positive-int', describe: 'dnsperf client sockets (-c)' },
+  top: { type: 'number', default: 15, check: 'positive-int', describe: 'Functions kept per profile (top self time)' },
+});
+const short = args.short;
+const rate = args.rate;
+const seconds = args.seconds;
+const rounds = args.rounds;
+const clients = args.clients;
+const topN = args.top;
 const WARMUP_SEC = 1;
 const PROXY_CPU = '0';
 const LOAD_CPU = '1';

@@ -3,13 +3,22 @@
  * run. For each: the highest offered rate with < 0.1% loss (findMaxRate: doubling, then bisection), and RTT
  * p50/p99 at a fixed moderate rate. Prints the ratio flowlb / plain and writes results/echo.json.
  *
- *   node dist/bench/echo.js [--flows 64] [--size 200] [--rtt-rate 5000] [--trial-ms 1500] [--rounds 2]
+ *   node dist/bench/echo.js [--flows 64] [--size 200] [--rtt-rate 5000] [--trial-ms 1500] [--rounds 2] [--procs 2]
  */
 import { findMaxRate, runGenerator, type GenResult } from '../src/gen/run.js';
-import { arg, median, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { median, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
 
-const flows = arg('flows', 64), size = arg('size', 200), rttRate = arg('rtt-rate', 5000), trialMs = arg('trial-ms', 1500);
-const rounds = arg('rounds', 2), procs = arg('procs', 2);
+const args = parseBenchArgs('echo', 'End-to-end echo: flowlb (2 workers) against a plain single-process Node dgram echo: max rate at < 0.1% loss, RTT at a fixed rate.', {
+  flows: { type: 'number', default: 64, check: 'positive-int', describe: 'Generator flows' },
+  size: { type: 'number', default: 200, check: 'positive-int', describe: 'Datagram size, bytes' },
+  'rtt-rate': { type: 'number', default: 5000, check: 'positive', describe: 'Offered rate of the RTT run, packets/s' },
+  'trial-ms': { type: 'number', default: 1500, check: 'positive', describe: 'Length of each max-rate trial, ms' },
+  rounds: { type: 'number', default: 2, check: 'positive-int', describe: 'Rounds (medians are reported)' },
+  procs: { type: 'number', default: 2, check: 'positive-int', describe: 'Generator processes' },
+});
+const flows = args.flows, size = args.size, rttRate = args['rtt-rate'], trialMs = args['trial-ms'];
+const rounds = args.rounds, procs = args.procs;
 
 interface Target { name: string; start(): Promise<{ port: number; stop(): Promise<void> }> }
 const targets: Target[] = [

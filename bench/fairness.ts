@@ -14,7 +14,7 @@
  *   FIFO. That contrast is the DRR effect.
  * Capacity: the packets one worker handled per second while offered more than it could (uniform flows).
  *
- *   node dist/bench/fairness.js [--short] [--cost-us 200] [--seconds 10] [--light 50] [--heavy-x 10]
+ *   node dist/bench/fairness.js [--short] [--cost-us 200] [--seconds 12] [--light 50] [--heavy-x 10] [--quiet-wait 90]
  * Writes results/fairness.json and results/fairness.svg.
  */
 import fs from 'node:fs';
@@ -22,16 +22,25 @@ import os from 'node:os';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
 import { barChartSpec, renderChart, type BarRow } from './lib/chart.js';
-import { arg, ROOT, sleep, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { ROOT, sleep, writeResult } from './lib/procs.js';
 import { startRttClient, type GroupResult } from './lib/rtt-client.js';
 import { diffDrops, freeUdpPort, killLb, startOn, sumDrops, waitForQuiet, waitIdle } from './lib/sampler.js';
 
 
-const short = process.argv.includes('--short');
-const costUs = arg('cost-us', 200), seconds = arg('seconds', short ? 4 : 12), light = arg('light', 50), heavyX = arg('heavy-x', 10);
+const args = parseBenchArgs('fairness', 'Fairness inside one worker: light flows and one heavy flow, DRR against exhaustive service (the light flows\' RTT p99).', {
+  short: { type: 'boolean', describe: 'Short run: shorter runs, no quiet wait, only the overload pair in exhaustive mode' },
+  'cost-us': { type: 'number', default: 200, check: 'positive', describe: 'CPU the burn handler spends per packet, us' },
+  seconds: { type: 'number', default: 12, short: 4, check: 'positive', describe: 'Length of each run, s' },
+  light: { type: 'number', default: 50, check: 'positive-int', describe: 'Light flows' },
+  'heavy-x': { type: 'number', default: 10, check: 'positive', describe: 'The heavy flow\'s rate, in light flows\' rates' },
+  'quiet-wait': { type: 'number', default: 90, short: 0, check: 'nonnegative', describe: 'Wait at most this long for the machine to be idle before each run, s (0: no wait)' },
+});
+const short = args.short;
+const costUs = args['cost-us'], seconds = args.seconds, light = args.light, heavyX = args['heavy-x'];
 const sizeBytes = 200, EXHAUSTIVE_QUANTUM = 2 ** 31 - 1;
 const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
-const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
+const quietWaitMs = args['quiet-wait'] * 1000;
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-fairness-'));
 function configFile(name: string, quantumBytes?: number): string {

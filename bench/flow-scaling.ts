@@ -47,6 +47,7 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { runGenerator, type GenResult } from '../src/gen/run.js';
+import { parseBenchArgs } from './lib/args.js';
 import { buildFlowgen, runFlowgen, startFlowgenServer } from './lib/native.js';
 import { ROOT, cpuSeconds, median, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
 import path from 'node:path';
@@ -55,11 +56,6 @@ import { waitForQuiet } from './lib/sampler.js';
 const HERE = fileURLToPath(import.meta.url);
 /** Populator address space: 127.1.A.B, ports PORT_BASE .. PORT_BASE + PORTS - 1. */
 const PORT_BASE = 10_000, PORTS = 50_000;
-
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Populator child: flows [from, from + count), one datagram each, at most `ratePps`, `inFlight` at once.
@@ -329,21 +325,37 @@ async function nativeSection(o: NativeOpts): Promise<Record<string, unknown>> {
   return res;
 }
 
+const OPTIONS = {
+  short: { type: 'boolean', describe: 'Short run: 1k and 10k active flows, up to 50k idle, no saturation runs, no quiet wait' },
+  rate: { type: 'number', default: 20_000, short: 10_000, check: 'positive', describe: 'Offered rate of the fixed-rate (CPU per packet) runs, packets/s' },
+  'sat-rate': { type: 'number', default: 80_000, check: 'positive', describe: 'Offered rate of the saturation runs, packets/s' },
+  'max-flows': { type: 'number', default: 600_000, check: 'positive-int', describe: 'flowlb --max-flows (flow slots per worker)' },
+  'populate-rate': { type: 'number', default: 12_000, check: 'positive', describe: 'Rate idle flows are created at, flows/s' },
+  'quiet-wait': { type: 'number', check: 'nonnegative', describe: 'Wait at most this long for the machine to be idle before each measurement, s (0: no wait)', defaultDescription: '90; 30 with --native-only; 0 with --short' },
+  'no-1m': { type: 'boolean', describe: 'Leave out the 1M idle flows step (--short leaves it out too)' },
+  native: { type: 'boolean', describe: 'Add the native section (C generator, active flows from one socket) after the rest' },
+  'native-only': { type: 'boolean', describe: 'Only the native section, merged into the existing results/flow-scaling.json' },
+  'native-flows': { type: 'list', check: 'positive-int', describe: 'Native section: active flow counts, comma-separated', defaultDescription: '1000,100000,1000000; 1000,100000 with --short' },
+  'native-rounds': { type: 'number', default: 2, short: 1, check: 'positive-int', describe: 'Native section: rounds (medians are reported)' },
+  'native-sat-rate': { type: 'number', default: 120_000, check: 'positive', describe: 'Native section: offered rate of the saturated runs, packets/s' },
+  'warmup-rate': { type: 'number', default: 30_000, check: 'positive', describe: 'Native section: rate of the warm-up pass, packets/s' },
+} as const;
+
 async function main(): Promise<void> {
-  const short = process.argv.includes('--short');
-  const rate = arg('rate', short ? 10_000 : 20_000), satRate = arg('sat-rate', 80_000), maxFlows = arg('max-flows', 600_000);
-  const populateRate = arg('populate-rate', 12_000), steadyMs = short ? 2000 : 6000;
+  const args = parseBenchArgs('flow-scaling', 'Flow scaling: memory and CPU per packet of flowlb with 1k to 1M flows (idle and active), and throughput at saturation.', OPTIONS);
+  const short = args.short;
+  const rate = args.rate, satRate = args['sat-rate'], maxFlows = args['max-flows'];
+  const populateRate = args['populate-rate'], steadyMs = short ? 2000 : 6000;
   const counts = short ? [1_000, 10_000] : [1_000, 10_000, 100_000];
-  const with1M = !short && !process.argv.includes('--no-1m');
+  const with1M = !short && !args['no-1m'];
   const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
-  const nativeOnly = process.argv.includes('--native-only');
-  const quietWaitMs = arg('quiet-wait', short ? 0 : nativeOnly ? 30 : 90) * 1000;
+  const nativeOnly = args['native-only'];
+  const quietWaitMs = (args['quiet-wait'] ?? (short ? 0 : nativeOnly ? 30 : 90)) * 1000;
   const quiet = async (): Promise<unknown> => (quietWaitMs > 0 ? waitForQuiet(quietWaitMs) : null);
   const out: Record<string, unknown> = {};
   const nativeOpts = (): NativeOpts => {
-    const i = process.argv.indexOf('--native-flows');
-    const flows = i >= 0 ? process.argv[i + 1]!.split(',').map(Number) : short ? [1_000, 100_000] : [1_000, 100_000, 1_000_000];
-    return { flows, rounds: arg('native-rounds', short ? 1 : 2), rate, satRate: arg('native-sat-rate', 120_000), maxFlows: Math.max(maxFlows, Math.ceil((Math.max(...flows) / 2) * 1.2)), warmupRate: arg('warmup-rate', 30_000), steadyMs: short ? 2000 : 4000, quiet };
+    const flows = args['native-flows'] ?? (short ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]);
+    return { flows, rounds: args['native-rounds'], rate, satRate: args['native-sat-rate'], maxFlows: Math.max(maxFlows, Math.ceil((Math.max(...flows) / 2) * 1.2)), warmupRate: args['warmup-rate'], steadyMs: short ? 2000 : 4000, quiet };
   };
   if (nativeOnly) {
     // Alone: the other sections' figures stay as they are in the result file; `native` is replaced.
@@ -448,7 +460,7 @@ async function main(): Promise<void> {
   console.log(`\nCPU per packet at ${largest} active flows / at 1k: ${summary.cpuRatioLargestTo1k.toFixed(2)}x` +
     (short ? '' : `; saturated throughput at ${largest} / at 1k: ${summary.throughputRatioLargestTo1k.toFixed(2)} (target >= 0.8)`));
   console.log(`bytes per idle flow (RSS delta, target <= 300): ${Object.entries(summary.bytesPerIdleFlow).map(([k, v]) => `${k}: ${Math.round(v)}`).join(', ')}; plus ${preallocPerSlot.toFixed(0)} preallocated per --max-flows slot`);
-  const native = process.argv.includes('--native') ? await nativeSection(nativeOpts()) : undefined;
+  const native = args.native ? await nativeSection(nativeOpts()) : undefined;
   const file = writeResult('flow-scaling', {
     native,
     command: `node dist/bench/flow-scaling.js ${process.argv.slice(2).join(' ')}`.trim(),
@@ -458,5 +470,6 @@ async function main(): Promise<void> {
   console.log(`written ${file}`);
 }
 
-if (process.argv.includes('--populate')) await populateMain();
+// The populator children: `--populate FROM COUNT PORT RATE`, from populate() above (not a user option).
+if (process.argv[2] === '--populate') await populateMain();
 else await main();

@@ -10,7 +10,7 @@
  * same hog is the baseline.
  *
  *   node dist/bench/interference.js [--short] [--cost-us 200] [--flows 256] [--load 0.45] [--seconds 30]
- *                                   [--rounds 1] [--interval-ms 250] [--no-static]
+ *                                   [--rounds 1] [--interval-ms 250] [--quiet-wait 90] [--no-static] [--compare "ARGS"]
  * --load is the offered rate as a fraction of 2e6 / costUs (two workers' ideal capacity). It must put each
  * worker well above half a core: a mostly idle process sharing a core with a busy loop is woken ahead of it
  * (the scheduler favours the task that slept), so below half a core the hog costs worker 0 almost nothing.
@@ -23,16 +23,25 @@ import os from 'node:os';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
 import { renderChart, type TopLevelSpec } from './lib/chart.js';
+import { parseBenchArgs } from './lib/args.js';
 import { median, ROOT, writeResult } from './lib/procs.js';
 import { startRttClient, type ClientResult } from './lib/rtt-client.js';
 import {
   compactSeries, diffDrops, freeUdpPort, killLb, maxOverMean, mean, Sampler, startOn, sumDrops, waitForQuiet, waitIdle, window, type Sample,
 } from './lib/sampler.js';
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
+const args = parseBenchArgs('interference', 'Interference: a CPU hog on worker 0\'s core mid-run; static hashing against the adaptive balancer (imbalance, time back to balanced, RTT).', {
+  short: { type: 'boolean', describe: 'Short run: 14 s runs, no quiet wait' },
+  'cost-us': { type: 'number', default: 200, check: 'positive', describe: 'CPU the burn handler spends per packet, us' },
+  flows: { type: 'number', default: 256, check: 'positive-int', describe: 'Client flows (uniform)' },
+  load: { type: 'number', default: 0.45, check: 'positive', describe: 'Offered rate as a fraction of 2e6 / cost-us (two workers\' ideal capacity)' },
+  seconds: { type: 'number', default: 30, short: 14, check: 'positive', describe: 'Length of each run, s (hog from 30% to 70% of it)' },
+  rounds: { type: 'number', default: 1, check: 'positive-int', describe: 'Rounds (medians are reported)' },
+  'interval-ms': { type: 'number', default: 250, check: 'positive', describe: 'Sampling interval of /status, ms' },
+  'quiet-wait': { type: 'number', default: 90, short: 0, check: 'nonnegative', describe: 'Wait at most this long for the machine to be idle before each run, s (0: no wait)' },
+  compare: { type: 'string', verbatim: true, describe: 'A third run: adaptive with these extra flowlb flags, e.g. "--rebalance-interval 500ms"' },
+  'no-static': { type: 'boolean', describe: 'Adaptive runs only (no static --no-balance baseline)' },
+});
 
 const BALANCED = 1.1;
 const SUSTAIN_MS = 1000;
@@ -85,17 +94,17 @@ function timeToBalance(samples: readonly Sample[], shiftMs: number, endMs: numbe
   return { peak, ms: null };
 }
 
-const short = process.argv.includes('--short');
-const costUs = arg('cost-us', 200), flows = arg('flows', 256), load = arg('load', 0.45);
-const seconds = arg('seconds', short ? 14 : 30), rounds = arg('rounds', 1), intervalMs = arg('interval-ms', 250);
+const short = args.short;
+const costUs = args['cost-us'], flows = args.flows, load = args.load;
+const seconds = args.seconds, rounds = args.rounds, intervalMs = args['interval-ms'];
 const durationMs = seconds * 1000, hogOnMs = Math.round(durationMs * 0.3), hogOffMs = Math.round(durationMs * 0.7);
 const ratePps = Math.round((load * 2e6) / costUs), sizeBytes = 200;
 const loadavgAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
-const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
+const quietWaitMs = args['quiet-wait'] * 1000;
 // --compare "ARGS": a third run, adaptive with these extra flowlb arguments (e.g. other intervals), side by side.
-const compareArgs = process.argv.indexOf('--compare') >= 0 ? process.argv[process.argv.indexOf('--compare') + 1]!.split(/\s+/).filter(Boolean) : [];
+const compareArgs = args.compare !== undefined ? args.compare.split(/\s+/).filter(Boolean) : [];
 // --no-static: adaptive runs only (to compare builds of the balancer; the static baseline does not change).
-const modes: string[] = [...(process.argv.includes('--no-static') ? [] : ['static']), 'adaptive', ...(compareArgs.length ? [`adaptive ${compareArgs.join(' ')}`] : [])];
+const modes: string[] = [...(args['no-static'] ? [] : ['static']), 'adaptive', ...(compareArgs.length ? [`adaptive ${compareArgs.join(' ')}`] : [])];
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flowlb-interference-'));
 const cfg = path.join(tmp, 'flowlb.json');

@@ -14,20 +14,29 @@
  * deduplicated by epoch), and the flowlb_migration_duration_seconds histogram from /metrics as a cross-check.
  *
  *   node dist/bench/migration-storm.js [--short] [--seconds 20] [--rate 4000] [--flows 128] [--period-ms 40]
- *                                      [--concurrency 4]
+ *                                      [--concurrency 4] [--quiet-wait 60]
  * Writes results/migration-storm.json.
  */
 import dgram from 'node:dgram';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
-import { arg, ROOT, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { ROOT, sleep, startFlowlb, writeResult, type Flowlb } from './lib/procs.js';
 import { histogramQuantile, parseHistogram, percentile, waitForQuiet } from './lib/sampler.js';
 
 
-const short = process.argv.includes('--short');
-const seconds = arg('seconds', short ? 8 : 20), rate = arg('rate', 4000), flows = arg('flows', 128);
-const periodMs = arg('period-ms', 40), concurrency = arg('concurrency', 4);
 const BUCKETS = 64, WORKERS = 2;
+const args = parseBenchArgs('migration-storm', 'Migration storm: buckets moved between 2 workers over and over under traffic; lost, reordered and duplicated packets, migration times.', {
+  short: { type: 'boolean', describe: 'Short run: shorter parts, no quiet wait' },
+  seconds: { type: 'number', default: 20, short: 8, check: 'positive', describe: 'Length of each part (A and B), s' },
+  rate: { type: 'number', default: 4000, check: 'positive', describe: 'Offered rate, packets/s' },
+  flows: { type: 'number', default: 128, check: 'positive-int', describe: 'Client flows' },
+  'period-ms': { type: 'number', default: 40, check: 'nonnegative', describe: 'Pause between rounds of moves, ms' },
+  concurrency: { type: 'number', default: 4, check: 'positive-int', max: BUCKETS, describe: `Buckets moved at once per round (at most ${BUCKETS})` },
+  'quiet-wait': { type: 'number', default: 60, short: 0, check: 'nonnegative', describe: 'Wait at most this long for the machine to be idle before each part, s (0: no wait)' },
+});
+const seconds = args.seconds, rate = args.rate, flows = args.flows;
+const periodMs = args['period-ms'], concurrency = args.concurrency;
 
 interface MigrationRecord { bucket: number; from: number; to: number; epoch: number; durationMs: number; flows: number; handedOverBytes: number; held: number; outcome: string }
 
@@ -172,7 +181,7 @@ async function partB(): Promise<object> {
   }
 }
 
-const quietWaitMs = arg('quiet-wait', short ? 0 : 60) * 1000;
+const quietWaitMs = args['quiet-wait'] * 1000;
 const quietA = quietWaitMs > 0 ? await waitForQuiet(quietWaitMs) : null;
 const a = await partA() as any;
 console.log(`A. generator + echo, ${flows} flows, ${rate} pps for ${seconds} s, ${BUCKETS} buckets, ${concurrency} moves every ${periodMs} ms:`);

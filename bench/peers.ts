@@ -29,19 +29,32 @@ import {
   backgroundBusyCores, flowlbBuild, makeWorkDir, missingTools, peerSpecs, removeWorkDir, percentile, runDnsperf, runSockperf, startNsd, startSockperfServer, toolVersion,
   type DnsperfResult, type Endpoint, type PlainBackend, type PeerSpec, type Proxy, type SockperfResult,
 } from './lib/peers.js';
-import { arg, median, ROOT, sleep, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { median, ROOT, sleep, writeResult } from './lib/procs.js';
 import { Sampler, type Sample } from './lib/sampler.js';
 
-const short = process.argv.includes('--short');
-const rounds = arg('rounds', short ? 1 : 3);
-const trialSec = arg('trial-sec', short ? 1 : 2);
-const maxTrials = arg('max-trials', short ? 4 : 8);
-const lossPct = arg('loss-pct', 0.5);
-const clients = arg('clients', 8);
-const latencyRate = arg('latency-rate', 5000);
-const latencySec = arg('latency-sec', short ? 1.5 : 4);
-const pingpongSec = arg('pingpong-sec', short ? 1.5 : 4);
-const withDirect = !process.argv.includes('--no-direct') && !short;
+const args = parseBenchArgs('peers', 'flowlb against nginx and dnsdist in front of the same backends: DNS max QPS and latency (nsd, dnsperf), UDP ping-pong RTT (sockperf).', {
+  short: { type: 'boolean', describe: 'Short run: 1 round, shorter trials, no direct (no proxy) run' },
+  rounds: { type: 'number', default: 3, short: 1, check: 'positive-int', describe: 'Rounds (medians are reported)' },
+  'trial-sec': { type: 'number', default: 2, short: 1, check: 'positive', describe: 'Length of each max-QPS trial, s' },
+  'max-trials': { type: 'number', default: 8, short: 4, check: 'positive-int', describe: 'Most fixed-rate trials of the max-QPS search' },
+  'loss-pct': { type: 'number', default: 0.5, check: 'nonnegative', describe: 'Most queries lost (%) for a trial to pass' },
+  clients: { type: 'number', default: 8, check: 'positive-int', describe: 'dnsperf client sockets (-c)' },
+  'latency-rate': { type: 'number', default: 5000, check: 'positive', describe: 'Offered rate of the latency run, queries/s' },
+  'latency-sec': { type: 'number', default: 4, short: 1.5, check: 'positive', describe: 'Length of the latency run, s' },
+  'pingpong-sec': { type: 'number', default: 4, short: 1.5, check: 'positive', describe: 'Length of each ping-pong run, s' },
+  'no-direct': { type: 'boolean', describe: 'Leave out the direct (no proxy) run (--short leaves it out too)' },
+});
+const short = args.short;
+const rounds = args.rounds;
+const trialSec = args['trial-sec'];
+const maxTrials = args['max-trials'];
+const lossPct = args['loss-pct'];
+const clients = args.clients;
+const latencyRate = args['latency-rate'];
+const latencySec = args['latency-sec'];
+const pingpongSec = args['pingpong-sec'];
+const withDirect = !args['no-direct'] && !short;
 /** The idle window before each test that measures the rest of the machine's load. */
 const BACKGROUND_MS = short ? 500 : 1000;
 /** Bisection stops when the passing and failing rates are this close (relative). */

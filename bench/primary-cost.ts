@@ -4,21 +4,30 @@
  * divided by the packets it took in. flowlb runs 2 workers with a sink handler, so its primary's work is
  * exactly receive + parse + hash + batch + pipe write.
  *
- *   node dist/bench/primary-cost.js [--rate 60000] [--seconds 4] [--trials 3] [--size 200]
+ *   node dist/bench/primary-cost.js [--rate 60000] [--seconds 4] [--trials 3] [--size 200] [--flows 256] [--pin]
  */
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { runGenerator } from '../src/gen/run.js';
-import { arg, cpuSeconds, median, ROOT, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { cpuSeconds, median, ROOT, sleep, startFlowlb, startPlain, writeResult } from './lib/procs.js';
 
 
-const rate = arg('rate', 60_000), seconds = arg('seconds', 4), trials = arg('trials', 3), size = arg('size', 200);
-const flows = arg('flows', 256);
+const args = parseBenchArgs('primary-cost', 'Primary CPU per dispatched packet against a bare Node dgram receiver, same offered load.', {
+  rate: { type: 'number', default: 60_000, check: 'positive', describe: 'Offered rate, packets/s' },
+  seconds: { type: 'number', default: 4, check: 'positive', describe: 'Length of each blast, s' },
+  trials: { type: 'number', default: 3, check: 'positive-int', describe: 'Trials (medians are reported)' },
+  size: { type: 'number', default: 200, check: 'positive-int', describe: 'Datagram size, bytes' },
+  flows: { type: 'number', default: 256, check: 'positive-int', describe: 'Generator flows' },
+  pin: { type: 'boolean', describe: 'Measured process alone on CPU 0, generator and workers on CPU 1 (taskset)' },
+});
+const rate = args.rate, seconds = args.seconds, trials = args.trials, size = args.size;
+const flows = args.flows;
 /**
  * --pin: the measured process (bare receiver or flowlb primary) alone on CPU 0; the generator and flowlb's
  * workers on CPU 1. Without it every process shares both cores and the figures include contention.
  */
-const pin = process.argv.includes('--pin');
+const pin = args.pin;
 function pinTo(pid: number, cpu: number): void {
   if (pin) execFileSync('taskset', ['-pc', String(cpu), String(pid)], { stdio: 'ignore' });
 }

@@ -13,7 +13,8 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { stopReading } from '../src/control/socket-handle.js';
 import { runGenerator } from '../src/gen/run.js';
-import { arg, cpuSeconds, median, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { cpuSeconds, median, writeResult } from './lib/procs.js';
 
 // Frame: u16 len, u16 port, u8 addr-len, addr bytes (ASCII), payload.
 function encode(buf: Buffer, off: number, msg: Buffer, port: number, address: string): number {
@@ -105,7 +106,12 @@ if (process.argv[2] === 'worker') {
     process.on('disconnect', () => { child.kill(); process.exit(0); });
   });
 } else {
-  const rate = arg('rate', 30_000), seconds = arg('seconds', 3), rounds = arg('rounds', 2);
+  const args = parseBenchArgs('reply-path', 'Who sends the replies: the worker on a duplicate of the socket, or the primary; CPU per echoed packet and RTT.', {
+    rate: { type: 'number', default: 30_000, check: 'positive', describe: 'Offered rate, packets/s' },
+    seconds: { type: 'number', default: 3, check: 'positive', describe: 'Length of each run, s' },
+    rounds: { type: 'number', default: 2, check: 'positive-int', describe: 'Rounds (medians are reported)' },
+  });
+  const rate = args.rate, seconds = args.seconds, rounds = args.rounds;
   const self = fileURLToPath(import.meta.url);
   const out: Record<string, { frontUs: number[]; workerUs: number[]; p50: number[]; p99: number[]; loss: number[] }> = {};
 

@@ -9,9 +9,12 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { BenchUsageError, EXIT_USAGE, parseOrThrow } from './lib/args.js';
 import { ROOT } from './lib/procs.js';
 
 const ALL = ['channel', 'primary-cost', 'reply-path', 'echo', 'fairness', 'skew', 'interference', 'migration-storm', 'flow-scaling', 'peers', 'cpu-per-query', 'sip'];
+/** Benchmarks not in the default list, run only when named. */
+const EXTRA = ['worker-flows', 'backend-failover'];
 const SHORT_ARGS: Record<string, string[]> = {
   channel: ['--count', '100000'],
   'reply-path': ['--rounds', '1', '--seconds', '2'],
@@ -19,8 +22,23 @@ const SHORT_ARGS: Record<string, string[]> = {
   echo: ['--rounds', '1', '--trial-ms', '1000'],
   // --native: 1k and 100k active flows from the C generator too (skipped, and said so, without a C compiler).
   'flow-scaling': ['--short', '--native'],
+  // No --short of their own: their defaults.
+  'worker-flows': [],
+  'backend-failover': [],
 };
-const picked = process.argv.slice(2).filter((a) => !a.startsWith('-'));
+let picked: string[];
+try {
+  const parsed = parseOrThrow('run-all', `A short version of every benchmark, one after another, then a summary of their headline figures in results/summary.md.\nDefault: ${ALL.join(' ')}.`, {}, process.argv.slice(2), {
+    positional: { name: 'names', describe: `benchmarks to run (default: all of the default list); also ${EXTRA.join(', ')}` },
+  });
+  picked = parsed._;
+  const unknown = picked.filter((n) => !ALL.includes(n) && !EXTRA.includes(n));
+  if (unknown.length) throw new BenchUsageError(`unknown benchmark${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (benchmarks: ${[...ALL, ...EXTRA].join(', ')})`);
+} catch (err) {
+  if (!(err instanceof BenchUsageError)) throw err;
+  process.stderr.write(`run-all: ${err.message}\n`);
+  process.exit(EXIT_USAGE);
+}
 const names = picked.length > 0 ? picked : ALL;
 
 interface Row { name: string; status: string; seconds: number; figures: string }

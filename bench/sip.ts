@@ -21,16 +21,23 @@ import {
   flowlbBuild, freePort, makeWorkDir, missingTools, removeWorkDir, NGINX_STREAM_MODULE, readSippStats, runToolStatus, startFlowlbProxy, startNginx, startSippUas,
   tail, toolVersion, type Proxy, type SippStats, type SippUas,
 } from './lib/peers.js';
-import { arg, sleep, writeResult } from './lib/procs.js';
+import { parseBenchArgs } from './lib/args.js';
+import { sleep, writeResult } from './lib/procs.js';
 
-const short = process.argv.includes('--short');
-const calls = arg('calls', short ? 60 : 200);
-const rate = arg('rate', 20);
-const holdMs = arg('hold-ms', short ? 500 : 1000);
-const workers = arg('workers', 2);
-const viaIndex = process.argv.indexOf('--via');
-const via = viaIndex >= 0 ? process.argv[viaIndex + 1] : 'flowlb';
-if (via !== 'flowlb' && via !== 'nginx') throw new Error(`--via must be flowlb or nginx, got ${via}`);
+const args = parseBenchArgs('sip', 'SIP calls (sipp, one UDP flow per call) through flowlb\'s proxy to two sipp UAS backends: every call must succeed.', {
+  short: { type: 'boolean', describe: 'Short run: fewer, shorter calls' },
+  calls: { type: 'number', default: 200, short: 60, check: 'positive-int', describe: 'Calls placed' },
+  rate: { type: 'number', default: 20, check: 'positive', describe: 'New calls per second' },
+  'hold-ms': { type: 'number', default: 1000, short: 500, check: 'nonnegative-int', describe: 'Call length (sipp -d), ms' },
+  workers: { type: 'number', default: 2, check: 'positive-int', describe: 'Proxy workers (flowlb or nginx)' },
+  via: { type: 'string', default: 'flowlb', choices: ['flowlb', 'nginx'], describe: 'Proxy the calls go through' },
+});
+const short = args.short;
+const calls = args.calls;
+const rate = args.rate;
+const holdMs = args['hold-ms'];
+const workers = args.workers;
+const via = args.via;
 /** The UAS scenario pauses 4 s after the final 200 (to absorb retransmissions) before it counts the call. */
 const UAS_TAIL_MS = 4000;
 

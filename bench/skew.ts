@@ -32,32 +32,45 @@ import path from 'node:path';
 import { flowWeights, parseDistribution } from '../src/gen/flows.js';
 import { runGenerator } from '../src/gen/run.js';
 import { renderChart, type TopLevelSpec } from './lib/chart.js';
+import { parseBenchArgs } from './lib/args.js';
 import { median, ROOT, sleep, writeResult } from './lib/procs.js';
 import { createCpuCap, type CpuCap } from './lib/cpucap.js';
 import { startRttClient, type ClientResult } from './lib/rtt-client.js';
 import { compactSeries, diffDrops, freeUdpPort, maxOverMean, mean, Sampler, killLb, startOn, sumDrops, waitForQuiet, waitIdle, window, type Lb, type Sample } from './lib/sampler.js';
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
+const OPTIONS = {
+  short: { type: 'boolean', describe: 'Short run: one load (0.85), 1 round of 6 s, no quiet wait' },
+  'cost-us': { type: 'number', default: 1000, check: 'positive', describe: 'CPU the burn handler spends per packet, us' },
+  flows: { type: 'number', default: 256, check: 'positive-int', describe: 'Client flows' },
+  zipf: { type: 'number', default: 1.1, check: 'positive', describe: 'Zipf exponent of the flows\' rates' },
+  loads: { type: 'list', check: 'positive', describe: 'Offered rates as fractions of the measured capacity, comma-separated', defaultDescription: '0.85,1,1.15; 0.85 with --short' },
+  load: { type: 'list', check: 'positive', describe: 'Same as --loads (--loads wins)', defaultDescription: 'see --loads' },
+  arrivals: { type: 'string', default: 'poisson', choices: ['poisson', 'paced'], describe: 'Arrivals of the measured runs' },
+  workers: { type: 'number', default: 2, check: 'positive-int', describe: 'flowlb workers' },
+  'worker-cpu': { type: 'number', check: 'nonnegative', describe: 'CPU cap of each worker, cores (0: no cap)', defaultDescription: '1 / workers' },
+  'cap-period-us': { type: 'number', default: 10_000, check: 'positive-int', describe: 'CFS period of the worker caps, us' },
+  seconds: { type: 'number', default: 20, short: 6, check: 'positive', describe: 'Length of each measured run, s' },
+  rounds: { type: 'number', default: 3, short: 1, check: 'positive-int', describe: 'Rounds, capacity measured before each' },
+  'interval-ms': { type: 'number', default: 250, check: 'positive', describe: 'Sampling interval of /status, ms' },
+  'quiet-wait': { type: 'number', default: 90, short: 0, check: 'nonnegative', describe: 'Wait at most this long for the machine to be idle before each measurement, s (0: no wait)' },
+  'adaptive-args': { type: 'string', verbatim: true, describe: 'Extra flowlb flags for the adaptive runs only, e.g. "--queue-limit 64"' },
+  compare: { type: 'string', verbatim: true, describe: 'A third mode: adaptive with these extra flowlb flags, on the same flows' },
+} as const;
 
 async function parent(): Promise<void> {
-  const short = process.argv.includes('--short');
-  const costUs = arg('cost-us', 1000), flows = arg('flows', 256), zipf = arg('zipf', 1.1);
+  const args = parseBenchArgs('skew', 'Skew: Zipf-distributed flows on capped workers, static hashing against the adaptive balancer at the same offered rate (RTT, loss, imbalance).', OPTIONS);
+  const short = args.short;
+  const costUs = args['cost-us'], flows = args.flows, zipf = args.zipf;
   // Arrivals of the measured runs: Poisson (the aggregate of many independent sources: bursts, as real traffic
   // has) or evenly paced. Capacity is measured with the paced generator either way.
-  const arrivalsIdx = process.argv.indexOf('--arrivals');
-  const arrivals = arrivalsIdx >= 0 ? process.argv[arrivalsIdx + 1]! : 'poisson';
-  if (arrivals !== 'poisson' && arrivals !== 'paced') throw new Error(`--arrivals must be poisson or paced, got ${arrivals}`);
+  const arrivals = args.arrivals;
   // Offered load(s) as fractions of the measured capacity; the brief's point is 0.85, the others show where
-  // static hashing breaks on this machine.
-  const loadsArg = process.argv.indexOf('--loads') >= 0 ? process.argv[process.argv.indexOf('--loads') + 1]! : process.argv.indexOf('--load') >= 0 ? process.argv[process.argv.indexOf('--load') + 1]! : short ? '0.85' : '0.85,1,1.15';
-  const loads = loadsArg.split(',').map(Number);
-  const seconds = arg('seconds', short ? 6 : 20), rounds = arg('rounds', short ? 1 : 3), intervalMs = arg('interval-ms', 250);
+  // static hashing breaks on this machine. --load is accepted for --loads; --loads wins.
+  const loads = args.loads ?? args.load ?? (short ? [0.85] : [0.85, 1, 1.15]);
+  const seconds = args.seconds, rounds = args.rounds, intervalMs = args['interval-ms'];
   const sizeBytes = 200, windowMs = 1000, drainMs = short ? 1500 : 3000;
   // Full runs wait (bounded) for other work on the machine to stop before each measurement.
-  const quietWaitMs = arg('quiet-wait', short ? 0 : 90) * 1000;
+  const quietWaitMs = args['quiet-wait'] * 1000;
   const durationMs = seconds * 1000, steadyFromMs = Math.floor(durationMs / 2);
   const dist = `zipf:${zipf}`;
   // Other people's work on the same 2 cores shows in every figure: the load average is kept with the results.
@@ -69,12 +82,12 @@ async function parent(): Promise<void> {
   // room for the primary and the load client (the workers together get 1 core, the rest keep the other), as on
   // a machine with a core per worker plus spare ones. Uncapped, the workers, the primary and the client share
   // 2 cores and the machine saturates before any one worker does, so skew costs static hashing little.
-  const workers = arg('workers', 2);
-  const workerCpuWanted = arg('worker-cpu', 1 / workers);
+  const workers = args.workers;
+  const workerCpuWanted = args['worker-cpu'] ?? 1 / workers;
   // --cap-period-us: the CFS period of the caps (default 10 ms). A throttled worker waits out the rest of its
   // period, so with 4 workers at 0.25 core a 10 ms period stalls each for 7.5 ms at a time; 4 ms (1 ms quota,
   // the kernel's minimum) with a smaller --cost-us keeps the stalls short.
-  const capPeriodUs = arg('cap-period-us', 10_000);
+  const capPeriodUs = args['cap-period-us'];
   const caps: CpuCap[] = [];
   let capError: string | null = null;
   if (workerCpuWanted > 0) {
@@ -93,10 +106,8 @@ async function parent(): Promise<void> {
   const cfg = path.join(tmp, 'flowlb.json');
   fs.writeFileSync(cfg, JSON.stringify({ handler: path.join(ROOT, 'test/fixtures/burn-handler.js'), handlerOptions: { costUs, clock } }));
   const baseArgs = ['--config', cfg, '--workers', String(workers)];
-  const adaptiveIdx = process.argv.indexOf('--adaptive-args');
-  const adaptiveArgs = adaptiveIdx >= 0 ? process.argv[adaptiveIdx + 1]!.split(/\s+/).filter(Boolean) : [];
-  const compareIdx = process.argv.indexOf('--compare');
-  const compareArgs = compareIdx >= 0 ? process.argv[compareIdx + 1]!.split(/\s+/).filter(Boolean) : null;
+  const adaptiveArgs = args['adaptive-args'] !== undefined ? args['adaptive-args'].split(/\s+/).filter(Boolean) : [];
+  const compareArgs = args.compare !== undefined ? args.compare.split(/\s+/).filter(Boolean) : null;
   const modes: readonly string[] = compareArgs ? ['static', 'adaptive', 'compare'] : ['static', 'adaptive'];
   const argsOf = (mode: string): string[] => (mode === 'static' ? ['--no-balance'] : mode === 'compare' ? compareArgs ?? [] : adaptiveArgs);
   /** Starts flowlb on `port` and puts each worker into its CPU cap (if any). */

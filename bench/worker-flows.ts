@@ -24,15 +24,11 @@ import { WorkerRuntime } from '../src/control/worker.js';
 import { FRAME_HEADER_BYTES, writePacketFrame } from '../src/datapath/frame.js';
 import { createEchoHandler } from '../src/handlers/echo.js';
 import { createLogger } from '../src/log.js';
+import { parseBenchArgs } from './lib/args.js';
 import { median, writeResult } from './lib/procs.js';
 
 const HERE = fileURLToPath(import.meta.url);
 const PAYLOAD_BYTES = 64;
-
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1]! : def;
-}
 
 interface Sample { flows: number; frameWriteNsPerPacket: number; creationNsPerPacket: number; steadyNsPerPacket: number; heapBytesPerFlow: number; rssBytesPerFlow: number; replies: number; flowsInTable: number }
 
@@ -136,8 +132,14 @@ function runChild(flows: number, batch: number, rounds: number): Promise<Sample>
 }
 
 async function main(): Promise<void> {
-  const counts = arg('flows', '1000,100000,1000000').split(',').map(Number);
-  const repeat = Number(arg('repeat', '3')), batch = Number(arg('batch', '64')), rounds = Number(arg('rounds', '3'));
+  const args = parseBenchArgs('worker-flows', 'The worker\'s own packet path against the number of flows (no sockets): ns per packet and bytes per flow.', {
+    flows: { type: 'list', default: [1000, 100_000, 1_000_000], check: 'positive-int', describe: 'Flow counts, comma-separated (one fresh child process each)' },
+    repeat: { type: 'number', default: 3, check: 'positive-int', describe: 'Times every flow count is run (medians are reported)' },
+    batch: { type: 'number', default: 64, check: 'positive-int', describe: 'Packets per channel chunk fed to the worker' },
+    rounds: { type: 'number', default: 3, check: 'positive-int', describe: 'Steady phase: packets per flow (at least 2M packets in all)' },
+  });
+  const counts = args.flows;
+  const repeat = args.repeat, batch = args.batch, rounds = args.rounds;
   const samples: Sample[] = [];
   for (let r = 0; r < repeat; r++) {
     for (const n of counts) {
@@ -167,6 +169,7 @@ async function main(): Promise<void> {
   console.log(`written ${file}`);
 }
 
+// The measuring child: `--child FLOWS BATCH ROUNDS`, from runChild() above (not a user option).
 if (process.argv[2] === '--child') {
   const [flows, batch, rounds] = process.argv.slice(3).map(Number) as [number, number, number];
   process.send!(childMain(flows, batch, rounds));
