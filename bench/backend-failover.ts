@@ -20,7 +20,7 @@ import { freePort, makeWorkDir, removeWorkDir, startFlowlbProxy } from './lib/pe
 import { parseBenchArgs } from './lib/args.js';
 import { sleep, writeResult } from './lib/procs.js';
 
-const args = parseBenchArgs('backend-failover', 'Passive backend health of the proxy: packets lost per flow with one backend port closed, health on and off.', {
+const args = parseBenchArgs('backend-failover', 'Passive backend health of the proxy: packets lost per flow with one backend closed or silent, health on and off.', {
   flows: { type: 'number', default: 40, check: 'positive-int', describe: 'Client flows (one socket each)' },
   rounds: { type: 'number', default: 30, check: 'positive-int', describe: 'Packets each flow sends, one per round' },
   'interval-ms': { type: 'number', default: 50, check: 'nonnegative', describe: 'Pause between rounds, ms' },
