@@ -350,6 +350,24 @@ describe('CLI', () => {
     await expect(runGenCli({}, { out: () => undefined, err: () => undefined })).rejects.toMatchObject({ code: 'ERR_GEN_OPTION' });
   });
 
+  it('rejects the search flags (--loss-pct, --max-rate, --max-trials, --trial) without --find-max or --self-test', async () => {
+    // A plain run ignored them: `--loss-pct 0.1` read as a pass/fail threshold and was not one.
+    const { target } = await responder(4, echo);
+    const silent = { out: () => undefined, err: () => undefined };
+    const plain = { target, flows: 2, count: 4, rate: 1000, progress: false };
+    for (const [flags, flag] of [
+      [{ 'loss-pct': 0.1 }, '--loss-pct'],
+      [{ 'max-rate': 5000 }, '--max-rate'],
+      [{ 'max-trials': 3 }, '--max-trials'],
+      [{ trial: 1 }, '--trial'],
+    ] as const) {
+      await expect(runGenCli({ ...plain, ...flags }, silent), flag).rejects.toMatchObject({
+        code: 'ERR_GEN_OPTION',
+        message: `${flag} applies only with --find-max or --self-test`,
+      });
+    }
+  });
+
   it('names a bad option by the flag the user typed, in its unit, never by an internal field', async () => {
     // They said "ratePps (--rate) must be ...", "durationMs (--duration x 1000) ... got -3000", and --trial 0 was
     // blamed on --duration; --max-rate 0 said "findMaxRate: need 0 < minRate <= maxRate".

@@ -131,9 +131,11 @@ const MIN_MAX_RATE = 10;
 const MAX_MAX_RATE = 100_000_000;
 const MAX_TRIALS = 1000;
 const MAX_TRIAL_S = 86_400;
+/** Flags that only --find-max and --self-test read. */
+const SEARCH_ONLY_FLAGS = ['loss-pct', 'max-rate', 'max-trials', 'trial'] as const;
 
 /**
- * The flags that only the searches read, checked before anything starts. Each is checked here, under the name
+ * The flags that only the searches read, checked before anything starts, and rejected without a search. Each is checked here, under the name
  * the user typed: findMaxRate and the trial runs would name them after their own fields (maxRate, durationMs).
  */
 function checkSearchFlags(f: GenFlags): void {
@@ -153,6 +155,11 @@ function checkSearchFlags(f: GenFlags): void {
   const trial = f.trial;
   if (trial !== undefined && !(Number.isFinite(trial) && trial >= 0.001 && trial <= MAX_TRIAL_S)) {
     throw bad(`--trial must be a number in [0.001, ${MAX_TRIAL_S}] seconds, got ${trial}`);
+  }
+  // A plain run has no loss threshold, no search and no trials: these would be ignored without a word.
+  if (!f['find-max'] && !f['self-test']) {
+    const given = SEARCH_ONLY_FLAGS.find((name) => f[name] !== undefined);
+    if (given !== undefined) throw bad(`--${given} applies only with --find-max or --self-test`);
   }
 }
 
