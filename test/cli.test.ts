@@ -224,6 +224,20 @@ describe('flowlb usage and config errors', () => {
     expect(Date.now() - started).toBeLessThan(4000);
   });
 
+  it('backend: rejects a --stats-file it could not replace, before starting, in one line', () => {
+    // The file is written as FILE.PID.tmp and renamed over FILE. As root, /proc/version passed the old check (an
+    // open for append), then every write failed, counted only as "errors 2" in the summary, and the run exited 0.
+    // Checked first: the old check let a device through, and the rename would have replaced it with a file.
+    const backend = (file: string): RunResult => run('backend', '--listen', '127.0.0.1:0', '--duration', '1', '--stats-file', file);
+    if (existsSync('/proc/version')) {
+      // ENOENT as root; a user without root may be told EACCES.
+      expect(expectUsageFailure(backend('/proc/version'))).toMatch(
+        /^flowlb: --stats-file \/proc\/version: cannot write: cannot create a file in \/proc to replace it with \(E[A-Z]+\)$/,
+      );
+    }
+    expect(expectUsageFailure(backend(tmp))).toBe(`flowlb: --stats-file ${tmp}: not a regular file (a directory): it is replaced on every write`);
+  });
+
   it('rejects buckets that are not a power of two', () => {
     expect(expectUsageFailure(run('serve', '--buckets', '1000'))).toBe(
       'flowlb: --buckets must be a power of two between 1 and 65536, got 1000',

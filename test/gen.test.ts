@@ -12,6 +12,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import os from 'node:os';
 
 import { runGenCli } from '../src/commands/gen.js';
+import type { GenFlags } from '../src/commands/gen.js';
 import { openFileLimit } from '../src/gen/address.js';
 import { GenError } from '../src/gen/errors.js';
 import { AliasTable, flowWeights, makeRng, parseDistribution, shardFlowIds, splitProportional } from '../src/gen/flows.js';
@@ -347,6 +348,65 @@ describe('CLI', () => {
 
   it('requires --target', async () => {
     await expect(runGenCli({}, { out: () => undefined, err: () => undefined })).rejects.toMatchObject({ code: 'ERR_GEN_OPTION' });
+  });
+
+  it('rejects the search flags (--loss-pct, --max-rate, --max-trials, --trial) without --find-max or --self-test', async () => {
+    // A plain run ignored them: `--loss-pct 0.1` read as a pass/fail threshold and was not one.
+    const { target } = await responder(4, echo);
+    const silent = { out: () => undefined, err: () => undefined };
+    const plain = { target, flows: 2, count: 4, rate: 1000, progress: false };
+    for (const [flags, flag] of [
+      [{ 'loss-pct': 0.1 }, '--loss-pct'],
+      [{ 'max-rate': 5000 }, '--max-rate'],
+      [{ 'max-trials': 3 }, '--max-trials'],
+      [{ trial: 1 }, '--trial'],
+    ] as const) {
+      await expect(runGenCli({ ...plain, ...flags }, silent), flag).rejects.toMatchObject({
+        code: 'ERR_GEN_OPTION',
+        message: `${flag} applies only with --find-max or --self-test`,
+      });
+    }
+  });
+
+  it('names a bad option by the flag the user typed, in its unit, never by an internal field', async () => {
+    // They said "ratePps (--rate) must be ...", "durationMs (--duration x 1000) ... got -3000", and --trial 0 was
+    // blamed on --duration; --max-rate 0 said "findMaxRate: need 0 < minRate <= maxRate".
+    const silent = { out: () => undefined, err: () => undefined };
+    const t = '127.0.0.1:9';
+    const cases: [GenFlags, string][] = [
+      [{ target: t, rate: -1 }, '--rate must be a number in [0.001, 100000000], got -1'],
+      [{ target: t, flows: 0 }, '--flows must be an integer in [1, 10000000], got 0'],
+      [{ target: t, count: 1.5 }, '--count must be an integer in [1, 9007199254740991], got 1.5'],
+      [{ target: t, duration: -3 }, '--duration must be a number in [0.001, 86400] seconds, got -3'],
+      [{ target: t, size: 10 }, '--size must be an integer in [24, 65507] bytes, got 10'],
+      [{ target: t, rtp: true, size: 10 }, '--size must be an integer in [24, 65495] bytes (the RTP payload, with --rtp), got 10'],
+      [{ target: t, 'src-addrs': 300 }, '--src-addrs must be an integer in [1, 254], got 300'],
+      [{ target: '[::1]:9', 'src-addrs': 2 }, '--src-addrs must be 1 with an IPv6 target (it sends from ::1 only), got 2'],
+      [{ target: t, procs: 0 }, '--procs must be an integer in [1, 64], got 0'],
+      [{ target: t, procs: 5, flows: 2 }, '--procs 5 cannot exceed --flows 2: each process owns whole flows'],
+      [{ target: t, 'rtp-pt': 200 }, '--rtp-pt must be an integer in [0, 127], got 200'],
+      [{ target: t, 'rtp-ts-step': -1 }, '--rtp-ts-step must be an integer in [0, 4294967295], got -1'],
+      [{ target: t, drain: -1 }, '--drain must be a number in [0, 600000] ms, got -1'],
+      [{ target: t, burst: 0 }, '--burst must be an integer in [1, 1000000], got 0'],
+      [{ target: t, seed: -1 }, '--seed must be an integer in [0, 4294967295], got -1'],
+      [{ target: t, sockbuf: 10 }, '--sockbuf must be an integer in [1024, 1073741824] bytes, got 10'],
+      [{ target: t, dist: 'pareto' }, '--dist: expected "uniform" or "zipf:<s>" with 0 <= s <= 10, got "pareto"'],
+      [{ target: 'nohost:9' }, '--target: "nohost" is not an IP address (names other than localhost are not resolved)'],
+      [{ target: t, 'find-max': true, 'max-rate': 0 }, '--max-rate must be a number in [10, 100000000], got 0'],
+      [{ target: t, 'find-max': true, 'max-trials': 0 }, '--max-trials must be an integer in [1, 1000], got 0'],
+      [{ target: t, 'find-max': true, trial: 0 }, '--trial must be a number in [0.001, 86400] seconds, got 0'],
+      [{ target: t, 'find-max': true, rate: 0 }, '--rate must be a number in [0.001, 100000000], got 0'],
+      [{ 'self-test': true, flows: 0 }, '--flows must be an integer in [1, 10000000], got 0'],
+      [{ 'self-test': true, 'max-rate': 5 }, '--max-rate must be a number in [10, 100000000], got 5'],
+    ];
+    for (const [flags, message] of cases) {
+      const err = await runGenCli({ progress: false, ...flags }, silent).then(() => null, (e: unknown) => e);
+      expect(err, JSON.stringify(flags)).toBeInstanceOf(GenError);
+      expect({ flags, code: (err as GenError).code, message: (err as GenError).message }).toEqual({ flags, code: 'ERR_GEN_OPTION', message });
+    }
+    // The library names its own fields.
+    await expect(runGenerator({ target: t, ratePps: -1 })).rejects.toThrow(/^ratePps must be a number in \[0\.001, 100000000\], got -1$/);
+    await expect(runGenerator({ target: t, durationMs: -3000 })).rejects.toThrow(/^durationMs must be a number in \[1, 86400000\], got -3000$/);
   });
 });
 

@@ -108,4 +108,47 @@ describe('where', () => {
     }
     expect(JSON.parse(execFileSync(process.execPath, [CLI, 'where', '--src', '[::1]:5000', '--dst', '[::1]:5300'], { encoding: 'utf8' })).bucket).toBeTypeOf('number');
   });
+
+  it('rejects an IPv4 octet with leading zeros in --src, --dst and GET /where like any malformed address; IPv6 forms still answer', async () => {
+    // 01.2.3.4 was answered as 1.2.3.4 (the hash reads octets as decimal), though net.isIP and every other address
+    // flag refuse it and no packet carries it.
+    const run = (...args: string[]): { code: number | null; out: string; err: string } => {
+      const r = spawnSync(process.execPath, [CLI, 'where', ...args], { encoding: 'utf8' });
+      return { code: r.status, out: r.stdout, err: r.stderr };
+    };
+    const notIPv4 = (flag: string, text: string): string =>
+      `flowlb: ${flag} host must be an IPv4 address, [IPv6 address] or localhost (names are not resolved), got "${text}"`;
+    for (const [args, line] of [
+      [['--src', '01.2.3.4:5'], notIPv4('--src', '01.2.3.4:5')],
+      [['--src', '1.2.3.004:5'], notIPv4('--src', '1.2.3.004:5')],
+      [['--src', '1.2.3.4:5', '--dst', '127.0.0.01:5300'], notIPv4('--dst', '127.0.0.01:5300')],
+      [['--src', '[::ffff:01.2.3.4]:5', '--dst', '[::1]:5300'], 'flowlb: --src has an invalid IPv6 address "::ffff:01.2.3.4" in "[::ffff:01.2.3.4]:5"'],
+      [['--src', '1.2.3.4:5', '--dst', '[::1]:5300'], 'flowlb: --src 1.2.3.4:5 is IPv4 and --dst [::1]:5300 is IPv6: a flow has one address family'],
+    ] as const) {
+      const r = run(...args);
+      expect({ args, code: r.code, err: r.err, out: r.out }).toEqual({ args, code: 2, err: `${line}\n`, out: '' });
+    }
+    const answer = (...args: string[]): { bucket: number; hash: number } => {
+      const r = run(...args);
+      expect(r.code, r.err).toBe(0);
+      return JSON.parse(r.out);
+    };
+    expect(answer('--src', '[::1]:5060', '--dst', '[::1]:5300').hash).toBe(answer('--src', '[0:0::1]:5060', '--dst', '[0::1]:5300').hash);
+    expect(answer('--src', '[::ffff:1.2.3.4]:5', '--dst', '[::1]:5300').bucket).toBeTypeOf('number');
+    expect(answer('--src', '1.2.3.4:5').hash).toBe(answer('--src', '1.2.3.4:5', '--dst', '127.0.0.1:5300').hash);
+
+    running = await startFlowlb(['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--log-level', 'warn']);
+    const base = `http://127.0.0.1:${running.httpPort}`;
+    const get = async (q: string): Promise<{ status: number; text: string }> => {
+      const res = await fetch(`${base}/where?${q}`);
+      return { status: res.status, text: await res.text() };
+    };
+    expect(await get('src=01.2.3.4:5')).toEqual({ status: 400, text: 'src host must be an IPv4 address, [IPv6 address] or localhost (names are not resolved), got "01.2.3.4:5"\n' });
+    expect(await get(`src=1.2.3.4:5&dst=127.0.0.01:${running.udpPort}`)).toEqual({
+      status: 400, text: `dst host must be an IPv4 address, [IPv6 address] or localhost (names are not resolved), got "127.0.0.01:${running.udpPort}"\n`,
+    });
+    expect((await get(`src=1.2.3.4:5&dst=127.0.0.1:${running.udpPort}`)).status).toBe(200);
+    const viaUrl = run('--src', '01.2.3.4:5', '--url', base);
+    expect({ code: viaUrl.code, err: viaUrl.err }).toEqual({ code: 2, err: `${notIPv4('--src', '01.2.3.4:5')}\n` });
+  });
 });

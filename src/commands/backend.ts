@@ -4,6 +4,7 @@
  * its counts.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { CommandModule, Options } from 'yargs';
 
 import { DEFAULT_BACKEND_ID, DEFAULT_STATS_INTERVAL_MS, startBackend } from '../gen/backend.js';
@@ -42,6 +43,38 @@ export function formatBackendStats(s: BackendStats): string {
   );
 }
 
+function fileKind(st: fs.Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  return 'not a file';
+}
+
+/**
+ * Checked before starting, as it is written: FILE.PID.tmp in FILE's directory, then renamed over FILE. So FILE
+ * must be a regular file or not exist yet, and its directory must take a new file. Opening FILE itself proved
+ * neither: a file that cannot be replaced was only an "errors" count in the summary (/proc/version as root), and
+ * a device was replaced by a regular file (/dev/null as root).
+ */
+function checkStatsFile(file: string): void {
+  const code = (err: unknown): string => (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+  const fail = (why: string): GenError => new GenError('ERR_GEN_OPTION', `--stats-file ${file}: ${why}`);
+  let st: fs.Stats | null = null;
+  try { st = fs.statSync(file); } catch (err) {
+    if (code(err) !== 'ENOENT') throw fail(`cannot write: ${code(err)}`);
+  }
+  if (st !== null && !st.isFile()) throw fail(`not a regular file (${fileKind(st)}): it is replaced on every write`);
+  const probe = `${file}.${process.pid}.tmp`;
+  try {
+    fs.closeSync(fs.openSync(probe, 'w'));
+    fs.unlinkSync(probe);
+  } catch (err) {
+    throw fail(st === null ? `cannot write: ${code(err)}` : `cannot write: cannot create a file in ${path.dirname(file)} to replace it with (${code(err)})`);
+  }
+}
+
 export function backendOptionsFromFlags(f: BackendFlags): BackendOptions {
   const o: BackendOptions = { listen: f.listen ?? '127.0.0.1:0' };
   if (f.mode !== undefined) {
@@ -52,10 +85,7 @@ export function backendOptionsFromFlags(f: BackendFlags): BackendOptions {
   if (f.id !== undefined) o.id = f.id;
   if (f.identity !== undefined) o.identity = f.identity;
   if (f['stats-file'] !== undefined) {
-    // Checked now: a file that cannot be written was only an "errors" count in the summary.
-    try { fs.closeSync(fs.openSync(f['stats-file'], 'a')); } catch (err) {
-      throw new GenError('ERR_GEN_OPTION', `--stats-file ${f['stats-file']}: cannot write: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-    }
+    checkStatsFile(f['stats-file']);
     o.statsFile = f['stats-file'];
   }
   if (f['stats-interval'] !== undefined) o.statsIntervalMs = f['stats-interval'];

@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import type { CommandModule, Options } from 'yargs';
 
-import { DEFAULT_DRAIN_MS, DEFAULT_DURATION_MS, DEFAULT_FLOWS, DEFAULT_MAX_BURST, DEFAULT_RATE_PPS, DEFAULT_SEED, DEFAULT_SIZE_BYTES, MAX_PROCS } from '../gen/options.js';
+import { DEFAULT_DRAIN_MS, DEFAULT_DURATION_MS, DEFAULT_FLOWS, DEFAULT_MAX_BURST, DEFAULT_RATE_PPS, DEFAULT_SEED, DEFAULT_SIZE_BYTES, MAX_PROCS, resolveGenOptions } from '../gen/options.js';
 import type { GenOptions } from '../gen/options.js';
 import { RTP_DEFAULT_PAYLOAD_BYTES, RTP_DEFAULT_STREAM_PPS, RTP_DEFAULT_TS_STEP } from '../gen/packet.js';
 import { findMaxRate, GenError, runGenerator } from '../gen/run.js';
@@ -84,7 +84,7 @@ export const GEN_OPTIONS = {
 /** GenOptions from flags (validation happens in resolveGenOptions). */
 export function genOptionsFromFlags(f: GenFlags): GenOptions {
   if (f.target === undefined) throw new GenError('ERR_GEN_OPTION', '--target HOST:PORT is required (or use --self-test)');
-  const o: GenOptions = { target: f.target };
+  const o: GenOptions = { target: f.target, optionNames: 'flags' };
   if (f.flows !== undefined) o.flows = f.flows;
   if (f.rate !== undefined) o.ratePps = f.rate;
   if (f.duration !== undefined) o.durationMs = f.duration * 1000;
@@ -126,6 +126,43 @@ function checkJsonWritable(file: string): void {
   try { fs.closeSync(fs.openSync(file, 'a')); } catch (err) { throw cannotWrite(file, err); }
 }
 
+/** Bounds of the search flags (--find-max, --self-test); the search itself starts at 10 pps. */
+const MIN_MAX_RATE = 10;
+const MAX_MAX_RATE = 100_000_000;
+const MAX_TRIALS = 1000;
+const MAX_TRIAL_S = 86_400;
+/** Flags that only --find-max and --self-test read. */
+const SEARCH_ONLY_FLAGS = ['loss-pct', 'max-rate', 'max-trials', 'trial'] as const;
+
+/**
+ * The flags that only the searches read, checked before anything starts, and rejected without a search. Each is checked here, under the name
+ * the user typed: findMaxRate and the trial runs would name them after their own fields (maxRate, durationMs).
+ */
+function checkSearchFlags(f: GenFlags): void {
+  const bad = (text: string): GenError => new GenError('ERR_GEN_OPTION', text);
+  const lossPct = f['loss-pct'];
+  if (lossPct !== undefined && !(Number.isFinite(lossPct) && lossPct >= 0 && lossPct < 100)) {
+    throw bad(`--loss-pct must be a percentage from 0 to below 100, got ${lossPct}`);
+  }
+  const maxRate = f['max-rate'];
+  if (maxRate !== undefined && !(Number.isFinite(maxRate) && maxRate >= MIN_MAX_RATE && maxRate <= MAX_MAX_RATE)) {
+    throw bad(`--max-rate must be a number in [${MIN_MAX_RATE}, ${MAX_MAX_RATE}], got ${maxRate}`);
+  }
+  const maxTrials = f['max-trials'];
+  if (maxTrials !== undefined && !(Number.isInteger(maxTrials) && maxTrials >= 1 && maxTrials <= MAX_TRIALS)) {
+    throw bad(`--max-trials must be an integer in [1, ${MAX_TRIALS}], got ${maxTrials}`);
+  }
+  const trial = f.trial;
+  if (trial !== undefined && !(Number.isFinite(trial) && trial >= 0.001 && trial <= MAX_TRIAL_S)) {
+    throw bad(`--trial must be a number in [0.001, ${MAX_TRIAL_S}] seconds, got ${trial}`);
+  }
+  // A plain run has no loss threshold, no search and no trials: these would be ignored without a word.
+  if (!f['find-max'] && !f['self-test']) {
+    const given = SEARCH_ONLY_FLAGS.find((name) => f[name] !== undefined);
+    if (given !== undefined) throw bad(`--${given} applies only with --find-max or --self-test`);
+  }
+}
+
 /**
  * Runs `flowlb gen` with parsed flags. The first SIGINT/SIGTERM ends the send phase early (the drain and
  * the summary still follow); a second one exits at once.
@@ -133,10 +170,7 @@ function checkJsonWritable(file: string): void {
 export async function runGenCli(f: GenFlags, io: CliIo = stdio): Promise<void> {
   const say = f.quiet ? () => undefined : io.out;
   if (f.json) checkJsonWritable(f.json);
-  const lossPctFlag = f['loss-pct'];
-  if (lossPctFlag !== undefined && !(Number.isFinite(lossPctFlag) && lossPctFlag >= 0 && lossPctFlag < 100)) {
-    throw new GenError('ERR_GEN_OPTION', `--loss-pct must be a percentage from 0 to below 100, got ${lossPctFlag}`);
-  }
+  checkSearchFlags(f);
   if (f['self-test']) {
     const r = await runSelfTest({
       ...(f.target?.startsWith('[') ? { family: 6 as const } : {}),
@@ -147,6 +181,7 @@ export async function runGenCli(f: GenFlags, io: CliIo = stdio): Promise<void> {
       ...(f['max-trials'] !== undefined ? { maxTrials: f['max-trials'] } : {}),
       ...(f['loss-pct'] !== undefined ? { lossPct: f['loss-pct'] } : {}),
       ...(f['max-rate'] !== undefined ? { maxRate: f['max-rate'] } : {}),
+      optionNames: 'flags',
       onPhase: (t) => say(t),
       onTrial: (t) => say(formatTrial(t)),
     });
@@ -170,6 +205,8 @@ export async function runGenCli(f: GenFlags, io: CliIo = stdio): Promise<void> {
   try {
     opts.signal = abort.signal;
     if (f['find-max']) {
+      // Every flag is checked before the first trial, --rate (the start rate) too: the trials override it.
+      resolveGenOptions(opts);
       const lossPct = f['loss-pct'] ?? 0.1;
       const r = await findMaxRate(opts, {
         lossPct,

@@ -3,7 +3,7 @@
  * backend a flow maps to. With --url it asks a running instance (live owner table); without, it computes offline.
  */
 import type { CommandModule } from 'yargs';
-import { DEFAULT_BUCKETS, DEFAULT_LISTEN, MAX_BUCKETS, parseBackend } from '../config.js';
+import { DEFAULT_BUCKETS, DEFAULT_LISTEN, MAX_BUCKETS, parseBackend, parseEndpoint } from '../config.js';
 import { FlowlbError, UsageError } from '../errors.js';
 import { loadHasher } from '../datapath/tuple.js';
 import { where } from '../control/where.js';
@@ -21,6 +21,12 @@ export const whereCommand: CommandModule<object, WhereFlags> = {
     backend: { type: 'array', string: true, describe: 'Offline: proxy backends HOST:PORT[@WEIGHT], to see which one Maglev picks' },
   },
   handler: async (argv) => {
+    // Malformed addresses fail here, named by the flag (with --url too, where the instance would say src/dst).
+    const src = parseEndpoint(argv.src, '--src');
+    const dst = argv.dst === undefined ? undefined : parseEndpoint(argv.dst, '--dst');
+    if (dst !== undefined && dst.family !== src.family) {
+      throw new UsageError(`--src ${argv.src} is IPv${src.family} and --dst ${argv.dst} is IPv${dst.family}: a flow has one address family`);
+    }
     if (argv.url) {
       const base = argv.url.replace(/\/+$/, '');
       const q = new URLSearchParams({ src: argv.src, ...(argv.dst ? { dst: argv.dst } : {}) });
@@ -40,7 +46,7 @@ export const whereCommand: CommandModule<object, WhereFlags> = {
     if (!(Number.isInteger(buckets) && buckets >= 1 && buckets <= MAX_BUCKETS && (buckets & (buckets - 1)) === 0)) {
       throw new UsageError(`--buckets must be a power of two <= ${MAX_BUCKETS}, got ${buckets}`);
     }
-    if (argv.dst === undefined && argv.src.startsWith('[')) {
+    if (dst === undefined && src.family === 6) {
       throw new UsageError(`--src ${argv.src} is IPv6 and --dst defaults to ${DEFAULT_LISTEN} (IPv4): give --dst [IPv6]:PORT, the listener it reached`);
     }
     const backends = (argv.backend ?? []).map((b) => parseBackend(b));

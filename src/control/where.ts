@@ -2,7 +2,7 @@
  * "Where would this flow go": the tuple's hash, bucket, owning worker and (for the proxy) backend, computed
  * with the same functions as the packet path. Used by `GET /where` and `flowlb where`.
  */
-import type { BackendSpec } from '../config.js';
+import { parseEndpoint, type BackendSpec } from '../config.js';
 import { hashTupleStrings, type RawHasher } from '../datapath/tuple.js';
 import { buildMaglevTable, lookupMaglev } from '../handlers/maglev.js';
 import { backendKey } from '../handlers/proxy.js';
@@ -18,18 +18,13 @@ export interface WhereAnswer {
   readonly backend: string | null;
 }
 
-export function splitHostPort(text: string): { host: string; port: number } {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
-  if (!m) throw new Error(`expected HOST:PORT or [IPv6]:PORT, got ${text}`);
-  const port = Number(m[2]);
-  if (port > 65535) throw new Error(`port must be an integer between 0 and 65535, got ${m[2]} in ${text}`);
-  return { host: m[1]!, port };
-}
-
 export function where(
   hasher: RawHasher, src: string, dst: string, buckets: number, backends: readonly BackendSpec[], owner?: Uint16Array,
 ): WhereAnswer {
-  const s = splitHostPort(src), d = splitHostPort(dst);
+  // Read as every address flag is (parseEndpoint): IP literals as net.isIP takes them, so no leading zeros in an
+  // IPv4 octet (the hash would read 01.2.3.4 as 1.2.3.4 and answer for an address no packet carries).
+  const s = parseEndpoint(src, 'src'), d = parseEndpoint(dst, 'dst');
+  if (s.family !== d.family) throw new Error(`src ${src} is IPv${s.family} and dst ${dst} is IPv${d.family}: a flow has one address family`);
   const hash = hashTupleStrings(hasher, s.host, s.port, d.host, d.port);
   const bucket = hash & (buckets - 1);
   let backend: string | null = null;

@@ -79,6 +79,8 @@ export interface GenOptions {
   signal?: AbortSignal;
   onProgress?: (p: GenProgress) => void;
   progressIntervalMs?: number;
+  /** How errors name a bad option: 'fields' (default: `ratePps`) or 'flags' (`--rate`, as `flowlb gen` does). */
+  optionNames?: OptionNames;
 }
 
 /** Validated options, plain data (sent to sender processes as JSON). */
@@ -110,34 +112,75 @@ export interface ResolvedGenOptions {
   readonly runId: number;
 }
 
-function intIn(name: string, v: number | undefined, def: number, min: number, max: number): number {
+/**
+ * How a bad option is named in an error: `fields` (the library's, e.g. `ratePps`; the default) or `flags`
+ * (the `flowlb gen` flag the user typed, e.g. `--rate`, in the flag's own unit: seconds for --duration).
+ */
+export type OptionNames = 'fields' | 'flags';
+
+/** The `flowlb gen` flag of each option field, and how many field units make one flag unit. */
+const FLAG_OF: Readonly<Record<string, { flag: string; scale?: number; unit?: string }>> = {
+  flows: { flag: '--flows' },
+  ratePps: { flag: '--rate' },
+  durationMs: { flag: '--duration', scale: 1000, unit: ' seconds' },
+  count: { flag: '--count' },
+  sizeBytes: { flag: '--size', unit: ' bytes' },
+  srcAddrs: { flag: '--src-addrs' },
+  procs: { flag: '--procs' },
+  rtpPayloadType: { flag: '--rtp-pt' },
+  rtpTsStep: { flag: '--rtp-ts-step' },
+  drainMs: { flag: '--drain', unit: ' ms' },
+  maxBurst: { flag: '--burst' },
+  seed: { flag: '--seed' },
+  socketBufferBytes: { flag: '--sockbuf', unit: ' bytes' },
+};
+
+/** The name of `field` in errors, and its value, bounds and unit as they read under that name. */
+function named(names: OptionNames, field: string): { name: string; show: (x: number | undefined) => number | undefined; unit: string } {
+  const f = names === 'flags' ? FLAG_OF[field] : undefined;
+  if (f === undefined) return { name: field, show: (x) => x, unit: '' };
+  const scale = f.scale ?? 1;
+  return { name: f.flag, show: (x) => (x === undefined ? x : x / scale), unit: f.unit ?? '' };
+}
+
+function optionError(names: OptionNames, field: string, kind: string, v: number | undefined, min: number, max: number, note = ''): GenError {
+  const n = named(names, field);
+  return new GenError('ERR_GEN_OPTION', `${n.name} must be ${kind} in [${n.show(min)}, ${n.show(max)}]${n.unit}${note}, got ${n.show(v)}`);
+}
+
+function intIn(names: OptionNames, field: string, v: number | undefined, def: number, min: number, max: number, note = ''): number {
   const x = v ?? def;
-  if (!Number.isInteger(x) || x < min || x > max) throw new GenError('ERR_GEN_OPTION', `${name} must be an integer in [${min}, ${max}], got ${v}`);
+  if (!Number.isInteger(x) || x < min || x > max) throw optionError(names, field, 'an integer', v, min, max, note);
   return x;
 }
 
-function numIn(name: string, v: number | undefined, def: number, min: number, max: number): number {
+function numIn(names: OptionNames, field: string, v: number | undefined, def: number, min: number, max: number): number {
   const x = v ?? def;
-  if (typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max) throw new GenError('ERR_GEN_OPTION', `${name} must be a number in [${min}, ${max}], got ${v}`);
+  if (typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max) throw optionError(names, field, 'a number', v, min, max);
   return x;
 }
 
 export function resolveGenOptions(o: GenOptions): ResolvedGenOptions {
-  const target = typeof o.target === 'string' ? parseHostPort(o.target, 'target') : parseHostPort(formatHostPort(o.target), 'target');
-  const flows = intIn('flows (--flows)', o.flows, DEFAULT_FLOWS, 1, 10_000_000);
+  const names = o.optionNames ?? 'fields';
+  const targetName = names === 'flags' ? '--target' : 'target';
+  const target = typeof o.target === 'string' ? parseHostPort(o.target, targetName) : parseHostPort(formatHostPort(o.target), targetName);
+  const flows = intIn(names, 'flows', o.flows, DEFAULT_FLOWS, 1, 10_000_000);
   const rtp = o.rtp === true;
-  const ratePps = numIn('ratePps (--rate)', o.ratePps, rtp ? RTP_DEFAULT_STREAM_PPS * flows : DEFAULT_RATE_PPS, 0.001, 100_000_000);
-  const count = o.count === undefined ? null : intIn('count (--count)', o.count, 0, 1, Number.MAX_SAFE_INTEGER);
-  const durationMs = o.durationMs === undefined ? (count === null ? DEFAULT_DURATION_MS : null) : numIn('durationMs (--duration x 1000)', o.durationMs, 0, 1, 86_400_000);
+  const ratePps = numIn(names, 'ratePps', o.ratePps, rtp ? RTP_DEFAULT_STREAM_PPS * flows : DEFAULT_RATE_PPS, 0.001, 100_000_000);
+  const count = o.count === undefined ? null : intIn(names, 'count', o.count, 0, 1, Number.MAX_SAFE_INTEGER);
+  const durationMs = o.durationMs === undefined ? (count === null ? DEFAULT_DURATION_MS : null) : numIn(names, 'durationMs', o.durationMs, 0, 1, 86_400_000);
   const countOnlyMs = count === null ? Infinity : ((count / ratePps) * 1000) * COUNT_ONLY_SLACK_FACTOR + COUNT_ONLY_SLACK_MS;
   const sendLimitMs = Math.min(durationMs ?? Infinity, countOnlyMs);
   const headerBytes = rtp ? RTP_HEADER_BYTES : 0;
-  const size = intIn(rtp ? 'sizeBytes (--size, RTP payload)' : 'sizeBytes (--size)', o.sizeBytes, rtp ? RTP_DEFAULT_PAYLOAD_BYTES : DEFAULT_SIZE_BYTES, PROBE_HEADER_BYTES, MAX_DATAGRAM_BYTES - headerBytes);
+  const size = intIn(names, 'sizeBytes', o.sizeBytes, rtp ? RTP_DEFAULT_PAYLOAD_BYTES : DEFAULT_SIZE_BYTES, PROBE_HEADER_BYTES, MAX_DATAGRAM_BYTES - headerBytes, rtp ? ' (the RTP payload, with --rtp)' : '');
   const distribution = parseDistribution(o.distribution ?? 'uniform');
-  const srcAddrs = intIn('srcAddrs (--src-addrs)', o.srcAddrs, 1, 1, MAX_SRC_ADDRS);
-  if (target.family === 6 && srcAddrs !== 1) throw new GenError('ERR_GEN_OPTION', 'srcAddrs (--src-addrs): an IPv6 target uses ::1 only, so it must be 1');
-  const procs = intIn('procs (--procs)', o.procs, 1, 1, MAX_PROCS);
-  if (procs > flows) throw new GenError('ERR_GEN_OPTION', `procs (--procs ${procs}) cannot exceed flows (${flows}): each process owns whole flows`);
+  const srcAddrs = intIn(names, 'srcAddrs', o.srcAddrs, 1, 1, MAX_SRC_ADDRS);
+  const srcAddrsName = named(names, 'srcAddrs').name;
+  if (target.family === 6 && srcAddrs !== 1) throw new GenError('ERR_GEN_OPTION', `${srcAddrsName} must be 1 with an IPv6 target (it sends from ::1 only), got ${srcAddrs}`);
+  const procs = intIn(names, 'procs', o.procs, 1, 1, MAX_PROCS);
+  if (procs > flows) {
+    throw new GenError('ERR_GEN_OPTION', `${named(names, 'procs').name} ${procs} cannot exceed ${named(names, 'flows').name} ${flows}: each process owns whole flows`);
+  }
   checkFlowCapacity(flows, Math.ceil(flows / procs), srcAddrs, target.family);
   return Object.freeze({
     target,
@@ -152,17 +195,17 @@ export function resolveGenOptions(o: GenOptions): ResolvedGenOptions {
     srcAddrs,
     procs,
     rtp,
-    rtpPayloadType: intIn('rtpPayloadType (--rtp-pt)', o.rtpPayloadType, RTP_DEFAULT_PAYLOAD_TYPE, 0, 127),
+    rtpPayloadType: intIn(names, 'rtpPayloadType', o.rtpPayloadType, RTP_DEFAULT_PAYLOAD_TYPE, 0, 127),
     // G.711 carries one 8 kHz sample per byte, so the timestamp advances by the payload size (160 per 20 ms).
-    rtpTsStep: intIn('rtpTsStep (--rtp-ts-step)', o.rtpTsStep, rtp ? size : RTP_DEFAULT_TS_STEP, 0, 0xffff_ffff),
-    drainMs: numIn('drainMs (--drain)', o.drainMs, DEFAULT_DRAIN_MS, 0, 600_000),
+    rtpTsStep: intIn(names, 'rtpTsStep', o.rtpTsStep, rtp ? size : RTP_DEFAULT_TS_STEP, 0, 0xffff_ffff),
+    drainMs: numIn(names, 'drainMs', o.drainMs, DEFAULT_DRAIN_MS, 0, 600_000),
     expectReplies: o.expectReplies !== false,
     connect: o.connect !== false,
-    maxBurst: intIn('maxBurst (--burst)', o.maxBurst, DEFAULT_MAX_BURST, 1, 1_000_000),
-    seed: intIn('seed (--seed)', o.seed, DEFAULT_SEED, 0, 0xffff_ffff),
-    socketBufferBytes: o.socketBufferBytes === undefined ? null : intIn('socketBufferBytes (--sockbuf)', o.socketBufferBytes, 0, 1024, 1 << 30),
+    maxBurst: intIn(names, 'maxBurst', o.maxBurst, DEFAULT_MAX_BURST, 1, 1_000_000),
+    seed: intIn(names, 'seed', o.seed, DEFAULT_SEED, 0, 0xffff_ffff),
+    socketBufferBytes: o.socketBufferBytes === undefined ? null : intIn(names, 'socketBufferBytes', o.socketBufferBytes, 0, 1024, 1 << 30),
     includePerFlow: o.includePerFlow === true,
-    progressIntervalMs: intIn('progressIntervalMs', o.progressIntervalMs, 1000, 10, 3_600_000),
+    progressIntervalMs: intIn(names, 'progressIntervalMs', o.progressIntervalMs, 1000, 10, 3_600_000),
     runId: crypto.randomBytes(4).readUInt32BE(0),
   });
 }

@@ -12,6 +12,8 @@ import type { BackendMode, BackendStats } from './backend.js';
 import { GenError } from './errors.js';
 import { findMaxRate, runGenerator } from './run.js';
 import type { FindMaxResult, GenResult, TrialRecord } from './run.js';
+import { resolveGenOptions } from './options.js';
+import type { OptionNames } from './options.js';
 
 const CHILD_START_TIMEOUT_MS = 10_000;
 /**
@@ -31,6 +33,8 @@ export interface SelfTestOptions {
   maxTrials?: number;
   lossPct?: number;
   maxRate?: number;
+  /** How errors name a bad flows/sizeBytes/procs (see GenOptions.optionNames). */
+  optionNames?: OptionNames;
   onTrial?: (t: TrialRecord) => void;
   onPhase?: (text: string) => void;
 }
@@ -96,9 +100,11 @@ export async function startBackendChild(mode: BackendMode, family: 4 | 6, identi
 
 export async function runSelfTest(o: SelfTestOptions = {}): Promise<SelfTestResult> {
   const family = o.family ?? 4;
-  const base = { flows: o.flows ?? 16, sizeBytes: o.sizeBytes ?? 64, procs: o.procs ?? 1, drainMs: 500 };
+  const base = { flows: o.flows ?? 16, sizeBytes: o.sizeBytes ?? 64, procs: o.procs ?? 1, drainMs: 500, ...(o.optionNames ? { optionNames: o.optionNames } : {}) };
   const trialMs = o.trialMs ?? 1000;
   const maxRate = o.maxRate ?? 1_000_000;
+  // Bad flows, sizeBytes or procs fail now, before a child starts (the target only gives the family here).
+  resolveGenOptions({ ...base, target: family === 6 ? '[::1]:9' : '127.0.0.1:9' });
 
   o.onPhase?.(`send ceiling: offering ${maxRate} pps to a sink for ${trialMs} ms`);
   const sink = await startBackendChild('sink', family);

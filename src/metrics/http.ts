@@ -2,7 +2,7 @@
  * The status HTTP listener (loopback by default): /healthz, /status (JSON) and /metrics (Prometheus).
  */
 import http from 'node:http';
-import { canonicalIPv6, formatEndpoint, type Endpoint, type FlowlbConfig } from '../config.js';
+import { formatEndpoint, parseEndpoint, type Endpoint, type FlowlbConfig } from '../config.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
 import { DROP_MIGRATION_LATE, DROP_REASONS } from '../datapath/counters.js';
 import { BindError } from '../errors.js';
@@ -12,7 +12,7 @@ import type { Migrator } from '../control/migrator.js';
 import { stalledAfterMs, type WorkerSet } from '../control/worker-set.js';
 import { createMetrics } from './registry.js';
 import { socketDrops } from './socket-drops.js';
-import { splitHostPort, where } from '../control/where.js';
+import { where } from '../control/where.js';
 import { loadHasher } from '../datapath/tuple.js';
 
 export interface ServiceView {
@@ -142,12 +142,11 @@ export function buildStatus(v: ServiceView): unknown {
 
 /** The listener that receives datagrams sent to `dst` (its own address, or a wildcard of its family on its port). */
 function listenerFor(listeners: readonly Endpoint[], dst: string): Endpoint {
-  const d = splitHostPort(dst);
-  const family = d.host.includes(':') ? 6 : 4;
-  const host = family === 6 ? canonicalIPv6(d.host) : d.host === 'localhost' ? '127.0.0.1' : d.host;
-  const wildcard = family === 6 ? '::' : '0.0.0.0';
-  const same = (l: Endpoint): boolean => l.family === family && l.port === d.port;
-  const l = listeners.find((x) => same(x) && x.host === host) ?? listeners.find((x) => same(x) && x.host === wildcard);
+  // One spelling (IPv6 canonical, localhost as 127.0.0.1), as the listeners' own addresses are.
+  const d = parseEndpoint(dst, 'dst');
+  const wildcard = d.family === 6 ? '::' : '0.0.0.0';
+  const same = (l: Endpoint): boolean => l.family === d.family && l.port === d.port;
+  const l = listeners.find((x) => same(x) && x.host === d.host) ?? listeners.find((x) => same(x) && x.host === wildcard);
   if (l === undefined) throw new Error(`dst ${dst} is not an address flowlb listens on (${listeners.map(formatEndpoint).join(', ')})`);
   return l;
 }
