@@ -86,6 +86,14 @@ const parser = yargs(args)
   .command(whereCommand)
   // yargs turns a non-numeric value of a number option into NaN, and the commands' range checks then said "got NaN".
   .middleware((argv) => {
+    // A single-valued flag given twice: yargs makes an array of it, which one command read as its first value and
+    // another printed as "got -1,0.2". Say so instead (the repeatable ones, --listen and --backend, are arrays).
+    // (yargs' getOptions() is not in its types: read the declared arrays through it as an untyped object.)
+    const repeatable = new Set((parser as unknown as { getOptions(): { array: string[] } }).getOptions().array);
+    for (const [key, value] of Object.entries(argv)) {
+      if (!Array.isArray(value) || repeatable.has(key) || /[A-Z]/.test(key) || key.length < 2 || key === '_') continue;
+      throw new UsageError(`--${key} is given more than once (${value.map((v) => JSON.stringify(v)).join(', ')}): give it once`);
+    }
     for (const [key, value] of Object.entries(argv)) {
       if (typeof value !== 'number' || !Number.isNaN(value) || /[A-Z]/.test(key) || key.length < 2) continue;
       const i = args.findIndex((a) => a === `--${key}` || a.startsWith(`--${key}=`));

@@ -238,6 +238,24 @@ describe('flowlb usage and config errors', () => {
     expect(expectUsageFailure(backend(tmp))).toBe(`flowlb: --stats-file ${tmp}: not a regular file (a directory): it is replaced on every write`);
   });
 
+  it('backend: names the flag in every option error, not the option field behind it', () => {
+    const backend = (...a: string[]): RunResult => run('backend', '--duration', '1', ...a);
+    expect(expectUsageFailure(backend('--cost-us', '-1'))).toBe('flowlb: --cost-us must be a number in [0, 1000000] microseconds, got -1');
+    expect(expectUsageFailure(backend('--stats-interval', '5'))).toBe('flowlb: --stats-interval must be at least 10 ms, got 5');
+    expect(expectUsageFailure(backend('--listen', '1.2.3:5'))).toMatch(/^flowlb: --listen: "1\.2\.3" is not an IP address/);
+    expect(expectUsageFailure(backend('--id', ''))).toBe('flowlb: --id must be 1..64 UTF-8 bytes, got 0');
+  });
+
+  it('rejects a single-valued flag given twice, naming both values; repeatable ones (--listen, --backend) stay lists', () => {
+    expect(expectUsageFailure(run('serve', '--workers', '2', '--workers', '3'))).toBe('flowlb: --workers is given more than once ("2", "3"): give it once');
+    expect(expectUsageFailure(run('backend', '--duration', '1', '--duration', '2'))).toBe('flowlb: --duration is given more than once (1, 2): give it once');
+    expect(expectUsageFailure(run('gen', '--rate', '5', '--rate=6'))).toBe('flowlb: --rate is given more than once (5, 6): give it once');
+    // Two backends are two backends (the offline where answers with one of them).
+    const where = run('where', '--src', '1.2.3.4:5', '--dst', '127.0.0.1:5300', '--buckets', '1024', '--backend', '10.0.0.1:1', '--backend', '10.0.0.2:2');
+    expect(where.code).toBe(0);
+    expect(where.stdout).toMatch(/"backend":"10\.0\.0\.[12]:[12]"/);
+  });
+
   it('rejects buckets that are not a power of two', () => {
     expect(expectUsageFailure(run('serve', '--buckets', '1000'))).toBe(
       'flowlb: --buckets must be a power of two between 1 and 65536, got 1000',

@@ -134,6 +134,9 @@ describe('where', () => {
       return JSON.parse(r.out);
     };
     expect(answer('--src', '[::1]:5060', '--dst', '[::1]:5300').hash).toBe(answer('--src', '[0:0::1]:5060', '--dst', '[0::1]:5300').hash);
+    // The answer shows the addresses in their one spelling, not as typed.
+    expect(answer('--src', '[0:0::1]:5060', '--dst', '[0::1]:5300')).toMatchObject({ src: '[::1]:5060', dst: '[::1]:5300' });
+    expect(answer('--src', 'localhost:5', '--dst', 'localhost:5300')).toMatchObject({ src: '127.0.0.1:5', dst: '127.0.0.1:5300' });
     expect(answer('--src', '[::ffff:1.2.3.4]:5', '--dst', '[::1]:5300').bucket).toBeTypeOf('number');
     expect(answer('--src', '1.2.3.4:5').hash).toBe(answer('--src', '1.2.3.4:5', '--dst', '127.0.0.1:5300').hash);
 

@@ -7,9 +7,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { CommandModule, Options } from 'yargs';
 
-import { DEFAULT_BACKEND_ID, DEFAULT_STATS_INTERVAL_MS, startBackend } from '../gen/backend.js';
+import { DEFAULT_BACKEND_ID, DEFAULT_STATS_INTERVAL_MS, MAX_COST_US, MIN_STATS_INTERVAL_MS, startBackend } from '../gen/backend.js';
 import type { BackendMode, BackendOptions, BackendStats } from '../gen/backend.js';
-import { formatHostPort } from '../gen/address.js';
+import { formatHostPort, parseHostPort } from '../gen/address.js';
+import { encodeIdentityTrailer } from '../gen/packet.js';
 import { GenError } from '../gen/errors.js';
 
 export interface BackendFlags {
@@ -76,19 +77,34 @@ function checkStatsFile(file: string): void {
 }
 
 export function backendOptionsFromFlags(f: BackendFlags): BackendOptions {
+  // Checked here, naming the flags: startBackend's own checks name its option fields (costUs, statsIntervalMs).
   const o: BackendOptions = { listen: f.listen ?? '127.0.0.1:0' };
+  parseHostPort(o.listen as string, '--listen', true);
   if (f.mode !== undefined) {
     if (f.mode !== 'echo' && f.mode !== 'sink') throw new GenError('ERR_GEN_OPTION', `--mode must be echo or sink, got ${f.mode}`);
     o.mode = f.mode as BackendMode;
   }
-  if (f['cost-us'] !== undefined) o.costUs = f['cost-us'];
-  if (f.id !== undefined) o.id = f.id;
+  if (f['cost-us'] !== undefined) {
+    if (!(f['cost-us'] >= 0 && f['cost-us'] <= MAX_COST_US)) throw new GenError('ERR_GEN_OPTION', `--cost-us must be a number in [0, ${MAX_COST_US}] microseconds, got ${f['cost-us']}`);
+    o.costUs = f['cost-us'];
+  }
+  if (f.id !== undefined) {
+    try {
+      encodeIdentityTrailer(f.id);
+    } catch (e) {
+      throw new GenError('ERR_GEN_OPTION', `--id ${(e as Error).message.replace(/^backend id /, '')}`);
+    }
+    o.id = f.id;
+  }
   if (f.identity !== undefined) o.identity = f.identity;
   if (f['stats-file'] !== undefined) {
     checkStatsFile(f['stats-file']);
     o.statsFile = f['stats-file'];
   }
-  if (f['stats-interval'] !== undefined) o.statsIntervalMs = f['stats-interval'];
+  if (f['stats-interval'] !== undefined) {
+    if (!(f['stats-interval'] >= MIN_STATS_INTERVAL_MS)) throw new GenError('ERR_GEN_OPTION', `--stats-interval must be at least ${MIN_STATS_INTERVAL_MS} ms, got ${f['stats-interval']}`);
+    o.statsIntervalMs = f['stats-interval'];
+  }
   if (f.sockbuf !== undefined) {
     if (!Number.isInteger(f.sockbuf) || f.sockbuf < 1024 || f.sockbuf > 1 << 30) {
       throw new GenError('ERR_GEN_OPTION', `--sockbuf must be an integer in [1024, ${1 << 30}] bytes, got ${f.sockbuf}`);

@@ -2,7 +2,7 @@
  * "Where would this flow go": the tuple's hash, bucket, owning worker and (for the proxy) backend, computed
  * with the same functions as the packet path. Used by `GET /where` and `flowlb where`.
  */
-import { parseEndpoint, type BackendSpec } from '../config.js';
+import { formatEndpoint, parseEndpoint, type BackendSpec } from '../config.js';
 import { hashTupleStrings, type RawHasher } from '../datapath/tuple.js';
 import { buildMaglevTable, lookupMaglev } from '../handlers/maglev.js';
 import { backendKey } from '../handlers/proxy.js';
@@ -34,5 +34,6 @@ export function where(
     backend = i >= 0 ? keys[i]!.key : null;
   }
   const o = owner?.[bucket];
-  return { src, dst, hash, bucket, worker: o !== undefined && o < 0xfff0 && owner !== undefined ? o : null, backend };
+  // Shown in the one spelling flags, labels and logs use ([0:0::1] is [::1]; localhost is its address).
+  return { src: formatEndpoint(s), dst: formatEndpoint(d), hash, bucket, worker: o !== undefined && o < 0xfff0 && owner !== undefined ? o : null, backend };
 }

@@ -15,7 +15,8 @@ export type BackendMode = 'echo' | 'sink';
 export const DEFAULT_BACKEND_ID = 'backend';
 export const DEFAULT_STATS_INTERVAL_MS = 1000;
 const MAX_REPLY_BYTES = 65_507;
-const MAX_COST_US = 1_000_000;
+export const MAX_COST_US = 1_000_000;
+export const MIN_STATS_INTERVAL_MS = 10;
 
 export interface BackendOptions {
   /** "HOST:PORT" ("[::1]:0" for any free port). */
@@ -101,7 +102,7 @@ export async function startBackend(opts: BackendOptions): Promise<BackendHandle>
   }
   const tag = opts.identity !== false;
   const statsIntervalMs = opts.statsIntervalMs ?? DEFAULT_STATS_INTERVAL_MS;
-  if (!(statsIntervalMs >= 10)) throw new GenError('ERR_GEN_OPTION', `statsIntervalMs must be >= 10, got ${statsIntervalMs}`);
+  if (!(statsIntervalMs >= MIN_STATS_INTERVAL_MS)) throw new GenError('ERR_GEN_OPTION', `statsIntervalMs must be >= ${MIN_STATS_INTERVAL_MS}, got ${statsIntervalMs}`);
 
   const c: Counters = { received: 0, sent: 0, bytesReceived: 0, bytesSent: 0, untagged: 0, errors: 0, busyUs: 0 };
   const costMs = costUs / 1000;
