@@ -368,6 +368,22 @@ describe('CLI', () => {
     }
   });
 
+  it('rejects with --self-test the flags it does not read (it sends its own trials), before starting a child', async () => {
+    const silent = { out: () => undefined, err: () => undefined };
+    for (const [flags, flag] of [
+      [{ rate: 5000 }, '--rate'],
+      [{ duration: 3 }, '--duration'],
+      [{ rtp: true }, '--rtp'],
+      [{ 'find-max': true }, '--find-max'],
+      [{ replies: false }, '--no-replies'],
+    ] as const) {
+      await expect(runGenCli({ 'self-test': true, progress: false, ...flags }, silent), flag).rejects.toMatchObject({
+        code: 'ERR_GEN_OPTION',
+        message: `${flag} has no effect with --self-test (it reads --flows, --size, --procs, --target's address family and the search flags)`,
+      });
+    }
+  });
+
   it('names a bad option by the flag the user typed, in its unit, never by an internal field', async () => {
     // They said "ratePps (--rate) must be ...", "durationMs (--duration x 1000) ... got -3000", and --trial 0 was
     // blamed on --duration; --max-rate 0 said "findMaxRate: need 0 < minRate <= maxRate".

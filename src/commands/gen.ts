@@ -161,7 +161,16 @@ function checkSearchFlags(f: GenFlags): void {
     const given = SEARCH_ONLY_FLAGS.find((name) => f[name] !== undefined);
     if (given !== undefined) throw bad(`--${given} applies only with --find-max or --self-test`);
   }
+  // The self-test runs its own trials against its own sink and echo: it reads flows, size, procs, the search flags
+  // and the address family of --target; anything else would be ignored without a word.
+  if (f['self-test']) {
+    const given = SELF_TEST_IGNORES.find((name) => f[name] !== undefined);
+    if (given !== undefined) throw bad(`--${f[given] === false ? 'no-' : ''}${given} has no effect with --self-test (it reads --flows, --size, --procs, --target's address family and the search flags)`);
+  }
 }
+
+/** Flags a plain run or --find-max reads and --self-test does not. */
+const SELF_TEST_IGNORES = ['rate', 'duration', 'count', 'dist', 'src-addrs', 'rtp', 'rtp-pt', 'rtp-ts-step', 'drain', 'burst', 'seed', 'sockbuf', 'per-flow', 'find-max', 'replies', 'connect'] as const;
 
 /**
  * Runs `flowlb gen` with parsed flags. The first SIGINT/SIGTERM ends the send phase early (the drain and
