@@ -239,4 +239,26 @@ describe('fair queue (DRR)', () => {
     q.serve(100, (f) => rest.push(f));
     expect(rest).toEqual([1]);
   });
+
+  it('drainFlow with a limit takes the oldest packets only; the flow keeps the rest, in order and in service', () => {
+    const q = new FairQueue(100, 4, 100, 1500);
+    const buf = Buffer.alloc(10);
+    for (let i = 0; i < 5; i++) q.enqueue(2, buf, i, 1);
+    q.enqueue(1, buf, 9, 1);
+    const taken: number[] = [];
+    expect(q.drainFlow(2, (_f, _b, off) => taken.push(off), 3)).toBe(3);
+    expect(taken).toEqual([0, 1, 2]);
+    expect(q.depth).toBe(3);
+    expect(q.queued(2)).toBe(2);
+    const rest: [number, number][] = [];
+    q.serve(100, (f, _b, off) => rest.push([f, off]));
+    expect(rest.filter(([f]) => f === 2)).toEqual([[2, 3], [2, 4]]);
+    expect(rest.filter(([f]) => f === 1)).toEqual([[1, 9]]);
+    expect(q.depth).toBe(0);
+    // Then it queues again from empty like any flow.
+    q.enqueue(2, buf, 7, 1);
+    const again: number[] = [];
+    q.serve(100, (_f, _b, off) => again.push(off));
+    expect(again).toEqual([7]);
+  });
 });

@@ -183,14 +183,15 @@ export class FairQueue {
   }
 
   /**
-   * Removes every queued packet of `flow`, oldest first, passing each to `fn` (migration hands them over).
-   * The flow leaves the ring.
+   * Removes up to `max` queued packets of `flow` (all by default), oldest first, passing each to `fn` (migration
+   * hands a flow's packets over; packet mode sheds some). A flow left without packets leaves the ring; one with
+   * packets left keeps its place and deficit.
    */
-  drainFlow(flow: number, fn: ServeFn): number {
+  drainFlow(flow: number, fn: ServeFn, max = Infinity): number {
     const q = this.q, r = flow * QS;
     let n = 0;
     let p = q[r + Q_HEAD]!;
-    while (p !== NIL) {
+    while (p !== NIL && n < max) {
       const next = this.pNext[p]!;
       const buf = this.pBuf[p]!, off = this.pOff[p]!, len = this.pLen[p]!;
       this.releaseDescriptor(p);
@@ -199,9 +200,12 @@ export class FairQueue {
       fn(flow, buf, off, len);
       p = next;
     }
-    q[r + Q_HEAD] = q[r + Q_TAIL] = NIL;
-    q[r + Q_COUNT] = 0;
-    if (q[r + Q_IN_RING] === 1) this.removeFromRing(flow);
+    q[r + Q_HEAD] = p;
+    q[r + Q_COUNT]! -= n;
+    if (p === NIL) {
+      q[r + Q_TAIL] = NIL;
+      if (q[r + Q_IN_RING] === 1) this.removeFromRing(flow);
+    }
     return n;
   }
 
