@@ -232,6 +232,22 @@ describe('bad input', () => {
     expect([202, 409]).toContain(await post('?bucket=5&to=1'));
   });
 
+  it('static hashing (--no-balance) still shows every worker\'s index and share, a replacement\'s too', async () => {
+    // They were computed only when a worker died: before any crash every index read its initial value whatever the
+    // load, and a replacement read index 0 and share 0 for as long as it ran.
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '2', '--no-balance', '--rebalance-interval', '200ms']);
+    const victim: number = (await svc.status()).workers[1].pid;
+    process.kill(victim, 'SIGKILL');
+    await waitFor(async () => { const w = (await svc.status()).workers[1]; return w.ready && w.pid !== victim; }, 10_000, 'replacement ready');
+    await waitFor(async () => (await svc.status()).workers.every((w: { index: number }) => w.index > 0), 5000, 'both indexes computed');
+    const st = await svc.status();
+    const shares = st.workers.map((w: { targetShare: number }) => w.targetShare);
+    expect(shares.every((x: number) => x > 0.2 && x < 0.8), JSON.stringify(shares)).toBe(true);
+    expect(shares[0] + shares[1]).toBeCloseTo(1, 6);
+    // Nothing else moved: the replacement got its own buckets back (static hashing), and that is all.
+    await waitFor(async () => (await svc.status()).workers.every((w: { buckets: number }) => w.buckets === 512), 10_000, 'home buckets back');
+  });
+
   it('counts datagrams larger than --max-datagram as oversize and keeps serving', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '1', '--max-datagram', '1000']);
     const c = await client();

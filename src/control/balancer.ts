@@ -383,13 +383,15 @@ export class Balancer {
   }
 
   tick(): void {
-    if (!this.enabled) return;
+    // Static hashing (balancer off) computes the figures too, for /status and /metrics, and moves nothing: they
+    // were computed only when a worker died, so a replacement read index 0 and share 0 for ever.
     this.prepare();
     const owners = this.plannedOwners();
     let total = 0;
     for (let b = 0; b < this.bucketLoad.length; b++) total += this.bucketLoad[b]!;
     // Idle: the decayed loads are near zero and their ratio is noise (it swung 0.0002-0.21 on an idle service).
     this.lastImbalance = total < MIN_BALANCE_LOAD ? 0 : imbalanceOf(owners, this.bucketLoad, this.shares);
+    if (!this.enabled) return;
     if (this.migrator.inFlight > 0) return; // let the previous round land before measuring again
     this.rounds++;
     if (total < MIN_BALANCE_LOAD || this.busiestElu() <= this.config.balancer.minBusy) {

@@ -468,7 +468,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
     read: perWorkerKnown((l) => l.cpuWaitSeconds),
   },
   // balancer
-  { name: 'flowlb_imbalance_index', type: 'gauge', help: 'The balancer\'s imbalance index of the worker (its capacity estimate; 1 = average).', read: perWorker((l) => l.imbalanceIndex) },
+  { name: 'flowlb_imbalance_index', type: 'gauge', help: 'The balancer\'s imbalance index of the worker: how much of a core it gets, in cores (0.05 to 1; 0 while down). Absolute: the target share is index over the sum.', read: perWorker((l) => l.imbalanceIndex) },
   { name: 'flowlb_target_share_ratio', type: 'gauge', help: 'Share of the load the balancer aims to give the worker (sums to 1).', read: perWorker((l) => l.targetShare) },
   { name: 'flowlb_buckets_owned', type: 'gauge', help: 'Hash buckets the worker owns (buckets being migrated count for nobody).', read: perWorker((l) => l.buckets) },
   { name: 'flowlb_imbalance_ratio', type: 'gauge', help: 'The worst worker\'s distance from its target share as a fraction of all load, at the last rebalance round (0 = perfect).', read: (s) => [{ value: s.imbalance }] },
