@@ -18,7 +18,9 @@ afterEach(async () => {
 });
 
 async function start(args: string[]): Promise<Running> {
-  const r = await startFlowlb(['--http', '127.0.0.1:0', '--log-level', 'warn', ...args]);
+  // Defaults a test may override (flowlb refuses a flag given twice).
+  const defaults = [['--http', '127.0.0.1:0'], ['--log-level', 'warn']].filter(([flag]) => !args.includes(flag!)).flat() as string[];
+  const r = await startFlowlb([...defaults, ...args]);
   running.push(r);
   return r;
 }
@@ -246,6 +248,37 @@ describe('bad input', () => {
     expect(shares[0] + shares[1]).toBeCloseTo(1, 6);
     // Nothing else moved: the replacement got its own buckets back (static hashing), and that is all.
     await waitFor(async () => (await svc.status()).workers.every((w: { buckets: number }) => w.buckets === 512), 10_000, 'home buckets back');
+  });
+
+  it('dispatch latency includes the time a packet queues in the worker, as the client sees it', async () => {
+    // One flow at ~1.4x what a 2 ms handler serves: the worker's queue grows and the client's RTT with it. The
+    // histogram was sampled when a batch was read from the channel, not when its packets were served: p99 4.5 ms
+    // against a client RTT p50 of 1.5 s (a black-box check).
+    const file = configFile({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 2000 } });
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '1', '--no-balance', '--config', file, '--report-interval', '100ms']);
+    const c = await client();
+    const sentAt: number[] = [];
+    const rtt: number[] = [];
+    c.socket.on('message', (m) => { rtt.push(performance.now() - sentAt[Number(m.toString())]!); });
+    for (let i = 0; i < 700; i++) {
+      sentAt.push(performance.now());
+      await c.send(String(i), svc.udpPort, '127.0.0.1');
+      if (i % 7 === 6) await new Promise((r) => setTimeout(r, 10));
+    }
+    await waitFor(() => rtt.length === 700, 15_000, 'every reply');
+    rtt.sort((a, b) => a - b);
+    const rttMedianMs = rtt[350]!;
+    await waitFor(async () => (await svc.status()).workers[0].handled >= 700, 5000, 'report with every packet');
+    await new Promise((r) => setTimeout(r, 300));
+    const text = await svc.metrics();
+    const sum = Number(/^flowlb_dispatch_latency_seconds_sum (\S+)/m.exec(text)![1]);
+    const count = Number(/^flowlb_dispatch_latency_seconds_count (\S+)/m.exec(text)![1]);
+    const meanMs = (sum / count) * 1000;
+    const diag = `client RTT median ${rttMedianMs.toFixed(1)} ms; flowlb latency mean ${meanMs.toFixed(1)} ms over ${count} samples`;
+    expect(rttMedianMs, diag).toBeGreaterThan(50); // the queue really built up
+    expect(count, diag).toBeGreaterThanOrEqual(3); // one packet timed at a time: a few per second under a deep queue
+    expect(meanMs, diag).toBeGreaterThan(rttMedianMs / 4);
+    expect(meanMs, diag).toBeLessThan(rtt[699]!); // never more than a client waited
   });
 
   it('counts datagrams larger than --max-datagram as oversize and keeps serving', async () => {

@@ -12,7 +12,7 @@ import {
   DROP_REASON_COUNT,
 } from '../datapath/counters.js';
 import { AddressText } from '../datapath/address-text.js';
-import { ENQ_FLOW_FULL, ENQ_FULL, ENQ_PUSHED_OUT, FairQueue } from '../datapath/fair-queue.js';
+import { ENQ_FLOW_FULL, ENQ_FULL, ENQ_OK, ENQ_PUSHED_OUT, FairQueue } from '../datapath/fair-queue.js';
 import { FlowTable } from '../datapath/flow-table.js';
 import {
   FRAME_CLOCK, FRAME_HEADER_BYTES, FRAME_PACKET, FRAME_RELEASE, FrameReader, frameBucket, frameClockMs, frameEpoch,
@@ -167,7 +167,10 @@ export class WorkerRuntime {
   nowMs = performance.now();
   /** Wall-clock time of the batch being parsed, from its CLOCK frame. */
   private batchWallMs = 0;
-  private latencyPending = false;
+  /** A clock frame came and no packet is being timed: the next packet queued is (FairQueue.sample). */
+  private latencyArmed = false;
+  /** The batch stamp of the packet being timed. */
+  private sampleWallMs = 0;
   private drainScheduled = false;
   private readonly drainBound = this.drain.bind(this);
   private readonly serveBound = this.servePacket.bind(this);
@@ -203,7 +206,6 @@ export class WorkerRuntime {
 
   onChunk(chunk: Buffer): void {
     this.nowMs = performance.now();
-    this.latencyPending = false;
     this.reader.push(chunk);
     if (this.reader.malformed > 0) { this.drops[DROP_MALFORMED]! += this.reader.malformed; this.reader.malformed = 0; }
     if (!this.drainScheduled && this.queue.depth > 0) { this.drainScheduled = true; setImmediate(this.drainBound); }
@@ -226,9 +228,15 @@ export class WorkerRuntime {
         if (r === ENQ_FLOW_FULL) this.drops[DROP_FLOW_QUEUE_FULL]!++;
         else if (r === ENQ_FULL || r === ENQ_PUSHED_OUT) this.drops[DROP_QUEUE_FULL]!++;
       }
+      if (this.latencyArmed && (r === ENQ_OK || r === ENQ_PUSHED_OUT)) {
+        this.queue.sample = this.queue.lastEnqueued;
+        this.sampleWallMs = this.batchWallMs;
+        this.latencyArmed = false;
+      }
     } else if (kind === FRAME_CLOCK) {
       this.batchWallMs = frameClockMs(buf, off);
-      this.latencyPending = true;
+      // One packet timed at a time, from its batch's stamp to its service (queueing in the worker included).
+      this.latencyArmed = this.queue.sample < 0;
     } else if (kind === FRAME_RELEASE) {
       this.release(frameBucket(buf, off), frameEpoch(buf, off));
     } else {
@@ -284,12 +292,6 @@ export class WorkerRuntime {
   private drain(): void {
     this.drainScheduled = false;
     this.nowMs = performance.now();
-    if (this.latencyPending) {
-      // One sample per batch: time from the primary's batch stamp to this batch's first service.
-      const lat = performance.timeOrigin + this.nowMs - this.batchWallMs;
-      this.recordLatency(lat);
-      this.latencyPending = false;
-    }
     const start = this.nowMs;
     let served = 0;
     while (served < DRAIN_BUDGET && this.queue.depth > 0) {
@@ -297,6 +299,11 @@ export class WorkerRuntime {
       const n = this.queue.serve(this.slice, this.serveBound);
       served += n;
       this.nowMs = performance.now();
+      if (this.queue.sampleServed) {
+        // Served in this slice: timed to the slice's start (slices last about a millisecond at most).
+        this.queue.sampleServed = false;
+        this.recordLatency(performance.timeOrigin + before - this.sampleWallMs);
+      }
       if (n > 0) {
         const costs = this.sliceCost;
         costs[this.sliceCostAt] = (this.nowMs - before) / n;

@@ -42,6 +42,14 @@ export class FairQueue {
   depth = 0;
   /** Highest depth seen since the last call to takePeakDepth(). */
   peakDepth = 0;
+  /** The descriptor the last accepted enqueue used (for `sample`). */
+  lastEnqueued = NIL;
+  /**
+   * A packet being timed (its descriptor; -1: none): `sampleServed` turns true when serve() hands it out. A packet
+   * that leaves otherwise (pushed out, drained by a migration or a shed) ends the sample untimed.
+   */
+  sample = NIL;
+  sampleServed = false;
 
   private readonly pBuf: (Buffer | null)[];
   private readonly pOff: Int32Array;
@@ -88,6 +96,7 @@ export class FairQueue {
     this.pOff[p] = off;
     this.pLen[p] = len;
     this.pNext[p] = NIL;
+    this.lastEnqueued = p;
     const tail = q[r + Q_TAIL]!;
     if (tail === NIL) q[r + Q_HEAD] = p; else this.pNext[tail] = p;
     q[r + Q_TAIL] = p;
@@ -129,6 +138,7 @@ export class FairQueue {
     const p = q[r + Q_HEAD]!;
     q[r + Q_HEAD] = this.pNext[p]!;
     if (q[r + Q_HEAD] === NIL) q[r + Q_TAIL] = NIL;
+    if (p === this.sample) this.sample = NIL;
     this.releaseDescriptor(p);
     q[r + Q_COUNT]!--;
     this.depth--;
@@ -159,6 +169,7 @@ export class FairQueue {
         const buf = this.pBuf[p]!, off = this.pOff[p]!;
         q[r + Q_HEAD] = this.pNext[p]!;
         if (q[r + Q_HEAD] === NIL) q[r + Q_TAIL] = NIL;
+        if (p === this.sample) { this.sample = NIL; this.sampleServed = true; }
         this.releaseDescriptor(p);
         q[r + Q_COUNT]!--;
         this.depth--;
@@ -194,6 +205,7 @@ export class FairQueue {
     while (p !== NIL && n < max) {
       const next = this.pNext[p]!;
       const buf = this.pBuf[p]!, off = this.pOff[p]!, len = this.pLen[p]!;
+      if (p === this.sample) this.sample = NIL;
       this.releaseDescriptor(p);
       this.depth--;
       n++;
