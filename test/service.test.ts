@@ -281,6 +281,31 @@ describe('bad input', () => {
     expect(meanMs, diag).toBeLessThan(rtt[699]!); // never more than a client waited
   });
 
+  it('estimates the packets lost with a worker that was killed: its channel and queue (flowlb_worker_lost_packets_total)', async () => {
+    // They were counted nowhere: 2,513 of 9,600 lost to a stalled-then-killed worker, every drop reason 0 (a
+    // black-box check). One worker, 5 ms a packet: 300 packets queue up, then SIGKILL with most of them unserved.
+    const file = configFile({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 5000 } });
+    const svc = await start(['--listen', '127.0.0.1:0', '--workers', '1', '--no-balance', '--config', file, '--report-interval', '100ms']);
+    const c = await client();
+    for (let i = 0; i < 300; i++) await c.send(String(i), svc.udpPort, '127.0.0.1');
+    // Some served, and a report since the burst arrived (received 300), then kill.
+    await waitFor(async () => { const w = (await svc.status()).workers[0]; return w.handled + w.queueDepth === 300 && c.replies.length >= 20; }, 10_000, 'a report with the burst');
+    const victim: number = (await svc.status()).workers[0].pid;
+    process.kill(victim, 'SIGKILL');
+    await waitFor(async () => { const w = (await svc.status()).workers[0]; return w.ready && w.pid !== victim; }, 10_000, 'replacement ready');
+    await new Promise((r) => setTimeout(r, 200));
+    const lostAtClient = 300 - c.replies.length;
+    const st = await svc.status();
+    const text = await svc.metrics();
+    const metric = Number(/^flowlb_worker_lost_packets_total\{worker="0"\} (\S+)/m.exec(text)![1]);
+    const diag = `client lost ${lostAtClient}, estimate ${metric}, status ${st.workers[0].lostOnExit}`;
+    expect(lostAtClient, diag).toBeGreaterThan(100);
+    expect(st.workers[0].lostOnExit, diag).toBe(metric);
+    // High by at most what it served after its last report: 100 ms of 5 ms packets, with room for a slow report.
+    expect(metric, diag).toBeGreaterThanOrEqual(lostAtClient);
+    expect(metric, diag).toBeLessThanOrEqual(lostAtClient + 40);
+  });
+
   it('counts datagrams larger than --max-datagram as oversize and keeps serving', async () => {
     const svc = await start(['--listen', '127.0.0.1:0', '--workers', '1', '--max-datagram', '1000']);
     const c = await client();

@@ -32,7 +32,7 @@
 import type dgram from 'node:dgram';
 import { DROP_MIGRATION_TIMEOUT } from '../datapath/counters.js';
 import type { Dispatcher } from '../datapath/dispatcher.js';
-import { FRAME_HEADER_BYTES, FRAME_PACKET, frameKind, frameLength } from '../datapath/frame.js';
+import { countPackets } from '../datapath/frame.js';
 import type { Logger } from '../log.js';
 import type { FlowTransfer, PrimaryToWorker } from './protocol.js';
 import { stopReading } from './socket-handle.js';
@@ -63,17 +63,6 @@ interface LateRelease {
   left: number;
 }
 
-/** Packet frames in a buffer of frames (a hand-over). */
-function countPackets(frames: Buffer): number {
-  let n = 0;
-  for (let off = 0; off + FRAME_HEADER_BYTES <= frames.length;) {
-    const len = frameLength(frames, off);
-    if (len < FRAME_HEADER_BYTES) break;
-    if (frameKind(frames, off) === FRAME_PACKET) n++;
-    off += len;
-  }
-  return n;
-}
 
 interface Migration {
   readonly bucket: number;

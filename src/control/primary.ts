@@ -200,10 +200,11 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   function onWorkerExit(lane: number, w: Worker, code: number | null, signal: string | null): void {
     if (workers.worker(lane) !== w) return;
     const wasReady = workers.isReady(lane);
+    const lost = shuttingDown ? 0 : workers.recordLost(lane, dispatcher.packetsIntoSink(lane));
     dispatcher.setSink(lane, null);
     workers.detach(lane);
     if (shuttingDown) return;
-    log.warn('worker exited', { worker: lane, code, signal });
+    log.warn('worker exited', { worker: lane, code, signal, packetsLostEstimate: lost });
     migrator.onWorkerExit(lane, (bucket) => balancer.pickEvacuationTarget(bucket, lane));
     balancer.onWorkerExit(lane);
     if (!wasReady && !workers.everReady(lane)) {

@@ -30,6 +30,8 @@ interface LaneState {
   lastReportAt: number;
   /** Counters of processes that served this lane before (so cluster totals never go backwards after a crash). */
   retired: RetiredCounters;
+  /** Estimated packets lost with processes of this lane that died (see recordLost). */
+  lostOnExit: number;
   crashes: number[];
   restarts: number;
 }
@@ -56,7 +58,7 @@ export class WorkerSet {
   constructor(readonly size: number) {
     for (let i = 0; i < size; i++) {
       this.lanes.push({
-        worker: null, listening: false, pending: [], pid: 0, ready: false, everReady: false, startedAt: 0, lastReport: null, lastProgressMs: -Infinity, lastReportAt: -Infinity, retired: emptyRetired(),
+        worker: null, listening: false, pending: [], pid: 0, ready: false, everReady: false, startedAt: 0, lastReport: null, lastProgressMs: -Infinity, lastReportAt: -Infinity, retired: emptyRetired(), lostOnExit: 0,
         crashes: [], restarts: -1,
       });
     }
@@ -150,6 +152,21 @@ export class WorkerSet {
    */
   isUp(lane: number, stalledAfterMs: number): boolean { return this.isReady(lane) && this.reportAgeMs(lane) <= stalledAfterMs; }
   retired(lane: number): RetiredCounters { return this.lanes[lane]!.retired; }
+
+  /**
+   * A worker died (not a shutdown) after `written` packet frames went into its channel. Those it had not reported
+   * handled, dropped or handed on are estimated lost: the frames it had not read by its last report (written -
+   * received) plus its queue then. An estimate, and high by what it served or handed on after that report (at
+   * most one report interval of its work); 0 if that comes out negative. Call before detach.
+   */
+  recordLost(lane: number, written: number): number {
+    const s = this.lanes[lane]!, r = s.lastReport;
+    const lost = Math.max(0, written - (r?.counters.rxPackets ?? 0) + (r?.queueDepth ?? 0));
+    s.lostOnExit += lost;
+    return lost;
+  }
+
+  lostOnExit(lane: number): number { return this.lanes[lane]!.lostOnExit; }
   restarts(lane: number): number { return Math.max(0, this.lanes[lane]!.restarts); }
   all(): Worker[] { return this.lanes.map((s) => s.worker).filter((w): w is Worker => w !== null); }
 }

@@ -12,7 +12,7 @@ import {
   DROP_CHANNEL_FULL, DROP_HOLD_OVERFLOW, DROP_MALFORMED, DROP_OVERSIZE, DROP_REASON_COUNT, DROP_UNASSIGNED,
   DROP_WORKER_DOWN,
 } from './counters.js';
-import { FRAME_HEADER_BYTES, MAX_FRAME_BYTES, writeClockFrame, writePacketFrame, writeReleaseFrame } from './frame.js';
+import { countPackets, FRAME_HEADER_BYTES, MAX_FRAME_BYTES, writeClockFrame, writePacketFrame, writeReleaseFrame } from './frame.js';
 import { fillTuple4, fillTuple6, HASH_SEED, parseIPv4Into, parseIPv6Into, type RawHasher } from './tuple.js';
 
 /** What a worker's channel must offer: a net.Socket on the extra pipe does. */
@@ -56,6 +56,12 @@ export class Dispatcher {
   rxBytes = 0;
   readonly drops = new Float64Array(DROP_REASON_COUNT);
   /** Per worker lane: packets and bytes written into its channel (dispatched). */
+  /**
+   * Per lane, packet frames written into its current channel (since setSink): lanePackets since then plus frames
+   * written whole (a shed, a migration's hand-over). What a worker that died had not read is among them.
+   */
+  private readonly sinkBase: Float64Array;
+  private readonly sinkExtra: Float64Array;
   readonly lanePackets: Float64Array;
   readonly laneBytes: Float64Array;
   /** Per bucket: packets and bytes since the control plane last took them (load estimates). */
@@ -112,6 +118,8 @@ export class Dispatcher {
     this.holdLimit = opts.holdLimit;
     const w = opts.maxWorkers;
     this.lanePackets = new Float64Array(w);
+    this.sinkBase = new Float64Array(w);
+    this.sinkExtra = new Float64Array(w);
     this.laneBytes = new Float64Array(w);
     this.laneBatches = new Float64Array(w);
     this.spillTo = new Int16Array(w).fill(-1);
@@ -152,9 +160,16 @@ export class Dispatcher {
 
   setSink(lane: number, sink: ChannelSink | null): void {
     this.sinks[lane] = sink;
+    this.sinkBase[lane] = this.lanePackets[lane]!;
+    this.sinkExtra[lane] = 0;
     this.batchStart[lane] = this.batchEnd[lane] = 0;
     this.batchPackets[lane] = 0;
     this.sinkBacklog[lane] = 0;
+  }
+
+  /** Packet frames written into lane's current channel (see sinkBase). */
+  packetsIntoSink(lane: number): number {
+    return this.lanePackets[lane]! - this.sinkBase[lane]! + this.sinkExtra[lane]!;
   }
 
   hasSink(lane: number): boolean {
@@ -260,6 +275,7 @@ export class Dispatcher {
     const sink = this.sinks[lane];
     if (sink === null || sink === undefined || frames.length === 0) return;
     sink.write(frames);
+    this.sinkExtra[lane]! += countPackets(frames);
     this.sinkBacklog[lane] = sink.writableLength;
   }
 
@@ -307,7 +323,7 @@ export class Dispatcher {
     this.flushLane(to);
     const sink = this.sinks[to];
     if (sink) {
-      if (before !== null && before.length > 0) sink.write(before);
+      if (before !== null && before.length > 0) { sink.write(before); this.sinkExtra[to]! += countPackets(before); }
       const chunks = this.holdChunks[hold]!;
       for (let i = 0; i < chunks.length; i++) {
         const c = chunks[i]!;

@@ -165,3 +165,15 @@ export class FrameReader {
     return used;
   }
 }
+
+/** Packet frames in a buffer of frames (a hand-over, a shed): control path. */
+export function countPackets(frames: Buffer): number {
+  let n = 0;
+  for (let off = 0; off + FRAME_HEADER_BYTES <= frames.length;) {
+    const len = frameLength(frames, off);
+    if (len < FRAME_HEADER_BYTES) break;
+    if (frameKind(frames, off) === FRAME_PACKET) n++;
+    off += len;
+  }
+  return n;
+}

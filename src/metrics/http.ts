@@ -71,6 +71,8 @@ export function buildStatus(v: ServiceView): unknown {
       stalled: v.workers.isReady(lane) && !v.workers.isUp(lane, stalledAfterMs(v.config.balancer.reportIntervalMs)),
       reportAgeMs: Math.round(Math.min(v.workers.reportAgeMs(lane), 1e12)),
       restarts: v.workers.restarts(lane),
+      // Estimated packets lost with this lane's processes that died (flowlb_worker_lost_packets_total).
+      lostOnExit: v.workers.lostOnExit(lane),
       cpuUtil: v.balancer.model.cpuUtil[lane],
       elu: v.balancer.model.elu[lane],
       // The last report's figures, unsmoothed (the two above are the balancer's EWMAs).

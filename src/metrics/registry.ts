@@ -154,6 +154,8 @@ export interface LaneSnapshot {
   readonly handlerCrashes: number;
   readonly flowsCreated: number;
   readonly flowsExpired: number;
+  /** Estimated packets lost with this lane's processes that died (WorkerSet.recordLost). */
+  readonly lostOnExit: number;
   readonly drops: readonly number[];
   /** From the live process's latest report; 0 while the lane has none. */
   readonly flowsActive: number;
@@ -268,6 +270,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
       handlerCrashes: t.handlerCrashes + num(c?.handlerCrashes),
       flowsCreated: t.flowsCreated + num(c?.flowsCreated),
       flowsExpired: t.flowsExpired + num(c?.flowsExpired),
+      lostOnExit: w.lostOnExit(lane),
       drops: laneDrops,
       flowsActive: num(c?.flowsActive),
       queueDepth: num(r?.queueDepth),
@@ -449,6 +452,11 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_handler_crashes_total', type: 'counter', help: 'Exceptions thrown by handler code outside onPacket (other hooks, timers, socket events, rejected promises), isolated by the worker.', read: perWorker((l) => l.handlerCrashes) },
   { name: 'flowlb_flows_active', type: 'gauge', help: 'Flows in the worker\'s flow table.', read: perWorker((l) => l.flowsActive) },
   { name: 'flowlb_flows_created_total', type: 'counter', help: 'Flows the worker started (migrated-in flows not counted).', read: perWorker((l) => l.flowsCreated) },
+  {
+    name: 'flowlb_worker_lost_packets_total', type: 'counter',
+    help: 'Estimated packets lost with a worker that died: written to it and not reported handled, dropped or handed on (in its channel or queue); high by at most one report interval of its work. Not in flowlb_dropped_packets_total.',
+    read: perWorker((l) => l.lostOnExit),
+  },
   { name: 'flowlb_flows_expired_total', type: 'counter', help: 'Flows the worker ended (idle timeout, shutdown, eviction).', read: perWorker((l) => l.flowsExpired) },
   { name: 'flowlb_queue_depth_packets', type: 'gauge', help: 'Packets queued in the worker at its latest report.', read: perWorker((l) => l.queueDepth) },
   { name: 'flowlb_queue_peak_depth_packets', type: 'gauge', help: 'Deepest the worker\'s queue was during its latest report interval.', read: perWorker((l) => l.peakQueueDepth) },
