@@ -27,7 +27,7 @@ function worker(id: number, over: Partial<TopWorker> = {}): TopWorker {
 function status(over: Partial<TopStatus> = {}): TopStatus {
   return {
     healthy: true, pid: 999, handler: 'echo', mode: 'flow', balancer: 'adaptive', buckets: 1024, epoch: 5, imbalance: 0.031,
-    rounds: 12, received: 20_000, dropped: {}, migrations: { completed: 10, timeouts: 0, aborted: 0, inFlight: 0 },
+    rounds: 12, received: 20_000, dropped: {}, droppedTotal: null, migrations: { completed: 10, timeouts: 0, aborted: 0, inFlight: 0 },
     workers: [worker(0), worker(1)], ...over,
   };
 }
@@ -70,6 +70,16 @@ describe('top view', () => {
     expect(r1).toMatch(/\s500\s/);
     expect(r1).toMatch(/\s10\s/); // drops/s of worker 1
     expect(r0).toMatch(/\s42\s/); // queue depth
+  });
+
+  it('takes the header\'s drop total from the cluster total, which a replaced worker does not reset', () => {
+    // A worker with 8,430 drops was killed: its replacement's own drops are 0, and the header said "0 total".
+    const before = status({ droppedTotal: { flow_queue_full: 8430 }, workers: [worker(0, { drops: { flow_queue_full: 8430 } }), worker(1)] });
+    const after = status({ droppedTotal: { flow_queue_full: 8430, channel_full: 2 }, dropped: { channel_full: 2 }, workers: [worker(0, { restarts: 1 }), worker(1)] });
+    const header = renderTop(at(after, 2000), at(before, 1000), 120, opts).join('\n');
+    expect(header).toContain('(8432 total)');
+    expect(header).toContain('drops 2/s');
+    expect(parseStatus({ ...status(), droppedTotal: { oversize: 3 } })!.droppedTotal).toEqual({ oversize: 3 });
   });
 
   it('shows each worker\'s wait for a CPU, and a dash where the kernel does not say', () => {

@@ -10,7 +10,7 @@ import type { Logger } from '../log.js';
 import type { Balancer } from '../control/balancer.js';
 import type { Migrator } from '../control/migrator.js';
 import { stalledAfterMs, type WorkerSet } from '../control/worker-set.js';
-import { createMetrics } from './registry.js';
+import { createMetrics, laneDropTotals } from './registry.js';
 import { socketDrops } from './socket-drops.js';
 import { where } from '../control/where.js';
 import { loadHasher } from '../datapath/tuple.js';
@@ -130,6 +130,9 @@ export function buildStatus(v: ServiceView): unknown {
     received: d.rxPackets,
     held: d.heldTotal(),
     dropped: Object.fromEntries(DROP_REASONS.map((n, i) => [n, d.drops[i]!]).filter(([, x]) => x !== 0)),
+    // The whole cluster's drops by reason, over every worker process that ever served (flowlb_dropped_packets_total):
+    // `dropped` above is the primary's only, and a worker's `drops` its current process's.
+    droppedTotal: droppedTotal(v),
     // Per front listener: datagrams the kernel dropped before the primary read them (null: unknown here).
     kernelDrops: socketDrops(v.udp),
     migrations: {
@@ -224,4 +227,13 @@ export async function startHttp(ep: Endpoint, v: ServiceView): Promise<HttpServe
     endpoint,
     close: () => new Promise<void>((resolve) => { server.closeAllConnections?.(); server.close(() => resolve()); }),
   };
+}
+
+function droppedTotal(v: ServiceView): Record<string, number> {
+  const total = Array.from(v.dispatcher.drops);
+  for (let lane = 0; lane < v.config.workers; lane++) {
+    const laneDrops = laneDropTotals(v.workers, v.migrator.lateDropped, lane);
+    for (let i = 0; i < total.length; i++) total[i] = total[i]! + (laneDrops[i] ?? 0);
+  }
+  return Object.fromEntries(DROP_REASONS.map((n, i) => [n, total[i]!]).filter(([, x]) => x !== 0));
 }

@@ -19,7 +19,7 @@ import { formatEndpoint } from '../config.js';
 import { DROP_MIGRATION_LATE, DROP_REASON_COUNT, DROP_REASONS } from '../datapath/counters.js';
 import { MIGRATION_BUCKETS_S } from '../control/migrator.js';
 import { LATENCY_BOUNDS_MS } from '../control/protocol.js';
-import { stalledAfterMs } from '../control/worker-set.js';
+import { stalledAfterMs, type WorkerSet } from '../control/worker-set.js';
 import type { ServiceView } from './http.js';
 import { socketDrops } from './socket-drops.js';
 
@@ -227,6 +227,18 @@ function addArray(into: number[], from: ArrayLike<number> | undefined): void {
   for (let i = 0; i < from.length && i < into.length; i++) into[i]! += from[i] ?? 0;
 }
 
+/**
+ * A lane's drops by reason over every process that served it (the retired ones' totals and the live one's last
+ * report) plus migration_late, counted for it by the migrator: what flowlb_dropped_packets_total sums.
+ */
+export function laneDropTotals(w: WorkerSet, lateDropped: ArrayLike<number>, lane: number): number[] {
+  const laneDrops = new Array<number>(DROP_REASON_COUNT).fill(0);
+  addArray(laneDrops, w.retired(lane).drops);
+  addArray(laneDrops, w.lastReport(lane)?.counters.drops);
+  laneDrops[DROP_MIGRATION_LATE]! += lateDropped[lane] ?? 0;
+  return laneDrops;
+}
+
 function num(x: number | undefined): number {
   return typeof x === 'number' && Number.isFinite(x) ? x : 0;
 }
@@ -245,11 +257,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     const r = w.lastReport(lane);
     const c = r?.counters;
     const t = w.retired(lane);
-    const laneDrops = new Array<number>(DROP_REASON_COUNT).fill(0);
-    addArray(laneDrops, t.drops);
-    addArray(laneDrops, c?.drops);
-    // Packets this lane's worker handed over after their migration had ended: counted by the migrator, for the lane.
-    laneDrops[DROP_MIGRATION_LATE]! += num(m.lateDropped[lane]);
+    const laneDrops = laneDropTotals(w, m.lateDropped, lane);
     addArray(drops, laneDrops);
     addArray(latencyCounts, t.latencyCounts);
     addArray(latencyCounts, c?.latencyCounts);

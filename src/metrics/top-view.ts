@@ -36,6 +36,8 @@ export interface TopStatus {
   readonly rounds: number;
   readonly received: number;
   readonly dropped: Readonly<Record<string, number>>;
+  /** The cluster's drops by reason over every worker process (null from an older flowlb without it). */
+  readonly droppedTotal: Readonly<Record<string, number>> | null;
   readonly migrations: { readonly completed: number; readonly timeouts: number; readonly aborted: number; readonly inFlight: number };
   readonly workers: readonly TopWorker[];
 }
@@ -91,6 +93,7 @@ export function parseStatus(json: unknown): TopStatus | null {
     rounds: numberOr0(json.rounds),
     received: numberOr0(json.received),
     dropped: countsOf(json.dropped),
+    droppedTotal: isObject(json.droppedTotal) ? countsOf(json.droppedTotal) : null,
     migrations: { completed: numberOr0(m.completed), timeouts: numberOr0(m.timeouts), aborted: numberOr0(m.aborted), inFlight: numberOr0(m.inFlight) },
     workers: json.workers.filter(isObject).map((w, i) => ({
       id: typeof w.id === 'number' ? w.id : i,
@@ -198,10 +201,11 @@ export function renderTop(current: TopSample, previous: TopSample | null, width:
     lines.push(`DISCONNECTED: ${opts.disconnected.error} (retrying${ago !== null ? `; last update ${ago}s ago` : ''})`);
   }
 
-  const primaryDrops = sum(s.dropped);
-  const workerDrops = s.workers.reduce((a, x) => a + sum(x.drops), 0);
-  const drops = primaryDrops + workerDrops;
-  const prevDrops = p ? sum(p.dropped) + p.workers.reduce((a, x) => a + sum(x.drops), 0) : undefined;
+  // The cluster's total over every worker process: the live workers' own counts restart with a replacement (the
+  // header's total fell to 0 when a worker that had dropped packets was killed).
+  const totalDrops = (x: TopStatus): number => x.droppedTotal !== null ? sum(x.droppedTotal) : sum(x.dropped) + x.workers.reduce((a, w) => a + sum(w.drops), 0);
+  const drops = totalDrops(s);
+  const prevDrops = p ? totalDrops(p) : undefined;
   const migrations = s.migrations.completed + s.migrations.timeouts + s.migrations.aborted;
   const prevMigrations = p ? p.migrations.completed + p.migrations.timeouts + p.migrations.aborted : undefined;
   lines.push(
