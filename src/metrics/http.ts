@@ -69,7 +69,8 @@ export function buildStatus(v: ServiceView): unknown {
       ready: v.workers.isReady(lane),
       // Ready but no report for stalledAfterMs: stuck (e.g. an endless loop in the handler); counts as down.
       stalled: v.workers.isReady(lane) && !v.workers.isUp(lane, stalledAfterMs(v.config.balancer.reportIntervalMs)),
-      reportAgeMs: Math.round(Math.min(v.workers.reportAgeMs(lane), 1e12)),
+      // null before its first report or readiness (a replacement starting): no age to give.
+      reportAgeMs: Number.isFinite(v.workers.reportAgeMs(lane)) ? Math.round(v.workers.reportAgeMs(lane)) : null,
       restarts: v.workers.restarts(lane),
       // Estimated packets lost with this lane's processes that died (flowlb_worker_lost_packets_total).
       lostOnExit: v.workers.lostOnExit(lane),
