@@ -283,6 +283,19 @@ describe('metrics from the primary\'s objects', () => {
     }
   });
 
+  it('keeps the README\'s metric tables and docs/metrics.md the same, row for row', () => {
+    // Two copies drifted (a row missing in one, a row saying less in the other): every table row of
+    // docs/metrics.md is in the README word for word (but for where "Balancing" is), and every flowlb_ metric row
+    // of the README is in docs/metrics.md.
+    const rows = (file: string): Map<string, string> => new Map(readFileSync(file, 'utf8').split('\n')
+      .filter((l) => l.startsWith('| `')).map((l) => [l.split('|')[1]!.trim(), l.replace("see the README's Balancing", 'see Balancing')]));
+    const readme = rows(path.join(ROOT, 'README.md')), docs = rows(DOCS);
+    const differ = [...docs].filter(([k, row]) => readme.get(k) !== row).map(([k]) => k);
+    expect(differ).toEqual([]);
+    const missing = [...readme.keys()].filter((k) => (k.startsWith('`flowlb_') || k.includes('@<backend>') || k.startsWith('`dropped_')) && !docs.has(k));
+    expect(missing).toEqual([]);
+  });
+
   it('shows the worker CPU seconds counter when reports carry cpuUs', async () => {
     const { view, workers } = await unitService();
     workers.attach(0, fakeWorker(1));
