@@ -5,7 +5,9 @@
  * - closed: a port nothing listens on (ICMP port unreachable); health on is the default (maxFails 1), off is
  *   maxFails 0;
  * - silent: a socket that reads and never answers (no ICMP: a hung server, a firewall that drops); health on is
- *   `responseTimeout: "500ms"`, off is the default (no response timeout).
+ *   `responseTimeout: "500ms"`, off is the default (no response timeout);
+ * - stops: a backend that answers for the first third of the rounds, then goes silent (a server that hangs under
+ *   traffic); health as for silent. Packets lost per flow x the interval is how long it took to notice.
  * Every flow Maglev put on the failed backend loses its packets until that worker takes it out of its table; with
  * health off those flows lose everything.
  *
@@ -20,7 +22,7 @@ import { freePort, makeWorkDir, removeWorkDir, startFlowlbProxy } from './lib/pe
 import { parseBenchArgs } from './lib/args.js';
 import { sleep, writeResult } from './lib/procs.js';
 
-const args = parseBenchArgs('backend-failover', 'Passive backend health of the proxy: packets lost per flow with one backend closed or silent, health on and off.', {
+const args = parseBenchArgs('backend-failover', 'Passive backend health of the proxy: packets lost per flow with one backend closed, silent or going silent, health on and off.', {
   flows: { type: 'number', default: 40, check: 'positive-int', describe: 'Client flows (one socket each)' },
   rounds: { type: 'number', default: 30, check: 'positive-int', describe: 'Packets each flow sends, one per round' },
   'interval-ms': { type: 'number', default: 50, check: 'nonnegative', describe: 'Pause between rounds, ms' },
@@ -39,7 +41,10 @@ function bound(): Promise<dgram.Socket> {
   });
 }
 
-type FailedKind = 'closed' | 'silent';
+type FailedKind = 'closed' | 'silent' | 'stops';
+
+/** The `stops` backend answers while this is false. */
+let stopAnswering = false;
 
 interface Run {
   readonly failed: FailedKind;
@@ -61,6 +66,7 @@ async function runOnce(failed: FailedKind, health: boolean, livePort: number, fa
   const lb = await startFlowlbProxy({
     dir, workers, dns: false, backends: [{ host: HOST, port: livePort }, { host: HOST, port: failedPort }], args: ['--config', config],
   });
+  stopAnswering = false;
   const clients = await Promise.all(Array.from({ length: flows }, bound));
   const answered = clients.map(() => new Set<number>());
   const backendOf = clients.map(() => new Set<string>());
@@ -71,6 +77,7 @@ async function runOnce(failed: FailedKind, health: boolean, livePort: number, fa
   }));
   try {
     for (let r = 1; r <= rounds; r++) {
+      if (failed === 'stops' && r === Math.floor(rounds / 3) + 1) stopAnswering = true;
       for (const [i, c] of clients.entries()) c.send(`f${i} ${r}`, lb.port, HOST);
       await sleep(intervalMs);
     }
@@ -85,8 +92,9 @@ async function runOnce(failed: FailedKind, health: boolean, livePort: number, fa
       lost += l;
       lostPerFlow[l] = (lostPerFlow[l] ?? 0) + 1;
     }
-    // A flow that lost its first packet was on the failed backend (the live one answers every packet it gets).
-    const flowsOnFailedBackend = answered.filter((a) => !a.has(1)).length;
+    // A flow that lost its first packet was on the failed backend (the live one answers every packet it gets); one
+    // that the stopping backend answered was on it.
+    const flowsOnFailedBackend = failed === 'stops' ? backendOf.filter((b) => b.has('B')).length : answered.filter((a) => !a.has(1)).length;
     return { failed, health, handlerOptions, flowsOnFailedBackend, lostPerFlow, lost, sent: flows * rounds, metrics };
   } finally {
     for (const c of clients) c.close();
@@ -104,9 +112,12 @@ const silent = dgram.createSocket('udp4');
 silent.on('message', () => {});
 await new Promise<void>((r) => silent.bind(0, HOST, () => r()));
 const silentPort = silent.address().port;
+const stopping = dgram.createSocket('udp4');
+stopping.on('message', (m, r) => { if (!stopAnswering) stopping.send(Buffer.concat([Buffer.from('B '), m]), r.port, r.address); });
+await new Promise<void>((r) => stopping.bind(0, HOST, () => r()));
 const runs: Run[] = [];
 try {
-  for (const [failed, port] of [['closed', closedPort], ['silent', silentPort]] as const) {
+  for (const [failed, port] of [['closed', closedPort], ['silent', silentPort], ['stops', stopping.address().port]] as const) {
     for (const health of [true, false]) {
       const run = await runOnce(failed, health, live.address().port, port, dir);
       runs.push(run);
@@ -118,6 +129,7 @@ try {
 } finally {
   live.close();
   silent.close();
+  stopping.close();
   removeWorkDir(dir);
 }
 console.log(`wrote ${writeResult('backend-failover', { flows, rounds, intervalMs, workers, closedPort, silentPort, runs })}`);

@@ -237,15 +237,22 @@ export function parseBackend(text: string, what = '--backend'): BackendSpec {
   return { ...endpoint, weight };
 }
 
-const DURATION_UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Parses `500ms`, `60s`, `5m`, `1h`, `1.5s`, or a plain number of milliseconds; the result is whole ms, at least 1. */
+/**
+ * True for a duration of zero in any spelling (0, "0", "0s", "0ms", "0.0h"): what options that a zero turns off accept.
+ */
+export function isZeroDuration(value: unknown): boolean {
+  return value === 0 || (typeof value === 'string' && /^(0+(\.0*)?|\.0+)\s*(ms|s|m|h|d)?$/.test(value.trim()));
+}
+
+/** Parses `500ms`, `60s`, `5m`, `1h`, `1d`, `1.5s`, or a plain number of milliseconds; the result is whole ms, at least 1. */
 export function parseDuration(value: string | number, what: string): number {
   let ms = NaN;
   if (typeof value === 'number') {
     ms = value;
   } else if (typeof value === 'string') {
-    const match = /^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?$/.exec(value.trim());
+    const match = /^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?$/.exec(value.trim());
     if (match !== null) ms = Number(match[1]) * DURATION_UNIT_MS[match[2] ?? 'ms']!;
   }
   ms = Math.round(ms);

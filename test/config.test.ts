@@ -136,6 +136,7 @@ describe('parseDuration', () => {
     ['60s', 60_000],
     ['5m', 300_000],
     ['1h', 3_600_000],
+    ['5d', 432_000_000], // the error message's "at most 24d" named a unit it did not take
     ['1.5s', 1500],
     ['250', 250],
     [1500, 1500],
@@ -143,7 +144,7 @@ describe('parseDuration', () => {
     expect(parseDuration(value, '--idle-timeout')).toBe(ms);
   });
 
-  it.each(['0', '0s', '-5s', '5d', 'abc', '', 's', '1 hour', '10000h'])('rejects %j', (text) => {
+  it.each(['0', '0s', '-5s', '25d', 'abc', '', 's', '1 hour', '10000h'])('rejects %j', (text) => {
     expect(configError(() => parseDuration(text, '--idle-timeout')).message).toMatch(/^--idle-timeout must be a positive duration/);
   });
 
@@ -258,7 +259,7 @@ describe('resolveConfig: defaults and flags', () => {
     ['idle timeout', { idleTimeout: 'soon' }, '--idle-timeout must be a positive duration'],
     ['idle timeout zero', { idleTimeout: '0' }, '--idle-timeout must be a positive duration'],
     ['report interval', { reportInterval: '-1s' }, '--report-interval must be a positive duration'],
-    ['rebalance interval', { rebalanceInterval: '2d' }, '--rebalance-interval must be a positive duration'],
+    ['rebalance interval', { rebalanceInterval: 'soon' }, '--rebalance-interval must be a positive duration'],
     ['report interval beyond a third of stallTimeout', { reportInterval: '12s' }, 'reportInterval (12s, --report-interval) must be at most 1/3 of stallTimeout (10s)'],
     ['http malformed', { http: 'yes' }, '--http must be HOST:PORT'],
     ['max flows', { maxFlows: '0' }, '--max-flows must be an integer between 1 and 16777216, got 0'],

@@ -600,8 +600,11 @@ describe('proxy handler', () => {
     for (const flow of flows) off.onFlowEnd(flow, 'idle');
     rig.client.responses.length = 0;
 
-    // responseTimeout 200ms: the silent backend is out after about that, and its flows are answered by A.
-    const on = await proxy(contextFor([a, s], [1, 1], { responseTimeout: '200ms', failTimeout: '30s' }));
+    // responseTimeout 200ms: the silent backend is out after about that, and its flows are answered by A; the
+    // worker's log says so (one line when it goes out: nothing was logged before).
+    const logged: string[] = [];
+    const log = { info: (m: string, f?: Record<string, unknown>) => logged.push(`info ${m} ${JSON.stringify(f)}`), warn: (m: string, f?: Record<string, unknown>) => logged.push(`warn ${m} ${JSON.stringify(f)}`) };
+    const on = await proxy({ ...contextFor([a, s], [1, 1], { responseTimeout: '200ms', failTimeout: '30s' }), log });
     for (const flow of flows) on.onFlowStart(flow);
     const stat = statOf(on, s);
     let seq = 0;
@@ -612,6 +615,7 @@ describe('proxy handler', () => {
     }, 5_000, 'every flow answered');
     expect(on.stats.timeouts[stat]).toBe(1);
     expect(on.stats.markedDown[stat]).toBe(1);
+    expect(logged).toEqual([`warn backend taken out of the table {"backend":"${backendKey(s.host, s.port)}","why":"no answer","failures":1,"forMs":30000,"allDown":false}`]);
     expect(on.counters()[`timeouts@${backendKey(s.host, s.port)}`]).toBe(1);
     expect(on.stats.timeouts[statOf(on, a)]).toBe(0); // A answered every datagram
     // Every flow is on A now, and A keeps answering: no timeout for A however long the traffic runs.
@@ -640,7 +644,7 @@ describe('proxy handler', () => {
 
     await expect(createProxyHandler(contextFor([], [], { responseTimeout: 'soon' }))).rejects.toThrow(/handlerOptions\.responseTimeout must be 0 \(off\) or a duration/);
     await expect(createProxyHandler(contextFor([], [], { responseTimeout: -1 }))).rejects.toThrow(/handlerOptions\.responseTimeout/);
-    await expect(createProxyHandler(contextFor([], [], { responseTimeout: '0' }))).resolves.toBeInstanceOf(ProxyHandler);
+    for (const off of ['0', '0s', '0ms', 0]) await expect(createProxyHandler(contextFor([], [], { responseTimeout: off }))).resolves.toBeInstanceOf(ProxyHandler);
     // A misspelt option is an error, not a default left in force.
     await expect(createProxyHandler(contextFor([], [], { responsetimeout: '2s' }))).rejects.toThrow(/handlerOptions\.responsetimeout is not a proxy option \(it has maxFails, failTimeout, responseTimeout, preconnectQueuePackets\)/);
     const h = await proxy(contextFor([], [], {}));

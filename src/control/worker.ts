@@ -600,7 +600,7 @@ export async function runWorker(): Promise<void> {
   if (startOrphanWatchdog({ everyMs: ORPHAN_CHECK_MS, graceMs: ORPHAN_GRACE_MS }) === null) log.warn('orphan watchdog thread did not start');
   let ctx: HandlerContext = {
     workerId, workers: config.workers, buckets: config.buckets, idleTimeoutMs: config.idleTimeoutMs,
-    backends: config.backends, options: config.handlerOptions,
+    backends: config.backends, options: config.handlerOptions, log,
   };
   let handler: FlowHandler;
   try {

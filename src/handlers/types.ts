@@ -48,6 +48,16 @@ export interface HandlerContext {
   readonly backends: ReadonlyArray<{ readonly host: string; readonly port: number; readonly weight: number }>;
   /** Options from the config file's `handlerOptions` object, untouched. */
   readonly options: Readonly<Record<string, unknown>>;
+  /**
+   * The worker's logger (JSON lines on stderr, with the worker's id): for events, never per packet. Absent in
+   * the primary's start-up check of the handler.
+   */
+  readonly log?: HandlerLog;
+}
+
+export interface HandlerLog {
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
 }
 
 /** A flow's exported state: JSON-serialisable data plus, optionally, one dgram socket to carry over (proxy upstream binding). */
