@@ -14,6 +14,17 @@ afterEach(async () => {
   removeConfigFiles();
 });
 
+/** 2 workers, 64 buckets, packet mode without bucket moves (balancer off), the burn handler with these options. */
+async function startPacketMode(handlerOptions: Record<string, unknown>, queueLimit: number): Promise<Running> {
+  const file = configFile({
+    handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions,
+    balancer: { mode: 'packet', enabled: false, queueLimit, reportInterval: '100ms' },
+  });
+  const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+  running.push(svc);
+  return svc;
+}
+
 /** Sends `rounds` rounds of one packet per client, `gapMs` apart; bounded. */
 async function traffic(cs: Client[], port: number, rounds: number, gapMs: number, stop: () => boolean): Promise<void> {
   for (let i = 0; i < rounds && !stop(); i++) {
@@ -140,7 +151,9 @@ describe('balancing', () => {
       expect(st.workers[1].cpuLimit).toBeCloseTo(0.25, 6);
       expect(st.workers[0].cpuLimit).toBe(0);
       expect(st.workers[1].index).toBeLessThanOrEqual(0.25 + 1e-9);
-      expect(st.workers[0].index).toBeGreaterThan(0.9);
+      // The uncapped one reads about a core: above the quota by far (0.74 was seen idle on a host loaded by other
+      // test files and benchmarks, where an idle event loop waits for a CPU too).
+      expect(st.workers[0].index).toBeGreaterThan(0.5);
       expect(await svc.metrics()).toMatch(/^flowlb_worker_cpu_limit_cores\{worker="1"\} 0\.25$/m);
       cap.release();
       const after = await waitFor(async () => {
@@ -193,13 +206,7 @@ describe('balancing', () => {
   });
 
   it('packet mode: an overloaded worker\'s new and queued packets go to the least-loaded worker', async () => {
-    const file = configFile({
-      handler: path.join(FIXTURES, 'burn-handler.js'),
-      handlerOptions: { costUs: 10, slowWorker: 0, slowCostUs: 2000 },
-      balancer: { mode: 'packet', enabled: false, queueLimit: 20, reportInterval: '100ms' },
-    });
-    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
-    running.push(svc);
+    const svc = await startPacketMode({ costUs: 10, slowWorker: 0, slowCostUs: 2000 }, 20);
     for (let i = 0; i < 32; i++) {
       const c = await new Client(4).bind('127.0.0.1');
       c.socket.setRecvBufferSize(1 << 20);
@@ -225,12 +232,7 @@ describe('balancing', () => {
     // Both workers at 2 ms a packet get ~6,000 packets/s: both queues pass the limit. Handing queued work to a
     // worker that is itself past the limit moved it back and forth: 28,786 packets shed for 4,720 received, and
     // sheds went on after the traffic stopped (a black-box check).
-    const file = configFile({
-      handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 2000 },
-      balancer: { mode: 'packet', enabled: false, queueLimit: 20, reportInterval: '100ms' },
-    });
-    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
-    running.push(svc);
+    const svc = await startPacketMode({ costUs: 2000 }, 20);
     for (let i = 0; i < 32; i++) clients.push(await new Client(4).bind('127.0.0.1'));
     await traffic(clients, svc.udpPort, 30, 5, () => false);
     const sent = 30 * 32;
@@ -246,12 +248,7 @@ describe('balancing', () => {
     // One flow at ~1.5x a worker's capacity. A shed took the heaviest flow's whole queue (here: all of it) whatever
     // the room asked for, so the other worker got hundreds at once, passed the limit and shed them back: 18,500
     // packets shed for 4,500 received (a black-box check), 17-44% dropped.
-    const file = configFile({
-      handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 1000 },
-      balancer: { mode: 'packet', enabled: false, queueLimit: 64, reportInterval: '100ms' },
-    });
-    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
-    running.push(svc);
+    const svc = await startPacketMode({ costUs: 1000 }, 64);
     const c = await new Client(4).bind('127.0.0.1');
     c.socket.setRecvBufferSize(1 << 20);
     clients.push(c);
