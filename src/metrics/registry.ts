@@ -447,7 +447,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
     read: (s) => s.socketDrops.filter((x) => x.drops !== null).map((x) => ({ value: x.drops!, labels: { listener: x.listener } })),
   },
   { name: 'flowlb_held_packets', type: 'gauge', help: 'Datagrams the primary holds for buckets being migrated.', read: (s) => [{ value: s.held }] },
-  { name: 'flowlb_table_epoch', type: 'gauge', help: 'Version of the bucket table; rises with every applied move.', read: (s) => [{ value: s.epoch }] },
+  { name: 'flowlb_table_epoch', type: 'gauge', help: 'Version of the bucket table; rises with every change of a bucket owner (twice per migration: held, then moved).', read: (s) => [{ value: s.epoch }] },
   // workers
   { name: 'flowlb_worker_up', type: 'gauge', help: '1 if the worker of this lane is running, ready and reporting, else 0.', read: perWorker((l) => (l.up ? 1 : 0)) },
   { name: 'flowlb_worker_restarts_total', type: 'counter', help: 'Times the lane\'s worker was replaced after it exited.', read: perWorker((l) => l.restarts) },
