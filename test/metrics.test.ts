@@ -9,17 +9,20 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
 import { MIGRATION_BUCKETS_S } from '../src/control/migrator.js';
 import { LATENCY_BOUNDS_MS } from '../src/control/protocol.js';
 import type { WorkerReportMsg } from '../src/control/worker-set.js';
 import { DROP_HANDLER_ERROR, DROP_QUEUE_FULL, DROP_REASON_COUNT, DROP_REASONS } from '../src/datapath/counters.js';
-import { createMetrics, METRIC_DEFS } from '../src/metrics/registry.js';
+import { createMetrics, HEALTH_WINDOW_MS, METRIC_DEFS } from '../src/metrics/registry.js';
 import { CLI, LOOPBACK, ROOT, startFlowlb, waitFor } from './support/service.js';
 import { counters, fakeWorker, report, sink, unitService } from './support/control.js';
 
 const DOCS = path.join(ROOT, 'docs/metrics.md');
+
+// A test that moves the clock by hand must not leave it moved for the next one, even when it fails.
+afterEach(() => { vi.useRealTimers(); });
 
 // ---- the text exposition format, strictly ----
 
@@ -203,6 +206,9 @@ describe('metrics from the primary\'s objects', () => {
   });
 
   it('sums backend counters over workers, keeps them across restarts and judges backend_up from traffic', async () => {
+    // backend_up looks for failures over the last 5-10 s (HEALTH_WINDOW_MS): the clock is moved by hand.
+    vi.useFakeTimers({ toFake: ['performance'] });
+    const later = (): void => { vi.advanceTimersByTime(HEALTH_WINDOW_MS + 1); };
     const { view, workers } = await unitService({ handler: 'proxy', backends: [{ host: '10.0.0.1', port: 53, family: 4, weight: 1 }, { host: '::1', port: 99, family: 6, weight: 1 }] });
     const metrics = createMetrics(view);
     let e = parseExposition(await metrics.render());
@@ -245,6 +251,7 @@ describe('metrics from the primary\'s objects', () => {
     expect(value(e, 'flowlb_backend_marked_down_total', { backend: '[::1]:99' })).toBe(1);
 
     // A worker that has a backend out of its table makes it down, even while it answers others.
+    later();
     workers.ingestReport(1, report(counters(), { handlerCounters: { 'requests@10.0.0.1:53': 9, 'responses@10.0.0.1:53': 9, 'down@10.0.0.1:53': 1 } }));
     e = parseExposition(await metrics.render());
     expect(value(e, 'flowlb_backend_up', { backend: '10.0.0.1:53' })).toBe(0);
@@ -255,10 +262,19 @@ describe('metrics from the primary\'s objects', () => {
     workers.ingestReport(0, report(counters(), { handlerCounters: { 'refused@[::1]:99': 7 } }));
     e = parseExposition(await metrics.render());
     expect(value(e, 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(0);
+    // Every reader sees the same: a second scrape at once does not take the 0 away (it did: "since the previous
+    // scrape", two scrapes 17 ms apart read 0 then 1).
+    expect(value(parseExposition(await metrics.render()), 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(0);
     workers.ingestReport(1, report(counters(), { handlerCounters: { 'requests@10.0.0.1:53': 9, 'responses@10.0.0.1:53': 9 } }));
+    // Still 0 within the window of the failures; up once a window has passed without new ones.
+    later();
+    e = parseExposition(await metrics.render());
+    expect(value(e, 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(0);
+    later();
     e = parseExposition(await metrics.render());
     expect(value(e, 'flowlb_backend_up', { backend: '[::1]:99' })).toBe(1);
     expect(value(e, 'flowlb_backend_up', { backend: '10.0.0.1:53' })).toBe(1);
+    vi.useRealTimers();
   });
 
   it('documents every metric it emits, with a valid exposition', async () => {

@@ -156,7 +156,7 @@ describe('flowlb under Prometheus', () => {
     }, 15_000, 'every rule to be evaluated', 200);
     const rules = groups.flatMap((g) => g.rules);
     expect(rules.map((r) => r.name).sort()).toEqual([
-      'FlowlbAllBackendsDown', 'FlowlbBackendDown', 'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbKernelReceiveDrops',
+      'FlowlbAllBackendsDown', 'FlowlbBackendDown', 'FlowlbConfigReloadRejected', 'FlowlbDown', 'FlowlbDropRatioHigh', 'FlowlbImbalanceHigh', 'FlowlbKernelReceiveDrops',
       'FlowlbMigrationTimeouts', 'FlowlbPacketsDropped', 'FlowlbProxyDrops', 'FlowlbQueueNearLimit', 'FlowlbWorkerCpuContention',
       'FlowlbWorkerDown', 'FlowlbWorkerRestarting',
     ]);
@@ -176,7 +176,7 @@ describe('flowlb under Prometheus', () => {
   it('passes promtool check rules and check config on deploy/', () => {
     const rules = promtool(['check', 'rules', ALERTS]);
     expect(rules.code, rules.out).toBe(0);
-    expect(rules.out).toContain('SUCCESS: 13 rules found');
+    expect(rules.out).toContain('SUCCESS: 14 rules found');
     const config = promtool(['check', 'config', PROM_CONFIG]);
     expect(config.code, config.out).toBe(0);
   });
@@ -195,7 +195,7 @@ function alertTests(rulesFile: string): string {
   const names = [
     'FlowlbDown', 'FlowlbWorkerDown', 'FlowlbWorkerRestarting', 'FlowlbPacketsDropped', 'FlowlbDropRatioHigh',
     'FlowlbImbalanceHigh', 'FlowlbQueueNearLimit', 'FlowlbMigrationTimeouts', 'FlowlbKernelReceiveDrops',
-    'FlowlbWorkerCpuContention', 'FlowlbBackendDown', 'FlowlbAllBackendsDown', 'FlowlbProxyDrops',
+    'FlowlbWorkerCpuContention', 'FlowlbBackendDown', 'FlowlbAllBackendsDown', 'FlowlbProxyDrops', 'FlowlbConfigReloadRejected',
   ];
   const quiet = names.map((n) => `      - eval_time: 10m\n        alertname: ${n}\n        exp_alerts: []`).join('\n');
   return `rule_files:
@@ -245,7 +245,21 @@ tests:
         values: '0+300x10'
       - series: 'flowlb_proxy_dropped_packets_total{job="flowlb",instance="a",reason="no_backend"}'
         values: '0x10'
+      # The proxy's drops are in flowlb_dropped_packets_total too: paged once, by FlowlbProxyDrops.
+      - series: 'flowlb_dropped_packets_total{job="flowlb",instance="a",reason="connect_failed"}'
+        values: '0+300x10'
+      - series: 'flowlb_config_last_reload_successful{job="flowlb",instance="a"}'
+        values: '1 1 1 0x10'
+      - series: 'flowlb_worker_restarts_total{job="flowlb",instance="b",worker="0"}'
+        values: '0 1 2x10'
     alert_rule_test:
+      - eval_time: 7m
+        alertname: FlowlbConfigReloadRejected
+        exp_alerts:
+          - exp_labels: { severity: warning, job: flowlb, instance: a }
+            exp_annotations:
+              summary: 'flowlb a: the last config reload was rejected'
+              description: 'The config file was re-read (SIGHUP) and refused; flowlb runs the previous config. The log line "config reload rejected" says why; fix the file and send SIGHUP again.'
       - eval_time: 10m
         alertname: FlowlbBackendDown
         exp_alerts:
@@ -327,8 +341,8 @@ tests:
         exp_alerts:
           - exp_labels: { severity: critical, job: flowlb, instance: a }
             exp_annotations:
-              summary: 'flowlb a drops 10% of its packets'
-              description: 'More than 1% of received datagrams were dropped over 5 minutes; group flowlb_dropped_packets_total by reason to see why.'
+              summary: 'flowlb a drops 15% of its packets'
+              description: 'More than 1% of received datagrams were dropped for 5 minutes; group flowlb_dropped_packets_total by reason to see why.'
       - eval_time: 7m
         alertname: FlowlbImbalanceHigh
         exp_alerts:

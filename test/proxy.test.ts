@@ -241,6 +241,9 @@ describe('proxy flows migrate with their upstream socket', () => {
     expect(answered).toBeGreaterThan(10);
     expect(failed).toBeGreaterThan(10);
     expect(answered + failed).toBe(120);
+    // In the cluster's drops under the same reason (they were counted as no_backend, for a healthy backend).
+    expect(value(/^flowlb_dropped_packets_total\{reason="connect_failed"\} (\d+)$/m)).toBe(failed);
+    expect(value(/^flowlb_dropped_packets_total\{reason="no_backend"\} (\d+)$/m)).toBe(0);
     // Counted as flowlb's own shortage, not as the backend's connect failing.
     expect(value(new RegExp(`^flowlb_backend_errors_total\\{backend="127\\.0\\.0\\.1:${b.port}",kind="local"\\} (\\d+)$`, 'm'))).toBeGreaterThan(10);
     expect(value(new RegExp(`^flowlb_backend_errors_total\\{backend="127\\.0\\.0\\.1:${b.port}",kind="connect"\\} (\\d+)$`, 'm'))).toBe(0);

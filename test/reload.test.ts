@@ -72,6 +72,11 @@ describe('reload (SIGHUP)', () => {
     const st = await svc.status();
     expect(st.backends).toHaveLength(2);
     expect(svc.stderr()).toMatch(/config reload rejected/);
+    // Prometheus sees it too (it saw nothing: /status and the log only).
+    const text = await svc.metrics();
+    expect(text).toMatch(/^flowlb_config_last_reload_successful 0$/m);
+    expect(text).toMatch(/^flowlb_config_reloads_total\{outcome="rejected"\} 1$/m);
+    expect(text).toMatch(/^flowlb_config_reloads_total\{outcome="ok"\} 1$/m);
 
     // So is a file whose handler options the handler refuses (checked as at start, before any worker sees them).
     fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}`], handlerOptions: { maxFails: -1 } }));
@@ -79,6 +84,11 @@ describe('reload (SIGHUP)', () => {
     await waitFor(async () => (await svc.status()).reloads.rejected === 2, 5000, 'reload with bad handler options rejected');
     expect(svc.stderr()).toMatch(/config reload rejected.*handlerOptions\.maxFails must be an integer/);
     expect((await svc.status()).backends).toHaveLength(2);
+    // A good file again: the gauge is back to 1.
+    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}@2`, `127.0.0.1:${b.port}@2`], idleTimeout: '30s' }));
+    svc.proc.kill('SIGHUP');
+    await waitFor(async () => (await svc.status()).reloads.ok === 2, 5000, 'good reload applied');
+    expect(await svc.metrics()).toMatch(/^flowlb_config_last_reload_successful 1$/m);
   });
 
   it('drops the metric series of a backend the reload removed', async () => {

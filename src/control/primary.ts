@@ -220,13 +220,13 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
 
   // The status listener comes up before any worker: an address in use fails here, with one line and no worker
   // started (after the workers, their "worker ready" records came first).
-  let reloads = 0, reloadsRejected = 0;
+  let reloads = 0, reloadsRejected = 0, lastReloadOk = true;
   let http: HttpServer | null = null;
   if (config.http) {
     try {
       http = await startHttp(config.http, {
         get config() { return config; }, dispatcher, workers, balancer, migrator, udp, log,
-        get reloads() { return { ok: reloads, rejected: reloadsRejected }; },
+        get reloads() { return { ok: reloads, rejected: reloadsRejected, lastOk: lastReloadOk }; },
         get stallKills() { return stallKills; },
       });
     } catch (err) {
@@ -375,6 +375,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     } catch (err) {
       log.error('config reload rejected; the running config stays in force', { error: err instanceof Error ? err.message : String(err) });
       reloadsRejected++;
+      lastReloadOk = false;
       return;
     }
     const kept = RESTART_ONLY.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(config[k]));
@@ -390,6 +391,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
       sendTo(lane, { t: 'reconfigure', config: { backends: config.backends, idleTimeoutMs: config.idleTimeoutMs, options: config.handlerOptions, queue: config.queue } });
     }
     reloads++;
+    lastReloadOk = true;
     log.info('config reloaded', { backends: config.backends.length, file: config.configFile });
   }
   process.on('SIGHUP', () => { void reload(); });

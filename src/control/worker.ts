@@ -8,7 +8,8 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { FlowlbConfig } from '../config.js';
 import {
-  DROP_FLOW_QUEUE_FULL, DROP_FLOW_TABLE_FULL, DROP_HANDLER_ERROR, DROP_MALFORMED, DROP_NO_BACKEND, DROP_QUEUE_FULL,
+  DROP_CONNECT_FAILED, DROP_FLOW_QUEUE_FULL, DROP_FLOW_TABLE_FULL, DROP_HANDLER_ERROR, DROP_MALFORMED, DROP_MIGRATING, DROP_NO_BACKEND,
+  DROP_PRECONNECT_QUEUE_FULL, DROP_QUEUE_FULL,
   DROP_REASON_COUNT,
 } from '../datapath/counters.js';
 import { AddressText } from '../datapath/address-text.js';
@@ -30,11 +31,14 @@ import { SchedStatReader } from './sched-stat.js';
 import { startReading, stopReading } from './socket-handle.js';
 
 /**
- * A handler's own drops of packets it accepted (its `counters()` keys), and the drop reason each adds to: no
- * backend to send it to (proxy), or a datagram the handler could not parse (sockperf: not a sockperf message).
+ * A handler's own drops of packets it accepted (its `counters()` keys), and the drop reason each adds to: the
+ * proxy's (no backend, a failed upstream connect, a full pre-connect queue, a connect cut short by a migration:
+ * the same names as flowlb_proxy_dropped_packets_total; its connect failures were counted as no_backend, for a
+ * healthy backend when flowlb ran out of descriptors), or a datagram the handler could not parse (sockperf).
  */
 const HANDLER_DROPS: readonly (readonly [string, number])[] = [
-  ['dropped_no_backend', DROP_NO_BACKEND], ['dropped_connect_failed', DROP_NO_BACKEND], ['dropped_malformed', DROP_MALFORMED],
+  ['dropped_no_backend', DROP_NO_BACKEND], ['dropped_connect_failed', DROP_CONNECT_FAILED],
+  ['dropped_queue_full', DROP_PRECONNECT_QUEUE_FULL], ['dropped_migrating', DROP_MIGRATING], ['dropped_malformed', DROP_MALFORMED],
 ];
 
 /**

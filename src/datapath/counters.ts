@@ -16,9 +16,12 @@ export const DROP_REASONS = [
   'flow_queue_full', // worker: one flow's queue passed its cap
   'flow_table_full', // worker: no free flow slot for a new flow
   'handler_error',   // worker: the handler threw on this packet
-  'no_backend',      // proxy: no backend for the flow, or its upstream socket failed
+  'no_backend',      // proxy: no backend with a positive weight
   'migration_timeout', // primary: a migration's hand-over never came; its packets are gone
   'migration_late',    // primary, counted under the old owner's lane: packets it handed over after the migration had ended (timed out)
+  'connect_failed',    // proxy: the flow's upstream connect failed (or it is in the retry delay)
+  'preconnect_queue_full', // proxy: too many packets while the flow's upstream socket connects
+  'migrating',         // proxy: queued for an upstream connect when the flow migrated
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -35,6 +38,9 @@ export const DROP_HANDLER_ERROR = 9;
 export const DROP_NO_BACKEND = 10;
 export const DROP_MIGRATION_TIMEOUT = 11;
 export const DROP_MIGRATION_LATE = 12;
+export const DROP_CONNECT_FAILED = 13;
+export const DROP_PRECONNECT_QUEUE_FULL = 14;
+export const DROP_MIGRATING = 15;
 export const DROP_REASON_COUNT = DROP_REASONS.length;
 
 export function dropIndex(reason: DropReason): number {

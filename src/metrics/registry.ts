@@ -108,33 +108,43 @@ export class HandlerCounterLedger {
 }
 
 /**
- * A backend's health as flowlb can see it without probing: it is down when, since the previous scrape, it
- * refused datagrams (ICMP port unreachable), its upstream connect failed or it was silent for the proxy's
- * responseTimeout, and sent no response; up again at the next scrape without new failures (or with a response).
- * A backend that silently drops everything stays up unless responseTimeout is set; one that never answers by
- * design stays up. (Workers that took it out of their table make it down too: takeSnapshot.)
+ * A backend's health as flowlb can see it without probing: it is down when, within the last HEALTH_WINDOW_MS to
+ * 2 x HEALTH_WINDOW_MS, it refused datagrams (ICMP port unreachable), its upstream connect failed or it was silent
+ * for the proxy's responseTimeout, and sent no response; up again once a window passes without new failures (or
+ * with a response). A backend that silently drops everything stays up unless responseTimeout is set; one that never
+ * answers by design stays up. (Workers that took it out of their table make it down too: takeSnapshot.)
+ *
+ * Judged against a reference taken at least HEALTH_WINDOW_MS ago, not against the previous scrape: "since the
+ * previous scrape" made reading /metrics change the answer (two scrapes 17 ms apart read 0 then 1, so a second
+ * reader, an HA pair or a curl, could take the 0 away from Prometheus).
  */
 export class BackendHealth {
-  private readonly seen = new Map<string, { responses: number; failures: number; up: boolean }>();
+  private readonly seen = new Map<string, { responses: number; failures: number; atMs: number; up: boolean }>();
 
-  judge(backend: string, responses: number, failures: number): boolean {
+  judge(backend: string, responses: number, failures: number, nowMs = performance.now()): boolean {
     const s = this.seen.get(backend);
     if (!s) {
       // First sight: no history to diff; a backend that failed and never answered is down.
       const up = !(failures > 0 && responses === 0);
-      this.seen.set(backend, { responses, failures, up });
+      this.seen.set(backend, { responses, failures, atMs: nowMs, up });
       return up;
     }
     const answered = responses > s.responses;
     const failed = failures > s.failures;
     // Down only while it keeps failing without answering: a backend out of every table gets no traffic, so "no news"
     // must mean up (it stayed 0 for ever after one burst of refusals), and the workers' tables say the rest.
-    s.up = answered || !failed;
-    s.responses = responses;
-    s.failures = failures;
-    return s.up;
+    const up = answered || !failed;
+    if (nowMs - s.atMs >= HEALTH_WINDOW_MS) {
+      s.responses = responses;
+      s.failures = failures;
+      s.atMs = nowMs;
+    }
+    return up;
   }
 }
+
+/** BackendHealth's reference age: failures are looked for over the last 5 to 10 s. */
+export const HEALTH_WINDOW_MS = 5_000;
 
 // ---- the snapshot ----
 
@@ -199,6 +209,8 @@ export interface ClusterSnapshot {
   readonly drops: readonly number[];
   readonly held: number;
   readonly epoch: number;
+  /** SIGHUP reloads applied and rejected, and whether the latest one was applied (true before any). */
+  readonly reloads: { readonly ok: number; readonly rejected: number; readonly lastOk: boolean };
   readonly lanes: readonly LaneSnapshot[];
   readonly latencyCounts: readonly number[];
   readonly latencySumMs: number;
@@ -342,6 +354,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     drops,
     held: d.heldTotal(),
     epoch: d.table.epoch,
+    reloads: { ok: v.reloads?.ok ?? 0, rejected: v.reloads?.rejected ?? 0, lastOk: v.reloads?.lastOk ?? true },
     lanes,
     latencyCounts,
     latencySumMs,
@@ -447,6 +460,14 @@ export const METRIC_DEFS: readonly MetricDef[] = [
     read: (s) => s.socketDrops.filter((x) => x.drops !== null).map((x) => ({ value: x.drops!, labels: { listener: x.listener } })),
   },
   { name: 'flowlb_held_packets', type: 'gauge', help: 'Datagrams the primary holds for buckets being migrated.', read: (s) => [{ value: s.held }] },
+  {
+    name: 'flowlb_config_reloads_total', type: 'counter', help: 'Config reloads (SIGHUP) by outcome: ok (applied) or rejected (the previous config stays).',
+    read: (s) => [{ value: s.reloads.ok, labels: { outcome: 'ok' } }, { value: s.reloads.rejected, labels: { outcome: 'rejected' } }],
+  },
+  {
+    name: 'flowlb_config_last_reload_successful', type: 'gauge', help: '0 if the latest config reload was rejected (the previous config still runs), else 1 (1 before any reload).',
+    read: (s) => [{ value: s.reloads.lastOk ? 1 : 0 }],
+  },
   { name: 'flowlb_table_epoch', type: 'gauge', help: 'Version of the bucket table; rises with every change of a bucket owner (twice per migration: held, then moved).', read: (s) => [{ value: s.epoch }] },
   // workers
   { name: 'flowlb_worker_up', type: 'gauge', help: '1 if the worker of this lane is running, ready and reporting, else 0.', read: perWorker((l) => (l.up ? 1 : 0)) },
@@ -539,7 +560,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
     read: (s) => [...s.backends].flatMap(([backend, b]) => BACKEND_ERROR_KINDS.map(([key, kind]) => ({ value: b.counters[key], labels: { backend, kind } }))),
   },
   {
-    name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if since the previous scrape it refused datagrams, its connect failed or it was silent for responseTimeout, and it sent no response; else 1 (no active probing).',
+    name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if within the last 5-10 s it refused datagrams, its connect failed or it was silent for responseTimeout, and it sent no response; else 1 (no active probing).',
     read: perBackend((b) => (b.up ? 1 : 0)),
   },
   {
