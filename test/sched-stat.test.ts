@@ -85,8 +85,10 @@ describe('SchedStatReader', () => {
     while (performance.now() - t0 < 150) { /* spin */ }
     const s = r.sample(performance.now());
     // Spinning, the thread is runnable the whole interval: on a CPU or waiting for one (the machine may be busy).
+    // Not all of it shows: time the hypervisor took from this VM (steal) is neither (0.69 seen under a full test
+    // run beside other load); asleep, below, it reads near 0.
     expect(s.run).toBeGreaterThan(0.2);
-    expect(s.run + s.wait).toBeGreaterThan(0.9);
+    expect(s.run + s.wait).toBeGreaterThan(0.5);
     expect(s.run + s.wait).toBeLessThan(1.1);
     // Asleep in a blocking wait, it is neither.
     const t1 = performance.now();
