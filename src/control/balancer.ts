@@ -492,6 +492,7 @@ export class Balancer {
 
   /** Packets an overloaded worker handed back (packet mode): to the least-loaded worker. */
   onShed(lane: number, frames: Buffer, packets: number): void {
+    this.dispatcher.returnedFrom(lane, packets);
     const target = this.dispatcher.spillTo[lane]! >= 0 ? this.dispatcher.spillTo[lane]! : this.leastLoaded(lane);
     if (target < 0 || !this.workers.isReady(target)) {
       // Nobody to take them: back to where they came from (already counted as dispatched there).

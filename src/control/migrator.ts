@@ -178,6 +178,7 @@ export class Migrator {
     if (!m || m.epoch !== msg.epoch || m.from !== lane || m.phase !== 'releasing') { this.onLateRelease(lane, msg); return; }
     m.flows = msg.flows;
     m.frames = Buffer.from(msg.frames, 'base64');
+    this.dispatcher.returnedFrom(lane, countPackets(m.frames));
     m.sockets = new Array<dgram.Socket | null>(msg.sockets).fill(null);
     m.socketsLeft = msg.sockets;
     m.phase = 'collecting';
@@ -208,6 +209,7 @@ export class Migrator {
    */
   private onLateRelease(lane: number, msg: { bucket: number; epoch: number; flows: FlowTransfer[]; frames: string; sockets: number }): void {
     const packets = countPackets(Buffer.from(msg.frames, 'base64'));
+    this.dispatcher.returnedFrom(lane, packets);
     this.lateReleases++;
     if (lane >= 0 && lane < this.lateDropped.length) this.lateDropped[lane]! += packets;
     this.log.warn('hand-over came after its migration had ended: packets dropped, flows offered to the current owner', {

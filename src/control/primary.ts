@@ -175,6 +175,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
         log.info('worker ready', { worker: lane, pid: msg.pid });
         break;
       case 'report':
+        dispatcher.markReport(lane);
         workers.ingestReport(lane, msg);
         balancer.onReport(lane, msg);
         break;
@@ -200,7 +201,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   function onWorkerExit(lane: number, w: Worker, code: number | null, signal: string | null): void {
     if (workers.worker(lane) !== w) return;
     const wasReady = workers.isReady(lane);
-    const lost = shuttingDown ? 0 : workers.recordLost(lane, dispatcher.packetsIntoSink(lane));
+    const lost = shuttingDown ? 0 : workers.recordLost(lane, dispatcher.packetsIntoSink(lane), dispatcher.returnedSinceReport(lane));
     dispatcher.setSink(lane, null);
     workers.detach(lane);
     if (shuttingDown) return;

@@ -156,12 +156,14 @@ export class WorkerSet {
   /**
    * A worker died (not a shutdown) after `written` packet frames went into its channel. Those it had not reported
    * handled, dropped or handed on are estimated lost: the frames it had not read by its last report (written -
-   * received) plus its queue then. An estimate, and high by what it served or handed on after that report (at
-   * most one report interval of its work); 0 if that comes out negative. Call before detach.
+   * received) plus its queue then, less what it handed back since (`returnedSince`: a migration's hand-over, a
+   * shed, counted by the primary as they came: a queue handed over just before the kill was counted lost). An
+   * estimate, high by what it served after that report (at most one report interval of its work); 0 if that comes
+   * out negative. Call before detach.
    */
-  recordLost(lane: number, written: number): number {
+  recordLost(lane: number, written: number, returnedSince = 0): number {
     const s = this.lanes[lane]!, r = s.lastReport;
-    const lost = Math.max(0, written - (r?.counters.rxPackets ?? 0) + (r?.queueDepth ?? 0));
+    const lost = Math.max(0, written - (r?.counters.rxPackets ?? 0) + (r?.queueDepth ?? 0) - returnedSince);
     s.lostOnExit += lost;
     return lost;
   }

@@ -62,6 +62,12 @@ export class Dispatcher {
    */
   private readonly sinkBase: Float64Array;
   private readonly sinkExtra: Float64Array;
+  /**
+   * Per lane, packets its current process handed back (a migration's hand-over, a packet-mode shed), in all and
+   * as of its latest report: written into its channel but neither lost with it nor served by it.
+   */
+  private readonly sinkReturned: Float64Array;
+  private readonly returnedAtReport: Float64Array;
   readonly lanePackets: Float64Array;
   readonly laneBytes: Float64Array;
   /** Per bucket: packets and bytes since the control plane last took them (load estimates). */
@@ -120,6 +126,8 @@ export class Dispatcher {
     this.lanePackets = new Float64Array(w);
     this.sinkBase = new Float64Array(w);
     this.sinkExtra = new Float64Array(w);
+    this.sinkReturned = new Float64Array(w);
+    this.returnedAtReport = new Float64Array(w);
     this.laneBytes = new Float64Array(w);
     this.laneBatches = new Float64Array(w);
     this.spillTo = new Int16Array(w).fill(-1);
@@ -162,6 +170,8 @@ export class Dispatcher {
     this.sinks[lane] = sink;
     this.sinkBase[lane] = this.lanePackets[lane]!;
     this.sinkExtra[lane] = 0;
+    this.sinkReturned[lane] = 0;
+    this.returnedAtReport[lane] = 0;
     this.batchStart[lane] = this.batchEnd[lane] = 0;
     this.batchPackets[lane] = 0;
     this.sinkBacklog[lane] = 0;
@@ -170,6 +180,21 @@ export class Dispatcher {
   /** Packet frames written into lane's current channel (see sinkBase). */
   packetsIntoSink(lane: number): number {
     return this.lanePackets[lane]! - this.sinkBase[lane]! + this.sinkExtra[lane]!;
+  }
+
+  /** Lane's process handed `packets` back (control path: a hand-over, a shed). */
+  returnedFrom(lane: number, packets: number): void {
+    if (lane >= 0 && lane < this.sinkReturned.length) this.sinkReturned[lane]! += packets;
+  }
+
+  /** A report from lane's process arrived: what it handed back so far is in that report's counters. */
+  markReport(lane: number): void {
+    this.returnedAtReport[lane] = this.sinkReturned[lane]!;
+  }
+
+  /** Packets lane's process handed back after its latest report. */
+  returnedSinceReport(lane: number): number {
+    return this.sinkReturned[lane]! - this.returnedAtReport[lane]!;
   }
 
   hasSink(lane: number): boolean {
