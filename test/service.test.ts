@@ -274,10 +274,12 @@ describe('bad input', () => {
     const sum = Number(/^flowlb_dispatch_latency_seconds_sum (\S+)/m.exec(text)![1]);
     const count = Number(/^flowlb_dispatch_latency_seconds_count (\S+)/m.exec(text)![1]);
     const meanMs = (sum / count) * 1000;
-    const diag = `client RTT median ${rttMedianMs.toFixed(1)} ms; flowlb latency mean ${meanMs.toFixed(1)} ms over ${count} samples`;
+    const diag = `client RTT median ${rttMedianMs.toFixed(1)} ms; flowlb latency mean ${meanMs.toFixed(1)} ms over ${count} packets`;
     expect(rttMedianMs, diag).toBeGreaterThan(50); // the queue really built up
-    expect(count, diag).toBeGreaterThanOrEqual(3); // one packet timed at a time: a few per second under a deep queue
-    expect(meanMs, diag).toBeGreaterThan(rttMedianMs / 4);
+    // One packet timed at a time, each standing for the packets that came while it waited: the count is about the
+    // packets received, and the mean near the clients' (unweighted, 9 samples gave a mean of 117 ms against 293).
+    expect(count, diag).toBeGreaterThan(500);
+    expect(meanMs, diag).toBeGreaterThan(rttMedianMs / 2);
     expect(meanMs, diag).toBeLessThan(rtt[699]!); // never more than a client waited
   });
 

@@ -87,4 +87,4 @@ export function isFlowlbMessage(m: unknown): m is FlowlbMessage {
 }
 
 /** Upper bounds (ms) of the dispatch latency histogram: primary receive batch to handler start. */
-export const LATENCY_BOUNDS_MS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000];
+export const LATENCY_BOUNDS_MS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];

@@ -549,7 +549,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
     read: (s) => histogramSamples('flowlb_migration_duration_seconds', MIGRATION_BUCKETS_S, s.migrations.durationCounts, s.migrations.durationSumS),
   },
   {
-    name: 'flowlb_dispatch_latency_seconds', type: 'histogram', help: 'Time from the primary handing a packet to a worker to the handler being called with it (queueing in the worker included); one packet timed at a time per worker, all workers.',
+    name: 'flowlb_dispatch_latency_seconds', type: 'histogram', help: 'Time from the primary handing a packet to a worker to the handler being called with it (queueing in the worker included); one packet timed at a time per worker, weighted by the packets that came while it waited.',
     read: (s) => histogramSamples('flowlb_dispatch_latency_seconds', LATENCY_BOUNDS_S, s.latencyCounts, s.latencySumMs / 1000),
   },
   // proxy backends
