@@ -429,6 +429,21 @@ describe('shutdown', () => {
     expect(await svc.stop('SIGINT')).toBe(0);
   });
 
+  it('serves a deep queue on SIGTERM for most of shutdownTimeout, not one second', async () => {
+    // 3 ms a packet, 600 queued: 1.8 s of work, inside the default 5 s. The worker gave up after a fixed second
+    // (1,929 packets, 3 s of work, abandoned after 1.05 s in a black-box check).
+    const file = configFile({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 3000 } });
+    const svc = await start(['--config', file, '--listen', '127.0.0.1:0', '--workers', '1', '--no-balance']);
+    const c = await client();
+    c.socket.setRecvBufferSize(1 << 20);
+    for (let i = 0; i < 600; i++) await c.send(String(i), svc.udpPort, '127.0.0.1');
+    await waitFor(() => c.replies.length >= 1, 5000, 'the first reply');
+    const code = await svc.stop('SIGTERM');
+    expect(code).toBe(0);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.replies.length).toBe(600);
+  });
+
   it('exits 0 on one stop request delivered twice at once (as `timeout` does: to the process and its group)', async () => {
     // 5 ms per packet: 40 queued packets keep the shutdown busy for ~200 ms, when the repeat arrives.
     const file = configFile({ handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 5000 } });
