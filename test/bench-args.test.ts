@@ -104,6 +104,7 @@ describe.concurrent('bench scripts: bad command lines', () => {
     ['fairness', ['--cost-us', '-5'], ['--cost-us', '"-5"']],
     ['migration-storm', ['--concurrency', '65'], ['--concurrency', 'at most 64']],
     ['run-all', ['skwe'], ['unknown benchmark skwe']],
+    ['backend-failover', ['--flows', '10', '--flows=20'], ['--flows is given more than once']],
   ];
   for (const [script, args, names] of cases) {
     it(`${script} ${args.join(' ')}: one line naming the problem`, async () => {

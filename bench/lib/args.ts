@@ -182,6 +182,12 @@ export function parseOrThrow<const S extends BenchOptions>(
   parser = opts.positional ? parser.strictOptions() : parser.strict();
   const parsed = parser.parseSync() as Record<string, unknown> & { _: (string | number)[] };
 
+  // Given twice: the flowlb CLI refuses it, and so does every bench (the last one won, without a word).
+  for (const name of Object.keys(spec)) {
+    const times = args.filter((a) => a === `--${name}` || a.startsWith(`--${name}=`)).length;
+    if (times > 1) throw new BenchUsageError(`--${name} is given more than once: give it once`);
+  }
+
   const short = hasShort && parsed.short === true;
   const out: Record<string, unknown> = { _: parsed._.map(String) };
   for (const [name, o] of Object.entries(spec)) {
