@@ -89,6 +89,14 @@ describe('reload (SIGHUP)', () => {
     svc.proc.kill('SIGHUP');
     await waitFor(async () => (await svc.status()).reloads.ok === 2, 5000, 'good reload applied');
     expect(await svc.metrics()).toMatch(/^flowlb_config_last_reload_successful 1$/m);
+    expect(await svc.metrics()).toMatch(/^flowlb_config_restart_needed_settings 0$/m);
+    // A file that changes a restart-only setting: applied (ok), but the service runs another value than its file,
+    // and says so (it was an "ok" reload and a log line only).
+    fs.writeFileSync(file, JSON.stringify({ handler: 'proxy', backends: [`127.0.0.1:${a.port}@2`, `127.0.0.1:${b.port}@2`], idleTimeout: '30s', buckets: 256 }));
+    svc.proc.kill('SIGHUP');
+    await waitFor(async () => (await svc.status()).reloads.ok === 3, 5000, 'reload with a restart-only change applied');
+    expect((await svc.status()).reloads.restartNeeded).toEqual(['buckets']);
+    expect(await svc.metrics()).toMatch(/^flowlb_config_restart_needed_settings 1$/m);
   });
 
   it('drops the metric series of a backend the reload removed', async () => {

@@ -222,12 +222,14 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
   // The status listener comes up before any worker: an address in use fails here, with one line and no worker
   // started (after the workers, their "worker ready" records came first).
   let reloads = 0, reloadsRejected = 0, lastReloadOk = true;
+  /** Settings of the file the last applied reload could not apply (they need a restart); empty: none. */
+  let restartNeeded: readonly string[] = [];
   let http: HttpServer | null = null;
   if (config.http) {
     try {
       http = await startHttp(config.http, {
         get config() { return config; }, dispatcher, workers, balancer, migrator, udp, log,
-        get reloads() { return { ok: reloads, rejected: reloadsRejected, lastOk: lastReloadOk }; },
+        get reloads() { return { ok: reloads, rejected: reloadsRejected, lastOk: lastReloadOk, restartNeeded }; },
         get stallKills() { return stallKills; },
       });
     } catch (err) {
@@ -381,6 +383,7 @@ export async function startService(initialConfig: FlowlbConfig, log: Logger): Pr
     }
     const kept = RESTART_ONLY.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(config[k]));
     if (kept.length > 0) log.warn('config reload: these settings need a restart and were not changed', { fields: kept });
+    restartNeeded = kept;
     const merged = { ...next } as Record<string, unknown>;
     for (const k of RESTART_ONLY) merged[k] = config[k];
     config = Object.freeze(merged) as unknown as FlowlbConfig;

@@ -24,7 +24,7 @@ export interface ServiceView {
   readonly udp: readonly Endpoint[];
   readonly log: Logger;
   /** SIGHUP reloads applied and rejected. */
-  readonly reloads?: { readonly ok: number; readonly rejected: number; readonly lastOk?: boolean };
+  readonly reloads?: { readonly ok: number; readonly rejected: number; readonly lastOk?: boolean; readonly restartNeeded?: readonly string[] };
   /** Workers the stall watchdog killed (no load report for stallTimeout). */
   readonly stallKills?: number;
 }

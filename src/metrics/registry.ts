@@ -210,7 +210,7 @@ export interface ClusterSnapshot {
   readonly held: number;
   readonly epoch: number;
   /** SIGHUP reloads applied and rejected, and whether the latest one was applied (true before any). */
-  readonly reloads: { readonly ok: number; readonly rejected: number; readonly lastOk: boolean };
+  readonly reloads: { readonly ok: number; readonly rejected: number; readonly lastOk: boolean; readonly restartNeeded: number };
   readonly lanes: readonly LaneSnapshot[];
   readonly latencyCounts: readonly number[];
   readonly latencySumMs: number;
@@ -354,7 +354,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
     drops,
     held: d.heldTotal(),
     epoch: d.table.epoch,
-    reloads: { ok: v.reloads?.ok ?? 0, rejected: v.reloads?.rejected ?? 0, lastOk: v.reloads?.lastOk ?? true },
+    reloads: { ok: v.reloads?.ok ?? 0, rejected: v.reloads?.rejected ?? 0, lastOk: v.reloads?.lastOk ?? true, restartNeeded: v.reloads?.restartNeeded?.length ?? 0 },
     lanes,
     latencyCounts,
     latencySumMs,
@@ -467,6 +467,11 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   {
     name: 'flowlb_config_last_reload_successful', type: 'gauge', help: '0 if the latest config reload was rejected (the previous config still runs), else 1 (1 before any reload).',
     read: (s) => [{ value: s.reloads.lastOk ? 1 : 0 }],
+  },
+  {
+    name: 'flowlb_config_restart_needed_settings', type: 'gauge',
+    help: 'Settings of the config file the last applied reload left unchanged because they need a restart (workers, buckets, listen, ...): the service runs other values than its file until restarted.',
+    read: (s) => [{ value: s.reloads.restartNeeded }],
   },
   { name: 'flowlb_table_epoch', type: 'gauge', help: 'Version of the bucket table; rises with every change of a bucket owner (twice per migration: held, then moved).', read: (s) => [{ value: s.epoch }] },
   // workers
