@@ -244,6 +244,28 @@ describe('balancing', () => {
     expect((await svc.status()).shedPackets).toBe(st.shedPackets); // nothing moves once the queues are empty
   });
 
+  it('packet mode with the balancer on: an overloaded worker spills packets, not buckets', async () => {
+    // One flow at ~1.5x a worker's capacity: whichever worker owns its bucket is overloaded. Packet mode spreads its
+    // packets; the overload path moved the bucket too, back and forth (4 moves in 6 s in a black-box check).
+    const file = configFile({
+      handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 1000 },
+      balancer: { mode: 'packet', queueLimit: 64, reportInterval: '100ms' },
+    });
+    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
+    running.push(svc);
+    const c = await new Client(4).bind('127.0.0.1');
+    c.socket.setRecvBufferSize(1 << 20);
+    clients.push(c);
+    await traffic([c, c, c, c, c, c, c, c, c, c, c, c, c, c, c], svc.udpPort, 200, 10, () => false);
+    const sent = 3000;
+    await waitFor(async () => { const s = await svc.status(); return s.workers.every((w: any) => w.queueDepth === 0) && s.received === sent; }, 20_000, 'queues empty', 200);
+    const st = await svc.status();
+    const diag = `overload spills ${st.overloadSpills}, migrations ${st.migrations.completed}, shed ${st.shedPackets}, spilled ${st.spilledPackets}, replies ${c.replies.length}/${sent}`;
+    expect(st.overloadSpills, diag).toBe(0);
+    expect(st.spilledPackets + st.shedPackets, diag).toBeGreaterThan(0);
+    expect(c.replies.length, diag).toBeGreaterThan(sent * 0.9);
+  });
+
   it('packet mode: one heavy flow is shed a share at a time, not its whole queue back and forth', async () => {
     // One flow at ~1.5x a worker's capacity. A shed took the heaviest flow's whole queue (here: all of it) whatever
     // the room asked for, so the other worker got hundreds at once, passed the limit and shed them back: 18,500

@@ -237,8 +237,10 @@ export class Balancer {
     const queueDrops = (r.counters.drops[DROP_QUEUE_FULL] ?? 0) + (r.counters.drops[DROP_FLOW_QUEUE_FULL] ?? 0);
     const newQueueDrops = queueDrops - this.lastQueueDrops[lane]!;
     this.lastQueueDrops[lane] = queueDrops;
+    // Packet mode handles an overloaded worker packet by packet (spill, shed); moving its buckets on top moved a
+    // heavy flow's bucket back and forth between workers (4 moves in 6 s). The rounds still balance buckets.
     if (this.config.balancer.mode === 'packet') this.updatePacketSpill(lane, r.queueDepth, limit);
-    if (this.enabled && (r.queueDepth > limit || newQueueDrops > 0)) {
+    else if (this.enabled && (r.queueDepth > limit || newQueueDrops > 0)) {
       const now = performance.now();
       if (now - this.lastSpillMs[lane]! >= OVERLOAD_COOLDOWN_MS) {
         this.lastSpillMs[lane] = now;
