@@ -295,7 +295,7 @@ describe('metrics from the primary\'s objects', () => {
     // Every metric name carries the prefix, and no label is per flow or per bucket.
     for (const s of e.samples) {
       expect(s.name.startsWith('flowlb_')).toBe(true);
-      for (const k of Object.keys(s.labels)) expect(['worker', 'reason', 'backend', 'outcome', 'kind', 'le', 'handler', 'mode', 'balancer', 'type', 'space', 'version', 'major', 'minor', 'patch', 'kind', 'listener']).toContain(k);
+      for (const k of Object.keys(s.labels)) expect(['worker', 'reason', 'backend', 'outcome', 'kind', 'le', 'handler', 'mode', 'balancer', 'type', 'space', 'version', 'major', 'minor', 'patch', 'kind', 'listener', 'result']).toContain(k);
     }
   });
 

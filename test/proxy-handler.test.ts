@@ -646,9 +646,50 @@ describe('proxy handler', () => {
     await expect(createProxyHandler(contextFor([], [], { responseTimeout: -1 }))).rejects.toThrow(/handlerOptions\.responseTimeout/);
     for (const off of ['0', '0s', '0ms', 0]) await expect(createProxyHandler(contextFor([], [], { responseTimeout: off }))).resolves.toBeInstanceOf(ProxyHandler);
     // A misspelt option is an error, not a default left in force.
-    await expect(createProxyHandler(contextFor([], [], { responsetimeout: '2s' }))).rejects.toThrow(/handlerOptions\.responsetimeout is not a proxy option \(it has maxFails, failTimeout, responseTimeout, preconnectQueuePackets\)/);
+    await expect(createProxyHandler(contextFor([], [], { responsetimeout: '2s' }))).rejects.toThrow(/handlerOptions\.responsetimeout is not a proxy option \(it has maxFails, failTimeout, responseTimeout, preconnectQueuePackets, healthCheck\)/);
     const h = await proxy(contextFor([], [], {}));
     expect(() => h.reconfigure(contextFor([], [], { maxfails: 2 }))).toThrow(/handlerOptions\.maxfails is not a proxy option/);
+  });
+
+  it('healthCheck probes each backend: a dead one nobody sends to is found and kept out, and back at once when it answers', async () => {
+    // Passive health alone: a backend whose flows moved away and that no new flow tries reads up after failTimeout.
+    const a = await startBackend('A', 4);
+    const dead = await deadBackend('dead', 4);
+    const silent = await bound(4);
+    silent.on('message', () => {});
+    const s: Backend = { name: 'S', socket: silent, port: silent.address().port, host: '127.0.0.1', received: [] };
+    const healthCheck = { send: 'PING', expect: 'A', interval: '100ms', timeout: '50ms' };
+    const h = await proxy({ ...contextFor([a, dead, s], [1, 1, 1], { healthCheck, failTimeout: '30s' }), workerId: 0 });
+    // No flow at all: the probes alone take the refusing and the silent backend out, and keep A in.
+    await waitFor(() => h.stats.down[statOf(h, dead)] === 1 && h.stats.down[statOf(h, s)] === 1, 3000, 'both found by probes');
+    expect(h.stats.probeFailed[statOf(h, dead)]).toBeGreaterThan(0);
+    expect(h.stats.probeFailed[statOf(h, s)]).toBeGreaterThan(0);
+    await waitFor(() => h.stats.probeOk[statOf(h, a)]! >= 2, 3000, 'A answers its probes');
+    expect(h.stats.down[statOf(h, a)]).toBe(0);
+    expect(h.stats.probeFailed[statOf(h, a)]).toBe(0);
+    expect(h.counters()[`probe_failed@${backendKey(dead.host, dead.port)}`]).toBeGreaterThan(0);
+    // The dead one comes back (answers, and its answer contains "A"...): in the table at the next probe, well before
+    // its 30 s failTimeout.
+    const revived = dgram.createSocket('udp4');
+    openSockets.add(revived);
+    await new Promise<void>((resolve) => revived.bind(dead.port, '127.0.0.1', () => resolve()));
+    revived.on('message', (msg, r) => revived.send(`A ${r.port} ${msg.toString()}`, r.port, r.address));
+    await waitFor(() => h.stats.down[statOf(h, dead)] === 0, 3000, 'back in the table after a good probe');
+    // An answer without the expected text is no success: S answers "nope" now and stays out.
+    silent.removeAllListeners('message');
+    silent.on('message', (_m, r) => silent.send('nope', r.port, r.address));
+    const before = h.stats.probeFailed[statOf(h, s)]!;
+    await waitFor(() => h.stats.probeFailed[statOf(h, s)]! >= before + 2, 3000, 'S still failing');
+    expect(h.stats.probeOk[statOf(h, s)]).toBe(0);
+    // The primary's check instance (workerId -1) sends no probe.
+    const check = await proxy({ ...contextFor([a], [1], { healthCheck }), workerId: -1 });
+    await new Promise((r) => setTimeout(r, 250));
+    expect(check.stats.probeOk[statOf(check, a)]).toBe(0);
+    // Bad options: one line each.
+    for (const [hc, re] of [
+      ['yes', /healthCheck must be an object/], [{ send: '' }, /needs one of send/], [{ sendHex: 'zz' }, /needs one of send/],
+      [{ send: 'x', interval: '1s', timeout: '1s' }, /timeout \(1000 ms\) must be shorter than its interval/], [{ send: 'x', tmeout: '1s' }, /healthCheck\.tmeout is not a health-check option/],
+    ] as const) await expect(createProxyHandler(contextFor([], [], { healthCheck: hc }))).rejects.toThrow(re);
   });
 
   it('drops and counts packets when no backend has a positive weight', async () => {

@@ -83,6 +83,9 @@ export class ProxyStats {
    * ICMP, no answer). Each counts as one failure towards maxFails.
    */
   timeouts = new Float64Array(INITIAL_BACKEND_SLOTS);
+  /** Health-check probes (handlerOptions.healthCheck) answered as expected, and failed (no answer in time, refused). */
+  probeOk = new Float64Array(INITIAL_BACKEND_SLOTS);
+  probeFailed = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** Times passive health took the backend out of the table (maxFails failures within failTimeout). */
   markedDown = new Float64Array(INITIAL_BACKEND_SLOTS);
   /** 1 while the backend is out of the table, else 0 (a gauge). */
@@ -120,6 +123,8 @@ export class ProxyStats {
       this.connectErrors = grow(this.connectErrors, size);
       this.localErrors = grow(this.localErrors, size);
       this.timeouts = grow(this.timeouts, size);
+      this.probeOk = grow(this.probeOk, size);
+      this.probeFailed = grow(this.probeFailed, size);
       this.markedDown = grow(this.markedDown, size);
       this.down = grow(this.down, size);
     }
@@ -384,6 +389,109 @@ interface BackendHealthState {
   timer: NodeJS.Timeout | null;
 }
 
+/** Active health check options (handlerOptions.healthCheck). */
+interface ProbeOptions {
+  readonly payload: Buffer;
+  /** Text the answer must contain (latin1), or null: any answer. */
+  readonly expect: string | null;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+}
+
+const PROBE_KEYS: readonly string[] = ['send', 'sendHex', 'expect', 'interval', 'timeout'];
+export const DEFAULT_PROBE_INTERVAL_MS = 5_000;
+export const DEFAULT_PROBE_TIMEOUT_MS = 1_000;
+
+function readProbeOptions(options: Readonly<Record<string, unknown>>): ProbeOptions | null {
+  const hc = options.healthCheck;
+  if (hc === undefined || hc === null) return null;
+  const example = '{ "send": "PING", "expect": "PONG", "interval": "5s", "timeout": "1s" }';
+  if (typeof hc !== 'object' || Array.isArray(hc)) throw new ConfigError(`handlerOptions.healthCheck must be an object such as ${example}, got ${JSON.stringify(hc)}`);
+  const o = hc as Record<string, unknown>;
+  for (const k of Object.keys(o)) {
+    if (!PROBE_KEYS.includes(k)) throw new ConfigError(`handlerOptions.healthCheck.${k} is not a health-check option (it has ${PROBE_KEYS.join(', ')})`);
+  }
+  let payload: Buffer;
+  if (typeof o.send === 'string' && o.sendHex === undefined && o.send.length > 0) payload = Buffer.from(o.send, 'utf8');
+  else if (typeof o.sendHex === 'string' && o.send === undefined && /^([0-9a-fA-F]{2})+$/.test(o.sendHex)) payload = Buffer.from(o.sendHex, 'hex');
+  else throw new ConfigError('handlerOptions.healthCheck needs one of send (a non-empty text) or sendHex (hex bytes, e.g. "0a0b")');
+  if (o.expect !== undefined && (typeof o.expect !== 'string' || o.expect.length === 0)) {
+    throw new ConfigError(`handlerOptions.healthCheck.expect must be a non-empty text the answer contains, got ${JSON.stringify(o.expect)}`);
+  }
+  const duration = (v: unknown, name: string, def: number): number => {
+    if (v === undefined) return def;
+    if (typeof v !== 'string' && typeof v !== 'number') throw new ConfigError(`handlerOptions.healthCheck.${name} must be a duration such as 1s, got ${JSON.stringify(v)}`);
+    return parseDuration(v, `handlerOptions.healthCheck.${name}`);
+  };
+  const intervalMs = duration(o.interval, 'interval', DEFAULT_PROBE_INTERVAL_MS);
+  const timeoutMs = duration(o.timeout, 'timeout', DEFAULT_PROBE_TIMEOUT_MS);
+  if (timeoutMs >= intervalMs) throw new ConfigError(`handlerOptions.healthCheck.timeout (${timeoutMs} ms) must be shorter than its interval (${intervalMs} ms)`);
+  return { payload, expect: typeof o.expect === 'string' ? o.expect : null, intervalMs, timeoutMs };
+}
+
+/**
+ * One backend's active health check in one worker: every interval, a probe datagram on a socket of its own,
+ * connected to the backend; an answer (containing `expect`, if set) within the timeout is a success, no answer or
+ * ICMP port unreachable a failure. Control path: one datagram per interval per backend per worker.
+ */
+class Prober {
+  private socket: dgram.Socket | null = null;
+  private readonly timer: NodeJS.Timeout;
+  private deadline: NodeJS.Timeout | null = null;
+  private pending = false;
+
+  constructor(private readonly handler: ProxyHandler, private readonly backend: ProxyBackend, private readonly o: ProbeOptions) {
+    this.timer = setInterval(() => this.send(), o.intervalMs);
+    this.timer.unref();
+    this.send();
+  }
+
+  private open(): dgram.Socket {
+    const s = dgram.createSocket(this.backend.socketType);
+    s.on('message', (msg) => {
+      if (!this.pending || (this.o.expect !== null && !msg.toString('latin1').includes(this.o.expect))) return;
+      this.settle();
+      this.handler.probeSucceeded(this.backend);
+    });
+    s.on('error', (err: NodeJS.ErrnoException) => {
+      // Refused (ICMP port unreachable) settles the probe as failed; other errors wait for the timeout.
+      if (this.pending && err.code === 'ECONNREFUSED') { this.settle(); this.handler.probeFailedFor(this.backend, 'probe refused'); }
+    });
+    s.connect(this.backend.port, this.backend.host);
+    s.unref();
+    return s;
+  }
+
+  private send(): void {
+    if (this.pending) return; // the previous probe is still within its timeout
+    this.socket ??= this.open();
+    this.pending = true;
+    const socket = this.socket;
+    const go = (): void => { if (this.socket === socket) socket.send(this.o.payload, () => { /* a failed send shows as no answer */ }); };
+    try { socket.remoteAddress(); go(); } catch { socket.once('connect', go); }
+    this.deadline = setTimeout(() => {
+      if (!this.pending) return;
+      this.settle();
+      this.handler.probeFailedFor(this.backend, 'probe unanswered');
+    }, this.o.timeoutMs);
+    this.deadline.unref();
+  }
+
+  private settle(): void {
+    this.pending = false;
+    if (this.deadline !== null) clearTimeout(this.deadline);
+    this.deadline = null;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.settle();
+    const s = this.socket;
+    this.socket = null;
+    if (s !== null) try { s.close(); } catch { /* closed */ }
+  }
+}
+
 function readPreconnectLimit(options: Readonly<Record<string, unknown>>): number {
   const value = options.preconnectQueuePackets;
   if (value === undefined) return DEFAULT_PRECONNECT_QUEUE_PACKETS;
@@ -396,7 +504,7 @@ function readPreconnectLimit(options: Readonly<Record<string, unknown>>): number
 }
 
 /** The proxy's handlerOptions; any other key is a mistake (a typo would otherwise leave a default in force). */
-const PROXY_OPTIONS: readonly string[] = ['maxFails', 'failTimeout', 'responseTimeout', 'preconnectQueuePackets'];
+const PROXY_OPTIONS: readonly string[] = ['maxFails', 'failTimeout', 'responseTimeout', 'preconnectQueuePackets', 'healthCheck'];
 
 function checkOptionNames(options: Readonly<Record<string, unknown>>): void {
   for (const key of Object.keys(options)) {
@@ -425,14 +533,42 @@ export class ProxyHandler implements FlowHandler {
   private silenceTimer: NodeJS.Timeout | null = null;
 
   private log: HandlerContext['log'];
+  /** Active health check (handlerOptions.healthCheck): its options, and one prober per backend; none in the primary's check. */
+  private probe: ProbeOptions | null;
+  private readonly probing: boolean;
+  private probers: Prober[] = [];
 
   constructor(ctx: HandlerContext) {
     this.log = ctx.log;
     checkOptionNames(ctx.options);
     this.preconnectLimit = readPreconnectLimit(ctx.options);
     this.health = readHealthOptions(ctx.options);
+    this.probe = readProbeOptions(ctx.options);
+    this.probing = ctx.workerId >= 0;
     this.applyBackends(ctx);
     this.startSilenceCheck();
+    this.startProbes();
+  }
+
+  /** (Re)starts the probers for the current backends and healthCheck options (none when it is not set). */
+  private startProbes(): void {
+    for (const p of this.probers) p.stop();
+    this.probers = [];
+    const probe = this.probe;
+    if (probe === null || !this.probing) return;
+    for (const b of this.backends) this.probers.push(new Prober(this, b, probe));
+  }
+
+  /** A probe of `backend` was answered as expected: a backend out of the table comes back at once. */
+  probeSucceeded(backend: ProxyBackend): void {
+    this.stats.probeOk[backend.stat]++;
+    if (this.isDown(backend)) this.backendUp(backend.key);
+  }
+
+  /** A probe of `backend` got no expected answer in time, or was refused: one failure for passive health. */
+  probeFailedFor(backend: ProxyBackend, why: string): void {
+    this.stats.probeFailed[backend.stat]++;
+    this.backendFailed(backend, why);
   }
 
   /** Open upstream sessions (flows with state in this handler). */
@@ -462,6 +598,8 @@ export class ProxyHandler implements FlowHandler {
       out[`connect_errors@${key}`] = st.connectErrors[i]!;
       out[`local_errors@${key}`] = st.localErrors[i]!;
       out[`timeouts@${key}`] = st.timeouts[i]!;
+      out[`probe_ok@${key}`] = st.probeOk[i]!;
+      out[`probe_failed@${key}`] = st.probeFailed[i]!;
       out[`marked_down@${key}`] = st.markedDown[i]!;
       out[`down@${key}`] = st.down[i]!;
     });
@@ -570,6 +708,8 @@ export class ProxyHandler implements FlowHandler {
     const responseTimeoutChanged = health.responseTimeoutMs !== this.health.responseTimeoutMs;
     this.health = health;
     if (responseTimeoutChanged) this.startSilenceCheck();
+    this.probe = readProbeOptions(ctx.options);
+    this.startProbes();
     if (health.maxFails === 0) for (const key of [...this.healthByKey.keys()]) this.backendUp(key);
     else if (timeoutChanged) {
       // A backend already out stays out for the new failTimeout from when it was taken out, not the old one.
@@ -599,6 +739,8 @@ export class ProxyHandler implements FlowHandler {
     this.healthByKey.clear();
     if (this.silenceTimer !== null) clearInterval(this.silenceTimer);
     this.silenceTimer = null;
+    for (const p of this.probers) p.stop();
+    this.probers = [];
   }
 
   /** (Re)starts the silence check for the current responseTimeout (stops it when 0), from a clean slate. */

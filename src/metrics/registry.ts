@@ -34,7 +34,7 @@ export interface Metrics {
  * Per-backend counters arrive as `<counter>@<backend key>` (the key as proxy's backendKey() writes it,
  * "10.0.0.1:53" or "[::1]:53"), cumulative for the reporting process. Other keys are handler-wide.
  */
-export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors', 'local_errors', 'timeouts', 'marked_down'] as const;
+export const BACKEND_COUNTER_KEYS = ['requests', 'responses', 'refused', 'send_errors', 'socket_errors', 'connect_errors', 'local_errors', 'timeouts', 'probe_ok', 'probe_failed', 'marked_down'] as const;
 export type BackendCounterKey = (typeof BACKEND_COUNTER_KEYS)[number];
 /** Handler-wide drop counters of the proxy (packets a worker handled but the proxy could not forward). */
 export const PROXY_DROP_KEYS = {
@@ -339,7 +339,7 @@ export function takeSnapshot(v: ServiceView, ledger: HandlerCounterLedger, healt
   const backends = new Map<string, BackendSnapshot>();
   for (const [key, counters] of [...backendRows].sort(([a], [z]) => (a < z ? -1 : a > z ? 1 : 0))) {
     const downWorkers = gauges.get(`${BACKEND_DOWN_GAUGE}@${key}`) ?? 0;
-    const judged = health.judge(key, counters.responses, counters.refused + counters.connect_errors + counters.timeouts);
+    const judged = health.judge(key, counters.responses + counters.probe_ok, counters.refused + counters.connect_errors + counters.timeouts + counters.probe_failed);
     backends.set(key, { counters, up: judged && downWorkers === 0, downWorkers });
   }
 
@@ -429,7 +429,7 @@ export function histogramSamples(name: string, boundsS: readonly number[], count
 const LATENCY_BOUNDS_S = LATENCY_BOUNDS_MS.map((ms) => ms / 1000);
 const BACKEND_ERROR_KINDS: readonly [BackendCounterKey, string][] = [
   ['refused', 'refused'], ['send_errors', 'send'], ['socket_errors', 'socket'], ['connect_errors', 'connect'], ['local_errors', 'local'],
-  ['timeouts', 'timeout'],
+  ['timeouts', 'timeout'], ['probe_failed', 'probe'],
 ];
 
 export const METRIC_DEFS: readonly MetricDef[] = [
@@ -561,8 +561,14 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   { name: 'flowlb_backend_requests_total', type: 'counter', help: 'Datagrams the proxy sent to the backend.', read: perBackend((b) => b.counters.requests) },
   { name: 'flowlb_backend_responses_total', type: 'counter', help: 'Datagrams the backend sent back (relayed to clients).', read: perBackend((b) => b.counters.responses) },
   {
-    name: 'flowlb_backend_errors_total', type: 'counter', help: 'Errors towards the backend by kind: refused (ICMP port unreachable), send, socket (receive), connect, local (flowlb out of descriptors, buffers or memory), timeout (no answer for handlerOptions.responseTimeout).',
+    name: 'flowlb_backend_errors_total', type: 'counter', help: 'Errors towards the backend by kind: refused (ICMP port unreachable), send, socket (receive), connect, local (flowlb out of descriptors, buffers or memory), timeout (no answer for handlerOptions.responseTimeout), probe (a health-check probe unanswered or refused).',
     read: (s) => [...s.backends].flatMap(([backend, b]) => BACKEND_ERROR_KINDS.map(([key, kind]) => ({ value: b.counters[key], labels: { backend, kind } }))),
+  },
+  {
+    name: 'flowlb_backend_probes_total', type: 'counter', help: 'Active health-check probes (handlerOptions.healthCheck) by result: ok (answered as expected) or failed, summed over workers.',
+    read: (s) => [...s.backends].flatMap(([backend, b]) => [
+      { value: b.counters.probe_ok, labels: { backend, result: 'ok' } }, { value: b.counters.probe_failed, labels: { backend, result: 'failed' } },
+    ]),
   },
   {
     name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if within the last 5-10 s it refused datagrams, its connect failed or it was silent for responseTimeout, and it sent no response; else 1 (no active probing).',
