@@ -108,7 +108,7 @@ export class HandlerCounterLedger {
 }
 
 /**
- * A backend's health as flowlb can see it without probing: it is down when, within the last HEALTH_WINDOW_MS to
+ * A backend's health as traffic and the health-check probes show it: it is down when, within the last HEALTH_WINDOW_MS to
  * 2 x HEALTH_WINDOW_MS, it refused datagrams (ICMP port unreachable), its upstream connect failed or it was silent
  * for the proxy's responseTimeout, and sent no response; up again once a window passes without new failures (or
  * with a response). A backend that silently drops everything stays up unless responseTimeout is set; one that never
@@ -571,7 +571,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
     ]),
   },
   {
-    name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if within the last 5-10 s it refused datagrams, its connect failed or it was silent for responseTimeout, and it sent no response; else 1 (no active probing).',
+    name: 'flowlb_backend_up', type: 'gauge', help: '0 if a worker has the backend out of its table (passive health), or if within the last 5-10 s it refused datagrams, its connect failed or it was silent for responseTimeout, and it sent no response (probes count as traffic); else 1.',
     read: perBackend((b) => (b.up ? 1 : 0)),
   },
   {
