@@ -14,15 +14,23 @@ afterEach(async () => {
   removeConfigFiles();
 });
 
-/** 2 workers, 64 buckets, packet mode without bucket moves (balancer off), the burn handler with these options. */
-async function startPacketMode(handlerOptions: Record<string, unknown>, queueLimit: number): Promise<Running> {
+/** 2 workers, 64 buckets, packet mode (balancer off unless `enabled`: no bucket moves), the burn handler with these options. */
+async function startPacketMode(handlerOptions: Record<string, unknown>, queueLimit: number, enabled = false): Promise<Running> {
   const file = configFile({
     handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions,
-    balancer: { mode: 'packet', enabled: false, queueLimit, reportInterval: '100ms' },
+    balancer: { mode: 'packet', enabled, queueLimit, reportInterval: '100ms' },
   });
   const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
   running.push(svc);
   return svc;
+}
+
+/** One client for a heavy flow (a large receive buffer for its bursts of replies). */
+async function heavyClient(): Promise<Client> {
+  const c = await new Client(4).bind('127.0.0.1');
+  c.socket.setRecvBufferSize(1 << 20);
+  clients.push(c);
+  return c;
 }
 
 /** Sends `rounds` rounds of one packet per client, `gapMs` apart; bounded. */
@@ -247,16 +255,9 @@ describe('balancing', () => {
   it('packet mode with the balancer on: an overloaded worker spills packets, not buckets', async () => {
     // One flow at ~1.5x a worker's capacity: whichever worker owns its bucket is overloaded. Packet mode spreads its
     // packets; the overload path moved the bucket too, back and forth (4 moves in 6 s in a black-box check).
-    const file = configFile({
-      handler: path.join(FIXTURES, 'burn-handler.js'), handlerOptions: { costUs: 1000 },
-      balancer: { mode: 'packet', queueLimit: 64, reportInterval: '100ms' },
-    });
-    const svc = await startFlowlb(['--config', file, '--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--workers', '2', '--buckets', '64', '--log-level', 'warn']);
-    running.push(svc);
-    const c = await new Client(4).bind('127.0.0.1');
-    c.socket.setRecvBufferSize(1 << 20);
-    clients.push(c);
-    await traffic([c, c, c, c, c, c, c, c, c, c, c, c, c, c, c], svc.udpPort, 200, 10, () => false);
+    const svc = await startPacketMode({ costUs: 1000 }, 64, true);
+    const c = await heavyClient();
+    await traffic(Array<Client>(15).fill(c), svc.udpPort, 200, 10, () => false);
     const sent = 3000;
     await waitFor(async () => { const s = await svc.status(); return s.workers.every((w: any) => w.queueDepth === 0) && s.received === sent; }, 20_000, 'queues empty', 200);
     const st = await svc.status();
@@ -271,11 +272,9 @@ describe('balancing', () => {
     // the room asked for, so the other worker got hundreds at once, passed the limit and shed them back: 18,500
     // packets shed for 4,500 received (a black-box check), 17-44% dropped.
     const svc = await startPacketMode({ costUs: 1000 }, 64);
-    const c = await new Client(4).bind('127.0.0.1');
-    c.socket.setRecvBufferSize(1 << 20);
-    clients.push(c);
+    const c = await heavyClient();
     // 1,500 packets at ~1,500/s (bursts of 15 every 10 ms).
-    await traffic([c, c, c, c, c, c, c, c, c, c, c, c, c, c, c], svc.udpPort, 100, 10, () => false);
+    await traffic(Array<Client>(15).fill(c), svc.udpPort, 100, 10, () => false);
     const sent = 1500;
     await waitFor(async () => { const s = await svc.status(); return s.workers.every((w: any) => w.queueDepth === 0) && s.received === sent; }, 20_000, 'queues empty', 200);
     await new Promise((r) => setTimeout(r, 300));
