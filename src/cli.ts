@@ -90,9 +90,18 @@ const parser = yargs(args)
     // another printed as "got -1,0.2". Say so instead (the repeatable ones, --listen and --backend, are arrays).
     // (yargs' getOptions() is not in its types: read the declared arrays through it as an untyped object.)
     const repeatable = new Set((parser as unknown as { getOptions(): { array: string[] } }).getOptions().array);
+    // yargs folds a flag given twice with the same value into one, so count the flags as they were written too.
+    const end = args.indexOf('--');
+    const written = end < 0 ? args : args.slice(0, end);
     for (const [key, value] of Object.entries(argv)) {
-      if (!Array.isArray(value) || repeatable.has(key) || /[A-Z]/.test(key) || key.length < 2 || key === '_') continue;
-      throw new UsageError(`--${key} is given more than once (${value.map((v) => JSON.stringify(v)).join(', ')}): give it once`);
+      if (repeatable.has(key) || /[A-Z]/.test(key) || key.length < 2 || key === '_' || key === '$0') continue;
+      if (Array.isArray(value)) {
+        throw new UsageError(`--${key} is given more than once (${value.map((v) => JSON.stringify(v)).join(', ')}): give it once`);
+      }
+      const spellings = written.filter((a) => a === `--${key}` || a.startsWith(`--${key}=`) || a === `--no-${key}`).map((a) => a.split('=')[0]!);
+      if (spellings.length < 2) continue;
+      if (spellings.every((a) => a === spellings[0])) throw new UsageError(`${spellings[0]} is given more than once: give it once`);
+      throw new UsageError(`--${key} and --no-${key} are both given: give one`);
     }
     for (const [key, value] of Object.entries(argv)) {
       if (typeof value !== 'number' || !Number.isNaN(value) || /[A-Z]/.test(key) || key.length < 2) continue;

@@ -266,6 +266,7 @@ export function parseDuration(value: string | number, what: string): number {
 
 /** The shortest exact form of a duration for --help and logs: 3600000 -> "1h", 60000 -> "60s", 200 -> "200ms". */
 export function formatDuration(ms: number): string {
+  if (ms % 86_400_000 === 0) return `${ms / 86_400_000}d`;
   if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
   if (ms % 60_000 === 0 && ms > 60_000) return `${ms / 60_000}m`;
   if (ms % 1000 === 0) return `${ms / 1000}s`;

@@ -250,6 +250,10 @@ describe('flowlb usage and config errors', () => {
     expect(expectUsageFailure(run('serve', '--workers', '2', '--workers', '3'))).toBe('flowlb: --workers is given more than once ("2", "3"): give it once');
     expect(expectUsageFailure(run('backend', '--duration', '1', '--duration', '2'))).toBe('flowlb: --duration is given more than once (1, 2): give it once');
     expect(expectUsageFailure(run('gen', '--rate', '5', '--rate=6'))).toBe('flowlb: --rate is given more than once (5, 6): give it once');
+    // The same value twice: yargs folds it into one, and it was accepted.
+    expect(expectUsageFailure(run('gen', '--procs', '1', '--procs', '1'))).toBe('flowlb: --procs is given more than once: give it once');
+    expect(expectUsageFailure(run('serve', '--no-balance', '--no-balance'))).toBe('flowlb: --no-balance is given more than once: give it once');
+    expect(expectUsageFailure(run('serve', '--balance', '--no-balance'))).toBe('flowlb: --balance and --no-balance are both given: give one');
     // Two backends are two backends (the offline where answers with one of them).
     const where = run('where', '--src', '1.2.3.4:5', '--dst', '127.0.0.1:5300', '--buckets', '1024', '--backend', '10.0.0.1:1', '--backend', '10.0.0.2:2');
     expect(where.code).toBe(0);

@@ -156,6 +156,8 @@ describe('parseDuration', () => {
     expect(formatDuration(DEFAULT_IDLE_TIMEOUT_MS)).toBe('60s');
     expect(formatDuration(3_600_000)).toBe('1h');
     expect(formatDuration(300_000)).toBe('5m');
+    expect(formatDuration(86_400_000)).toBe('1d'); // what was given as 1d reads 1d in errors, not 24h
+    expect(formatDuration(90_000_000)).toBe('25h');
     expect(formatDuration(200)).toBe('200ms');
     for (const ms of [1, 200, 1500, 60_000, 300_000, 3_600_000]) expect(parseDuration(formatDuration(ms), 'x')).toBe(ms);
   });
