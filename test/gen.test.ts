@@ -346,6 +346,18 @@ describe('CLI', () => {
     }
   });
 
+  it.runIf(hasDist)('--progress with --procs 2: one line per second, at the offered rate', async () => {
+    // Each sender process reports on its own clock; a line per report put a second line a few ms after the first,
+    // whose rate over those ms read millions of pps.
+    const { target } = await responder(4, echo);
+    const lines: string[] = [];
+    await runGenCli({ target, flows: 8, rate: 2000, duration: 3.4, procs: 2, progress: true }, { out: () => undefined, err: (l) => lines.push(l) });
+    const rates = lines.flatMap((l) => { const m = /sent \d+ \((\d+) pps\)/.exec(l); return m ? [Number(m[1])] : []; });
+    expect(rates.length).toBeGreaterThanOrEqual(2);
+    expect(rates.length).toBeLessThanOrEqual(4);
+    for (const r of rates) expect(r).toBeLessThan(2000 * 3);
+  });
+
   it('requires --target', async () => {
     await expect(runGenCli({}, { out: () => undefined, err: () => undefined })).rejects.toMatchObject({ code: 'ERR_GEN_OPTION' });
   });
