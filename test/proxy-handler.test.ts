@@ -689,7 +689,9 @@ describe('proxy handler', () => {
     expect(check.stats.probeOk[statOf(check, a)]).toBe(0);
     // Bad options: one line each.
     for (const [hc, re] of [
-      ['yes', /healthCheck must be an object/], [{ send: '' }, /needs one of send/], [{ sendHex: 'zz' }, /needs one of send/],
+      ['yes', /healthCheck must be an object/], [{}, /needs one of send/], [{ send: '' }, /send must be a non-empty text, got ""/],
+      [{ sendHex: 'zz' }, /sendHex must be hex bytes, two digits each, such as "0a0b", got "zz"/], [{ sendHex: 'abc' }, /sendHex must be hex bytes/],
+      [{ send: 'P', sendHex: '0a' }, /has both send and sendHex: give one/],
       [{ send: 'x', interval: '1s', timeout: '1s' }, /timeout \(1000 ms\) must be shorter than its interval/], [{ send: 'x', tmeout: '1s' }, /healthCheck\.tmeout is not a health-check option/],
     ] as const) await expect(createProxyHandler(contextFor([], [], { healthCheck: hc }))).rejects.toThrow(re);
   });

@@ -412,9 +412,18 @@ function readProbeOptions(options: Readonly<Record<string, unknown>>): ProbeOpti
     if (!PROBE_KEYS.includes(k)) throw new ConfigError(`handlerOptions.healthCheck.${k} is not a health-check option (it has ${PROBE_KEYS.join(', ')})`);
   }
   let payload: Buffer;
-  if (typeof o.send === 'string' && o.sendHex === undefined && o.send.length > 0) payload = Buffer.from(o.send, 'utf8');
-  else if (typeof o.sendHex === 'string' && o.send === undefined && /^([0-9a-fA-F]{2})+$/.test(o.sendHex)) payload = Buffer.from(o.sendHex, 'hex');
-  else throw new ConfigError('handlerOptions.healthCheck needs one of send (a non-empty text) or sendHex (hex bytes, e.g. "0a0b")');
+  if (o.send !== undefined && o.sendHex !== undefined) throw new ConfigError('handlerOptions.healthCheck has both send and sendHex: give one');
+  if (o.send !== undefined) {
+    if (typeof o.send !== 'string' || o.send.length === 0) throw new ConfigError(`handlerOptions.healthCheck.send must be a non-empty text, got ${JSON.stringify(o.send)}`);
+    payload = Buffer.from(o.send, 'utf8');
+  } else if (o.sendHex !== undefined) {
+    if (typeof o.sendHex !== 'string' || !/^([0-9a-fA-F]{2})+$/.test(o.sendHex)) {
+      throw new ConfigError(`handlerOptions.healthCheck.sendHex must be hex bytes, two digits each, such as "0a0b", got ${JSON.stringify(o.sendHex)}`);
+    }
+    payload = Buffer.from(o.sendHex, 'hex');
+  } else {
+    throw new ConfigError('handlerOptions.healthCheck needs one of send (a non-empty text) or sendHex (hex bytes, e.g. "0a0b")');
+  }
   if (o.expect !== undefined && (typeof o.expect !== 'string' || o.expect.length === 0)) {
     throw new ConfigError(`handlerOptions.healthCheck.expect must be a non-empty text the answer contains, got ${JSON.stringify(o.expect)}`);
   }
