@@ -696,6 +696,53 @@ describe('proxy handler', () => {
     ] as const) await expect(createProxyHandler(contextFor([], [], { healthCheck: hc }))).rejects.toThrow(re);
   });
 
+  it('healthCheck with responseTimeout: a backend that answers probes but not its clients stays out for failTimeout', async () => {
+    // A half-dead backend: probes answered, client datagrams not. Before, each good probe put it back at once and the
+    // next traffic timeout took it out again: out and back every few hundred ms, new flows lost each time.
+    const rig = await startRig(4);
+    const a = await startBackend('A', 4);
+    const half = await bound(4);
+    half.on('message', (m, r) => { if (m.toString() === 'PING') half.send('PONG', r.port, r.address); });
+    const hb: Backend = { name: 'H', socket: half, port: half.address().port, host: '127.0.0.1', received: [] };
+    const options = { healthCheck: { send: 'PING', expect: 'PONG', interval: '100ms', timeout: '50ms' }, responseTimeout: '150ms', failTimeout: '2500ms' };
+    const h = await proxy({ ...contextFor([a, hb], [1, 1], options), workerId: 0 });
+    const stat = statOf(h, hb);
+    // New flows all the time, some of them on H, until it is out the first time.
+    let next = 0, seq = 0;
+    const traffic = async (): Promise<void> => {
+      const flows = Array.from({ length: 4 }, () => rig.flow(next++));
+      for (const f of flows) h.onFlowStart(f);
+      sendPackets(h, flows, 1, seq++);
+      await new Promise((r) => setTimeout(r, 25));
+    };
+    await waitFor(async () => { await traffic(); return h.stats.markedDown[stat]! >= 1; }, 5_000, 'out the first time');
+    // A good probe may bring it back once; traffic takes it out again, and then probes no longer bring it back:
+    // at most 2 times out over the next 1.5 s (there were 4-5), and out at the end while its probes succeed.
+    const t0 = Date.now();
+    while (Date.now() - t0 < 1_500) await traffic();
+    expect(h.stats.markedDown[stat]).toBeLessThanOrEqual(2);
+    expect(h.stats.down[stat]).toBe(1);
+    expect(h.stats.probeOk[stat]).toBeGreaterThanOrEqual(5);
+    expect(h.stats.probeFailed[stat]).toBe(0);
+  });
+
+  it('healthCheck reads an answer that waited behind a long turn of the loop before calling the probe failed', async () => {
+    // An overloaded worker: the probe's deadline and its answer are both due after a long turn. Timers run first, so
+    // the probe was counted failed (and the backend taken out) with its answer unread in the socket.
+    const b = await bound(4);
+    let probes = 0;
+    b.on('message', (_m, r) => {
+      b.send('PONG', r.port, r.address);
+      // The third probe: answered at once, then the whole process is busy for 3x the probe timeout.
+      if (++probes === 3) { const until = Date.now() + 150; while (Date.now() < until) { /* a long turn */ } }
+    });
+    const bb: Backend = { name: 'B', socket: b, port: b.address().port, host: '127.0.0.1', received: [] };
+    const h = await proxy({ ...contextFor([bb], [1], { healthCheck: { send: 'PING', interval: '100ms', timeout: '50ms' } }), workerId: 0 });
+    await waitFor(() => h.stats.probeOk[statOf(h, bb)]! >= 5, 3_000, 'five probes answered');
+    expect(h.stats.probeFailed[statOf(h, bb)]).toBe(0);
+    expect(h.stats.markedDown[statOf(h, bb)]).toBe(0);
+  });
+
   it('drops and counts packets when no backend has a positive weight', async () => {
     const rig = await startRig(4);
     const a = await startBackend('A', 4);
